@@ -1,0 +1,36 @@
+// `megabeam <command>`: theta (RoPE base analysis), demo (the long-context fwd+bwd job), bench.
+const USAGE = `usage: megabeam <command> [options]
+
+commands:
+  theta      RoPE base / scaling analysis for a context length (megabeam theta --help)
+  info       build, devices and memory
+`;
+
+type IO = { out: (s: string) => void; err: (s: string) => void };
+const io: IO = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n') };
+
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  switch (cmd) {
+    case 'theta': {
+      const { thetaCli } = await import('./cli/theta');
+      return thetaCli(rest, io);
+    }
+    case 'info': {
+      const mb = await import('./index');
+      io.out(JSON.stringify({
+        cudaBuilt: mb.cuda.isBuilt(), cudaAvailable: mb.cuda.isAvailable(), reason: mb.cuda.unavailableReason(),
+        devices: mb.cuda.devices(), cpuThreads: mb.cpuThreads(),
+      }, null, 2));
+      return 0;
+    }
+    case undefined:
+    case '-h':
+    case '--help':
+      io.out(USAGE);
+      return cmd === undefined ? 2 : 0;
+    default:
+      io.err(`megabeam: unknown command ${JSON.stringify(cmd)}\n\n${USAGE}`);
+      return 2;
+  }
+}

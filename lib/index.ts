@@ -1,0 +1,8 @@
+// megabeam: long-context training primitives for Node.js.
+export * from './errors';
+export { Dtype, DTYPES } from './dtype';
+export { cuda, devices, cpuThreads, DeviceLike, DeviceString, CudaDeviceInfo } from './device';
+export {
+  Tensor, Shape, TensorData, TensorOptions, RandomOptions, MemoryInfo,
+  tensor, empty, zeros, ones, full, randn, rand, synchronize, memory, resetPeakMemory, emptyCache,
+} from './tensor';
