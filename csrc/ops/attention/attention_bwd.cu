@@ -1,0 +1,428 @@
+// Flash attention backward (FlashAttention-2 design) with mma.sync m16n8k16 tensor-core tiles.
+//   1. attn_bwd_dot_kernel: Dsum = rowsum(dout * out) in fp32.
+//   2. attn_bwd_kernel: one CTA per (kv block of BC keys, (batch, kv head) unit). K and V stay in shared
+//      memory; the CTA walks the q heads of its group and their q blocks (BR rows, double-buffered with
+//      cp.async). Each of the 8 warps owns 16 keys and computes the transposed products S^T = K Q^T and
+//      dP^T = V dO^T, so P^T and dS^T sit in registers in exactly the A-operand layout that dV += P^T dO
+//      and dK += dS^T Q need. dS^T goes through shared memory once for dQ += dS K, which is added
+//      into an fp32 accumulator with atomics.
+//   3. attn_bwd_dq_kernel: dq = scale * dq_accum in the output dtype.
+// dq_accum covers a chunk of (batch, kv head) units at a time, sized so the workspace stays near
+// 1.2 GiB even at 512K tokens; chunks run one after another on the same stream.
+#if defined(MEGABEAM_CUDA)
+#include <algorithm>
+#include <cmath>
+#include "attn_common.cuh"
+
+namespace mb {
+namespace attn {
+
+struct BwdArgs {
+  AttnBwdParams p;
+  const float* dsum;  // [b, hq, sq]
+  float* dq_acc;      // [units in chunk][sq][group][d]
+  int unit0;          // first (b * hkv + kvh) unit of this chunk
+  int delta;
+  int group;
+  float scale_log2;
+};
+
+template <int D>
+struct BwdCfg {
+  static constexpr int NW = 8;
+  static constexpr int NT = NW * 32;
+  static constexpr int BC = NW * 16;  // keys per CTA, 16 per warp
+  static constexpr int BR = 64;       // q rows per step
+  static constexpr int SMEM = 2 * BC * D * 2      // K, V
+                              + 2 * 2 * BR * D * 2  // Q, dO double-buffered
+                              + BC * BR * 2         // dS^T
+                              + 2 * 2 * BR * 4;     // lse, Dsum double-buffered
+};
+
+template <bool BF16, int D>
+__global__ void __launch_bounds__(256, 1) attn_bwd_kernel(const BwdArgs a) {
+  using C = BwdCfg<D>;
+  constexpr int BC = C::BC, BR = C::BR, NT = C::NT;
+  constexpr int ROWB = D * 2;     // bytes per K/V/Q/dO row
+  constexpr int SROWB = BR * 2;   // bytes per dS^T row (128)
+  constexpr int NQT = BR / 8;     // n8 tiles of S^T (q columns)
+  constexpr int NDT = D / 8;      // n8 tiles of dK/dV
+  constexpr int QD = D / 2;       // dQ columns per warp
+  const AttnBwdParams& p = a.p;
+
+  extern __shared__ __align__(128) uint8_t smem[];
+  const uint32_t sK = smem_u32(smem);
+  const uint32_t sV = sK + BC * ROWB;
+  const uint32_t sQ0 = sV + BC * ROWB;
+  const uint32_t sO0 = sQ0 + 2 * BR * ROWB;  // dO buffers
+  const uint32_t sS = sO0 + 2 * BR * ROWB;   // dS^T
+  uint8_t* const sSp = smem + (sS - sK);
+  float* const sLse = (float*)(smem + (sS - sK) + BC * SROWB);  // [2][BR]
+  float* const sDs = sLse + 2 * BR;                              // [2][BR]
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int n_block = blockIdx.x;
+  const int unit_l = blockIdx.y, unit = a.unit0 + unit_l;
+  const int b = unit / p.heads_kv, kvh = unit % p.heads_kv;
+  const int sq = p.seqlen_q, sk = p.seqlen_k, group = a.group;
+  const int n0 = n_block * BC;
+
+  // q blocks that can see this kv block: rows i >= n0 - delta.
+  int m_begin = 0;
+  if (p.causal) {
+    int64_t first = (int64_t)n0 - a.delta;
+    m_begin = first <= 0 ? 0 : first >= sq ? (sq + BR - 1) / BR : (int)first / BR;
+  }
+  const int m_end = (sq + BR - 1) / BR;
+  const int nm = max(0, m_end - m_begin);
+  const int total = group * nm;
+  const bool ragged_k = n0 + BC > sk;
+  // q blocks starting before this row need the causal mask.
+  const int64_t mask_before = (int64_t)n0 + BC - 1 - a.delta;
+
+  const uint16_t* gK = (const uint16_t*)p.k + b * p.k_batch_stride + kvh * p.k_head_stride + (int64_t)n0 * p.k_row_stride;
+  const uint16_t* gV = (const uint16_t*)p.v + b * p.v_batch_stride + kvh * p.v_head_stride + (int64_t)n0 * p.v_row_stride;
+  load_tile<BC, D, NT>(sK, gK, p.k_row_stride, sk - n0, tid);
+  load_tile<BC, D, NT>(sV, gV, p.v_row_stride, sk - n0, tid);
+
+  auto prefetch = [&](int t, int buf) {
+    const int g = t / nm, m = m_begin + t % nm;
+    const int h = kvh * group + g;
+    const int r0 = m * BR;
+    const uint16_t* gQ = (const uint16_t*)p.q + b * p.q_batch_stride + h * p.q_head_stride + (int64_t)r0 * p.q_row_stride;
+    const uint16_t* gO = (const uint16_t*)p.dout + b * p.do_batch_stride + h * p.do_head_stride + (int64_t)r0 * p.do_row_stride;
+    load_tile<BR, D, NT>(sQ0 + buf * BR * ROWB, gQ, p.q_row_stride, sq - r0, tid);
+    load_tile<BR, D, NT>(sO0 + buf * BR * ROWB, gO, p.do_row_stride, sq - r0, tid);
+    if (tid < 2 * BR) {
+      const int r = tid & (BR - 1);
+      const bool ok = r0 + r < sq;
+      const int64_t off = ((int64_t)b * p.heads_q + h) * sq + r0 + r;
+      if (tid < BR) cp_async4(smem_u32(sLse + buf * BR + r), ok ? p.lse + off : p.lse, ok);
+      else cp_async4(smem_u32(sDs + buf * BR + r), ok ? a.dsum + off : a.dsum, ok);
+    }
+  };
+  if (total > 0) prefetch(0, 0);
+  cp_async_commit();
+
+  float dk[NDT][4], dv[NDT][4];
+#pragma unroll
+  for (int j = 0; j < NDT; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[j][e] = dv[j][e] = 0.f;
+
+  const int l7 = lane & 7, hi8 = (lane >> 3) & 1, hi16 = lane >> 4;
+  const uint32_t kA = sK + (warp * 16 + l7 + hi8 * 8) * ROWB;  // A rows of K (this warp's keys)
+  const uint32_t vA = sV + (warp * 16 + l7 + hi8 * 8) * ROWB;  // A rows of V
+  const uint32_t bN = (l7 + hi16 * 8) * ROWB;                  // B rows (non-trans) of Q / dO
+  const uint32_t bT = (l7 + hi8 * 8) * ROWB;                   // B rows (trans) of Q / dO / K
+  const int wm = warp & 3, wn = warp >> 2;                     // dQ warp tile: 16 q rows x D/2 cols
+  // dS^T read transposed as the A operand of dQ: matrix (lane>>3): keys +8 for 2,3; q +8 for 1,3.
+  const uint32_t sA = sS + (l7 + hi16 * 8) * SROWB;
+  const int sA_ch = wm * 2 + hi8;
+
+  for (int t = 0; t < total; ++t) {
+    const int buf = t & 1;
+    const int g = t / nm, m = m_begin + t % nm;
+    const int r0 = m * BR;
+    cp_async_wait<0>();
+    __syncthreads();  // tiles for t landed; every warp finished step t-1 (its buffers and dS^T)
+    if (t + 1 < total) prefetch(t + 1, buf ^ 1);
+    cp_async_commit();
+
+    const uint32_t sQ = sQ0 + buf * BR * ROWB, sO = sO0 + buf * BR * ROWB;
+    float st[NQT][4], dpt[NQT][4];
+#pragma unroll
+    for (int j = 0; j < NQT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) st[j][e] = dpt[j][e] = 0.f;
+
+    // S^T = K Q^T and dP^T = V dO^T (16 keys x BR q rows per warp).
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t ka[4], va[4];
+      ldsm_x4(ka, kA + (((kk * 2 + hi16) ^ l7) << 4));
+      ldsm_x4(va, vA + (((kk * 2 + hi16) ^ l7) << 4));
+#pragma unroll
+      for (int np = 0; np < NQT / 2; ++np) {
+        uint32_t qb[4], ob[4];
+        ldsm_x4(qb, sQ + bN + np * 16 * ROWB + (((kk * 2 + hi8) ^ l7) << 4));
+        ldsm_x4(ob, sO + bN + np * 16 * ROWB + (((kk * 2 + hi8) ^ l7) << 4));
+        mma16816<BF16>(st[2 * np], ka, qb[0], qb[1]);
+        mma16816<BF16>(st[2 * np + 1], ka, qb[2], qb[3]);
+        mma16816<BF16>(dpt[2 * np], va, ob[0], ob[1]);
+        mma16816<BF16>(dpt[2 * np + 1], va, ob[2], ob[3]);
+      }
+    }
+
+    // P^T = exp2(S^T * scale*log2e - lse*log2e); dS^T = P^T (dP^T - Dsum).
+    const float* lse_b = sLse + buf * BR;
+    const float* ds_b = sDs + buf * BR;
+    const bool masked = ragged_k || (p.causal && (int64_t)r0 < mask_before);
+    const int key0 = n0 + warp * 16 + (lane >> 2);
+#pragma unroll
+    for (int j = 0; j < NQT; ++j) {
+      const int ql = j * 8 + (lane & 3) * 2;
+      const float2 L = *(const float2*)(lse_b + ql);
+      const float2 Dd = *(const float2*)(ds_b + ql);
+      // -inf lse: the row saw no key, so its P is 0 (never exp2(+inf)).
+      const float l0 = L.x == -INFINITY ? INFINITY : L.x * kLog2e;
+      const float l1 = L.y == -INFINITY ? INFINITY : L.y * kLog2e;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float pv = ex2(st[j][e] * a.scale_log2 - ((e & 1) ? l1 : l0));
+        if (masked) {
+          const int key = key0 + (e >> 1) * 8, q = r0 + ql + (e & 1);
+          if (key >= sk || (p.causal && key - q > a.delta)) pv = 0.f;
+        }
+        st[j][e] = pv;
+        dpt[j][e] = pv * (dpt[j][e] - ((e & 1) ? Dd.y : Dd.x));
+      }
+    }
+
+    // dV += P^T dO, dK += dS^T Q (A operands straight from registers; B via ldmatrix.trans).
+#pragma unroll
+    for (int kk = 0; kk < BR / 16; ++kk) {
+      uint32_t pa[4], da[4];
+      pa[0] = pack2<BF16>(st[2 * kk][0], st[2 * kk][1]);
+      pa[1] = pack2<BF16>(st[2 * kk][2], st[2 * kk][3]);
+      pa[2] = pack2<BF16>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+      pa[3] = pack2<BF16>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+      da[0] = pack2<BF16>(dpt[2 * kk][0], dpt[2 * kk][1]);
+      da[1] = pack2<BF16>(dpt[2 * kk][2], dpt[2 * kk][3]);
+      da[2] = pack2<BF16>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+      da[3] = pack2<BF16>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+      // dS^T to shared memory for dQ: row = key (warp*16 + lane/4 [+8]), q column pair.
+      {
+        const int kr = warp * 16 + (lane >> 2);
+        const uint32_t cb = (lane & 3) * 4;
+        *(uint32_t*)(sSp + swz<SROWB>(kr, 2 * kk) + cb) = da[0];
+        *(uint32_t*)(sSp + swz<SROWB>(kr + 8, 2 * kk) + cb) = da[1];
+        *(uint32_t*)(sSp + swz<SROWB>(kr, 2 * kk + 1) + cb) = da[2];
+        *(uint32_t*)(sSp + swz<SROWB>(kr + 8, 2 * kk + 1) + cb) = da[3];
+      }
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t ob[4], qb[4];
+        ldsm_x4_t(ob, sO + bT + kk * 16 * ROWB + (((dp * 2 + hi16) ^ l7) << 4));
+        ldsm_x4_t(qb, sQ + bT + kk * 16 * ROWB + (((dp * 2 + hi16) ^ l7) << 4));
+        mma16816<BF16>(dv[2 * dp], pa, ob[0], ob[1]);
+        mma16816<BF16>(dv[2 * dp + 1], pa, ob[2], ob[3]);
+        mma16816<BF16>(dk[2 * dp], da, qb[0], qb[1]);
+        mma16816<BF16>(dk[2 * dp + 1], da, qb[2], qb[3]);
+      }
+    }
+    __syncthreads();  // dS^T complete
+
+    // dQ (BR x D) += dS K: warp tile = q rows wm*16.., d columns wn*QD..
+    float dq[QD / 8][4];
+#pragma unroll
+    for (int j = 0; j < QD / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dq[j][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) {
+      uint32_t sa[4];
+      ldsm_x4_t(sa, sA + kk * 16 * SROWB + ((sA_ch ^ l7) << 4));
+#pragma unroll
+      for (int dp = 0; dp < QD / 16; ++dp) {
+        uint32_t kb[4];
+        ldsm_x4_t(kb, sK + bT + kk * 16 * ROWB + (((wn * (QD / 8) + dp * 2 + hi16) ^ l7) << 4));
+        mma16816<BF16>(dq[2 * dp], sa, kb[0], kb[1]);
+        mma16816<BF16>(dq[2 * dp + 1], sa, kb[2], kb[3]);
+      }
+    }
+    {
+      float* acc = a.dq_acc + ((int64_t)unit_l * sq * group + g) * D + wn * QD + (lane & 3) * 2;
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int q = r0 + wm * 16 + (lane >> 2) + hh * 8;
+        if (q < sq) {
+          float* row = acc + (int64_t)q * group * D;
+#pragma unroll
+          for (int j = 0; j < QD / 8; ++j) {
+#if __CUDA_ARCH__ >= 900
+            asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(row + j * 8), "f"(dq[j][2 * hh]),
+                         "f"(dq[j][2 * hh + 1])
+                         : "memory");
+#else
+            atomicAdd(row + j * 8, dq[j][2 * hh]);
+            atomicAdd(row + j * 8 + 1, dq[j][2 * hh + 1]);
+#endif
+          }
+        }
+      }
+    }
+  }
+
+  // dK = scale * dS^T Q, dV = P^T dO for this warp's 16 keys.
+  uint16_t* gdK = (uint16_t*)p.dk + b * p.dk_batch_stride + kvh * p.dk_head_stride;
+  uint16_t* gdV = (uint16_t*)p.dv + b * p.dv_batch_stride + kvh * p.dv_head_stride;
+  const float scale = p.scale;
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int key = n0 + warp * 16 + (lane >> 2) + hh * 8;
+    if (key < sk) {
+      uint16_t* rk = gdK + (int64_t)key * p.dk_row_stride + (lane & 3) * 2;
+      uint16_t* rv = gdV + (int64_t)key * p.dv_row_stride + (lane & 3) * 2;
+#pragma unroll
+      for (int j = 0; j < NDT; ++j) {
+        *(uint32_t*)(rk + j * 8) = pack2<BF16>(dk[j][2 * hh] * scale, dk[j][2 * hh + 1] * scale);
+        *(uint32_t*)(rv + j * 8) = pack2<BF16>(dv[j][2 * hh], dv[j][2 * hh + 1]);
+      }
+    }
+  }
+}
+
+// Dsum[b, h, i] = sum_d dout * out (fp32), one warp per row.
+template <bool BF16, int D>
+__global__ void attn_bwd_dot_kernel(const AttnBwdParams p, float* dsum) {
+  const int lane = threadIdx.x & 31;
+  const int64_t rows = (int64_t)p.batch * p.seqlen_q * p.heads_q;
+  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  for (int64_t w = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); w < rows; w += warps) {
+    const int h = (int)(w % p.heads_q);
+    const int64_t bi = w / p.heads_q;
+    const int i = (int)(bi % p.seqlen_q);
+    const int b = (int)(bi / p.seqlen_q);
+    const uint16_t* o = (const uint16_t*)p.out + b * p.o_batch_stride + (int64_t)i * p.o_row_stride + h * p.o_head_stride;
+    const uint16_t* d = (const uint16_t*)p.dout + b * p.do_batch_stride + (int64_t)i * p.do_row_stride + h * p.do_head_stride;
+    float acc = 0.f;
+#pragma unroll
+    for (int c = lane * 2; c < D; c += 64) {
+      const float2 x = unpack2<BF16>(*(const uint32_t*)(o + c));
+      const float2 y = unpack2<BF16>(*(const uint32_t*)(d + c));
+      acc += x.x * y.x + x.y * y.y;
+    }
+#pragma unroll
+    for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
+    if (lane == 0) dsum[((int64_t)b * p.heads_q + h) * p.seqlen_q + i] = acc;
+  }
+}
+
+// dq = scale * dq_acc for the units [unit0, unit0 + nu); 4 elements per thread.
+template <bool BF16, int D>
+__global__ void attn_bwd_dq_kernel(const AttnBwdParams p, const float* __restrict__ acc, int unit0, int nu, int group) {
+  const int64_t total4 = (int64_t)nu * p.seqlen_q * group * (D / 4);
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total4; idx += stride) {
+    const int c = (int)(idx % (D / 4)) * 4;
+    int64_t r = idx / (D / 4);
+    const int g = (int)(r % group);
+    r /= group;
+    const int i = (int)(r % p.seqlen_q);
+    const int ul = (int)(r / p.seqlen_q);
+    const int unit = unit0 + ul;
+    const int b = unit / p.heads_kv, h = (unit % p.heads_kv) * group + g;
+    const float4 v = *(const float4*)(acc + idx * 4);
+    uint16_t* dst = (uint16_t*)p.dq + b * p.dq_batch_stride + (int64_t)i * p.dq_row_stride + h * p.dq_head_stride + c;
+    uint2 o;
+    o.x = pack2<BF16>(v.x * p.scale, v.y * p.scale);
+    o.y = pack2<BF16>(v.z * p.scale, v.w * p.scale);
+    *(uint2*)dst = o;
+  }
+}
+
+// Workspace plan: Dsum, then dq_acc for `units` (batch, kv head) units at a time.
+struct BwdPlan {
+  size_t dsum_bytes, unit_bytes, total;
+  int units_total, units_per_chunk;
+};
+static constexpr size_t kWorkspaceCap = (size_t)1288490188;  // 1.2 GiB
+
+static BwdPlan plan_bwd(const AttnBwdParams& p) {
+  BwdPlan pl;
+  pl.dsum_bytes = (((size_t)p.batch * p.heads_q * p.seqlen_q * 4) + 255) & ~(size_t)255;
+  pl.unit_bytes = (size_t)p.seqlen_q * (p.heads_q / p.heads_kv) * p.head_dim * 4;
+  pl.units_total = p.batch * p.heads_kv;
+  size_t room = kWorkspaceCap > pl.dsum_bytes ? kWorkspaceCap - pl.dsum_bytes : 0;
+  size_t n = pl.unit_bytes ? room / pl.unit_bytes : (size_t)pl.units_total;
+  if (n < 1) n = 1;  // one unit is the minimum: beyond the cap only for a huge group or sequence
+  if (n > (size_t)pl.units_total) n = (size_t)pl.units_total;
+  pl.units_per_chunk = (int)n;
+  pl.total = pl.dsum_bytes + n * pl.unit_bytes;
+  return pl;
+}
+
+template <bool BF16, int D>
+static void launch_bwd(const AttnBwdParams& p, cudaStream_t stream) {
+  using C = BwdCfg<D>;
+  const BwdPlan pl = plan_bwd(p);
+  float* dsum = (float*)p.workspace;
+  float* dq_acc = (float*)((char*)p.workspace + pl.dsum_bytes);
+  const int group = p.heads_q / p.heads_kv;
+
+  if (p.seqlen_q > 0) {
+    const int64_t rows = (int64_t)p.batch * p.seqlen_q * p.heads_q;
+    const int64_t blocks = std::min<int64_t>((rows + 7) / 8, 132 * 64);
+    attn_bwd_dot_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dsum);
+    check_cuda("attention_bwd preprocess launch");
+  }
+
+  auto kern = attn_bwd_kernel<BF16, D>;
+  cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
+  check_cuda("attention_bwd: cudaFuncSetAttribute");
+
+  BwdArgs a;
+  a.p = p;
+  a.dsum = dsum;
+  a.dq_acc = dq_acc;
+  a.delta = clamp_delta(p.q_offset, p.k_offset, p.seqlen_q, p.seqlen_k);
+  a.group = group;
+  a.scale_log2 = p.scale * kLog2e;
+  const unsigned n_kblocks = (unsigned)((p.seqlen_k + C::BC - 1) / C::BC);
+  for (int u0 = 0; u0 < pl.units_total; u0 += pl.units_per_chunk) {
+    const int nu = std::min(pl.units_per_chunk, pl.units_total - u0);
+    const size_t acc_bytes = (size_t)nu * pl.unit_bytes;
+    if (acc_bytes) {
+      if (cudaMemsetAsync(dq_acc, 0, acc_bytes, stream) != cudaSuccess) check_cuda("attention_bwd memset");
+    }
+    if (n_kblocks > 0) {
+      a.unit0 = u0;
+      kern<<<dim3(n_kblocks, (unsigned)nu, 1), C::NT, C::SMEM, stream>>>(a);
+      check_cuda("attention_bwd kernel launch");
+    }
+    if (acc_bytes) {
+      const int64_t total4 = (int64_t)nu * p.seqlen_q * group * (D / 4);
+      const int64_t blocks = std::min<int64_t>((total4 + 255) / 256, 132 * 32);
+      attn_bwd_dq_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dq_acc, u0, nu, group);
+      check_cuda("attention_bwd dq convert launch");
+    }
+  }
+}
+
+}  // namespace attn
+
+size_t attention_bwd_workspace_bytes(const AttnBwdParams& p) {
+  attn::check_common(p, "attention_bwd_workspace_bytes");
+  return attn::plan_bwd(p).total;
+}
+
+void attention_bwd_cuda(const AttnBwdParams& p, cudaStream_t stream) {
+  using namespace attn;
+  const char* who = "attention_bwd_cuda";
+  check_common(p, who);
+  if (p.batch == 0) return;
+  check_rows(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride, who, "q");
+  check_rows(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, who, "k");
+  check_rows(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, who, "v");
+  check_rows(p.out, p.o_batch_stride, p.o_row_stride, p.o_head_stride, who, "out");
+  check_rows(p.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride, who, "dout");
+  // dq/dk/dv are written with 4- and 8-byte stores.
+  if (((uintptr_t)p.dq & 7) || ((uintptr_t)p.dk & 3) || ((uintptr_t)p.dv & 3) || p.dq_row_stride % 4 ||
+      p.dq_head_stride % 4 || p.dq_batch_stride % 4 || p.dk_row_stride % 2 || p.dk_head_stride % 2 ||
+      p.dk_batch_stride % 2 || p.dv_row_stride % 2 || p.dv_head_stride % 2 || p.dv_batch_stride % 2)
+    throw Error("ERR_UNSUPPORTED", std::string(who) + ": dq/dk/dv strides or pointers misaligned");
+  if (!aligned16(p.workspace)) throw Error("ERR_UNSUPPORTED", std::string(who) + ": workspace must be 16-byte aligned");
+  if (p.seqlen_q == 0 && p.seqlen_k == 0) return;
+  const bool bf16 = p.dtype == Dtype::BF16;
+  if (p.head_dim == 64) {
+    if (bf16) launch_bwd<true, 64>(p, stream);
+    else launch_bwd<false, 64>(p, stream);
+  } else {
+    if (bf16) launch_bwd<true, 128>(p, stream);
+    else launch_bwd<false, 128>(p, stream);
+  }
+}
+
+}  // namespace mb
+#endif  // MEGABEAM_CUDA
