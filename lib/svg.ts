@@ -1,0 +1,121 @@
+// Minimal hand-written SVG line charts (no dependencies): panels with linear or log axes and polyline paths.
+
+export interface Series {
+  /** CSS-safe id used as the path's class, e.g. 'cos-sum'. */
+  id: string;
+  label: string;
+  color: string;
+  x: ArrayLike<number>;
+  y: ArrayLike<number>;
+}
+
+export interface Panel {
+  title: string;
+  xLabel: string;
+  yLabel: string;
+  xScale?: 'linear' | 'log';
+  yScale?: 'linear' | 'log';
+  series: Series[];
+  /** Horizontal reference line (e.g. y = 0). */
+  hline?: number;
+  /** Fixed x range; default: the data's extent. */
+  xDomain?: [number, number];
+}
+
+export function escapeXml(s: string): string {
+  return s.replace(/[<>&"']/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;', "'": '&apos;' })[c]!);
+}
+
+function fmt(v: number): string {
+  if (v === 0) return '0';
+  const a = Math.abs(v);
+  return a >= 1e4 || a < 1e-2 ? v.toExponential(1).replace('e+', 'e') : String(Number(v.toPrecision(3)));
+}
+
+function extent(vals: number[], log: boolean): [number, number] {
+  const ok = vals.filter((v) => Number.isFinite(v) && (!log || v > 0));
+  if (ok.length === 0) return log ? [1, 10] : [0, 1];
+  let lo = Math.min(...ok);
+  let hi = Math.max(...ok);
+  if (lo === hi) {
+    if (log) { lo /= 10; hi *= 10; } else { lo -= 1; hi += 1; }
+  }
+  return [lo, hi];
+}
+
+/** Renders panels stacked vertically into one standalone SVG document. */
+export function renderPanels(panels: Panel[], width = 800, panelHeight = 300): string {
+  const margin = { left: 80, right: 20, top: 30, bottom: 45 };
+  const height = panels.length * panelHeight;
+  const out: string[] = [];
+  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`);
+  out.push(`<rect width="${width}" height="${height}" fill="white"/>`);
+  panels.forEach((p, k) => {
+    const y0 = k * panelHeight;
+    const pw = width - margin.left - margin.right;
+    const ph = panelHeight - margin.top - margin.bottom;
+    const xLog = p.xScale === 'log';
+    const yLog = p.yScale === 'log';
+    const allX: number[] = [];
+    const allY: number[] = [];
+    for (const s of p.series) {
+      for (let i = 0; i < s.x.length; i++) { allX.push(s.x[i]); allY.push(s.y[i]); }
+    }
+    if (p.hline !== undefined) allY.push(p.hline);
+    const [xa, xb] = p.xDomain ?? extent(allX, xLog);
+    const [ya, yb] = extent(allY, yLog);
+    const tx = (v: number) => margin.left + (xLog ? Math.log(v / xa) / Math.log(xb / xa) : (v - xa) / (xb - xa)) * pw;
+    const ty = (v: number) => y0 + margin.top + ph - (yLog ? Math.log(v / ya) / Math.log(yb / ya) : (v - ya) / (yb - ya)) * ph;
+    out.push(`<g class="panel" id="panel-${k}">`);
+    out.push(`<text x="${width / 2}" y="${y0 + 18}" text-anchor="middle" font-size="13">${escapeXml(p.title)}</text>`);
+    out.push(`<rect x="${margin.left}" y="${y0 + margin.top}" width="${pw}" height="${ph}" fill="none" stroke="#888"/>`);
+    // Ticks: decades on log axes, 5 even steps on linear ones.
+    const ticks = (a: number, b: number, log: boolean): number[] => {
+      if (log) {
+        const t: number[] = [];
+        for (let e = Math.ceil(Math.log10(a)); e <= Math.floor(Math.log10(b)); e++) t.push(Math.pow(10, e));
+        const step = Math.max(1, Math.ceil(t.length / 8));
+        return t.filter((_, i) => i % step === 0);
+      }
+      // 1/2/5 × 10^k steps, about five ticks.
+      const raw = (b - a) / 5;
+      const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+      const step = [1, 2, 5, 10].map((k) => k * mag).find((st) => st >= raw) ?? 10 * mag;
+      const t: number[] = [];
+      for (let v = Math.ceil(a / step) * step; v <= b + step * 1e-9; v += step) t.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+      return t;
+    };
+    for (const v of ticks(xa, xb, xLog)) {
+      const x = tx(v).toFixed(1);
+      out.push(`<line x1="${x}" y1="${y0 + margin.top + ph}" x2="${x}" y2="${y0 + margin.top + ph + 4}" stroke="#888"/>`);
+      out.push(`<text x="${x}" y="${y0 + margin.top + ph + 16}" text-anchor="middle">${fmt(v)}</text>`);
+    }
+    for (const v of ticks(ya, yb, yLog)) {
+      const y = ty(v).toFixed(1);
+      out.push(`<line x1="${margin.left - 4}" y1="${y}" x2="${margin.left}" y2="${y}" stroke="#888"/>`);
+      out.push(`<text x="${margin.left - 6}" y="${y}" text-anchor="end" dominant-baseline="middle">${fmt(v)}</text>`);
+    }
+    out.push(`<text x="${margin.left + pw / 2}" y="${y0 + panelHeight - 8}" text-anchor="middle">${escapeXml(p.xLabel)}</text>`);
+    out.push(`<text transform="translate(14 ${y0 + margin.top + ph / 2}) rotate(-90)" text-anchor="middle">${escapeXml(p.yLabel)}</text>`);
+    if (p.hline !== undefined && p.hline >= ya && p.hline <= yb) {
+      const y = ty(p.hline).toFixed(1);
+      out.push(`<line x1="${margin.left}" y1="${y}" x2="${margin.left + pw}" y2="${y}" stroke="#c00" stroke-dasharray="4 3"/>`);
+    }
+    p.series.forEach((s, j) => {
+      const pts: string[] = [];
+      for (let i = 0; i < s.x.length; i++) {
+        const xv = s.x[i];
+        const yv = s.y[i];
+        if (!Number.isFinite(xv) || !Number.isFinite(yv) || (xLog && xv <= 0) || (yLog && yv <= 0)) continue;
+        pts.push(`${pts.length === 0 ? 'M' : 'L'}${tx(xv).toFixed(2)} ${ty(yv).toFixed(2)}`);
+      }
+      out.push(`<path class="${escapeXml(s.id)}" d="${pts.join(' ')}" fill="none" stroke="${escapeXml(s.color)}" stroke-width="1.2"/>`);
+      const ly = y0 + margin.top + 12 + j * 14;
+      out.push(`<line x1="${margin.left + pw - 150}" y1="${ly}" x2="${margin.left + pw - 130}" y2="${ly}" stroke="${escapeXml(s.color)}" stroke-width="2"/>`);
+      out.push(`<text x="${margin.left + pw - 125}" y="${ly}" dominant-baseline="middle">${escapeXml(s.label)}</text>`);
+    });
+    out.push('</g>');
+  });
+  out.push('</svg>');
+  return out.join('\n') + '\n';
+}
