@@ -6,3 +6,4 @@ export {
   Tensor, Shape, TensorData, TensorOptions, RandomOptions, MemoryInfo,
   tensor, empty, zeros, ones, full, randn, rand, synchronize, memory, resetPeakMemory, emptyCache,
 } from './tensor';
+export * as theta from './theta';

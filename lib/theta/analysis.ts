@@ -1,7 +1,7 @@
 // Context-length analysis of a RoPE frequency set: wavelengths, critical dimension (Liu et al. 2023),
 // and the base lower bound of Men et al. 2024 from the long-term-decay criterion Σ_i cos(m·θ_i) ≥ 0.
 import { defaultInvFreq } from './frequencies';
-import { base as checkBase, fail, finiteNumber, positiveEvenInt, positiveInt, show } from './validate';
+import { base as checkBase, contextLength, dim, fail, finiteNumber, positiveEvenInt, positiveInt, show } from './validate';
 
 function checkInvFreq(invFreq: ArrayLike<number>): void {
   if (invFreq === null || typeof invFreq !== 'object' || typeof invFreq.length !== 'number' || invFreq.length === 0) {
@@ -110,7 +110,7 @@ export interface CosineSumResult {
  */
 export function cosineSumScan(invFreq: ArrayLike<number>, L: number, stopAtNegative = false): CosineSumResult {
   checkInvFreq(invFreq);
-  if (!Number.isSafeInteger(L) || L < 0) fail('L', `must be a non-negative integer, got ${show(L)}`);
+  contextLength('L', L, true);
   const theta = Float64Array.from(invFreq);
   const cs = theta.map(Math.cos);
   const sn = theta.map(Math.sin);
@@ -136,8 +136,8 @@ export function cosineSumScan(invFreq: ArrayLike<number>, L: number, stopAtNegat
 /** Per-bucket min and max of B(m) over [0, L], `buckets` equal slices (for plotting an envelope). */
 export function cosineSumEnvelope(invFreq: ArrayLike<number>, L: number, buckets: number): { m: Float64Array; min: Float64Array; max: Float64Array } {
   checkInvFreq(invFreq);
-  positiveInt('L', L);
-  const nb = Math.min(positiveInt('buckets', buckets), L + 1);
+  contextLength('L', L);
+  const nb = Math.min(positiveInt('buckets', buckets), L + 1, 1 << 20);
   const theta = Float64Array.from(invFreq);
   const cs = theta.map(Math.cos);
   const sn = theta.map(Math.sin);
@@ -186,9 +186,9 @@ export function meetsDecayCriterion(base: number, L: number, headDim: number): b
  * result can be missed (resolution: gridRatio − 1 relative).
  */
 export function baseLowerBound(L: number, o: BaseLowerBoundOptions): number {
-  if (!Number.isSafeInteger(L) || L < 1) fail('L', `must be a positive integer, got ${show(L)}`);
+  contextLength('L', L);
   if (o === null || typeof o !== 'object') fail('options', `must be an object, got ${show(o)}`);
-  const d = positiveEvenInt('headDim', o.headDim);
+  const d = dim('headDim', o.headDim);
   const ratio = o.gridRatio === undefined ? 1.01 : finiteNumber('gridRatio', o.gridRatio);
   if (!(ratio > 1 && ratio <= 2)) fail('gridRatio', `must be in (1, 2], got ${ratio}`);
   const relTol = o.relTol === undefined ? 1e-5 : finiteNumber('relTol', o.relTol);

@@ -1,7 +1,7 @@
 // RoPE inverse frequencies and attention factor for each Hugging Face rope type, in float64.
 // Semantics follow transformers' ROPE_INIT_FUNCTIONS (modeling_rope_utils.py); where transformers
 // versions differ the choice is noted next to the code and in docs/theta.md.
-import { fail, finiteNumber, positive, positiveEvenInt, positiveInt, base as checkBase, show } from './validate';
+import { dim, fail, finiteNumber, positive, positiveEvenInt, positiveInt, base as checkBase, show } from './validate';
 
 export type RopeType = 'default' | 'linear' | 'ntk' | 'dynamic' | 'yarn' | 'llama3' | 'longrope';
 export const ropeTypes: readonly RopeType[] = ['default', 'linear', 'ntk', 'dynamic', 'yarn', 'llama3', 'longrope'];
@@ -52,7 +52,7 @@ const allowed: Record<RopeType, ReadonlySet<string>> = {
 
 /** Rotary dim from headDim / rotaryDim / partialRotaryFactor (HF: int(head_dim · partial_rotary_factor)). */
 export function resolveRotaryDim(headDim: number, rotaryDim?: number, partialRotaryFactor?: number): number {
-  const hd = positiveEvenInt('headDim', headDim);
+  const hd = dim('headDim', headDim);
   let fromFactor: number | undefined;
   if (partialRotaryFactor !== undefined) {
     const p = finiteNumber('partialRotaryFactor', partialRotaryFactor);
@@ -63,7 +63,7 @@ export function resolveRotaryDim(headDim: number, rotaryDim?: number, partialRot
     }
   }
   if (rotaryDim === undefined) return fromFactor ?? hd;
-  const rd = positiveEvenInt('rotaryDim', rotaryDim);
+  const rd = dim('rotaryDim', rotaryDim);
   if (rd > hd) fail('rotaryDim', `must be ≤ headDim (${hd}), got ${rd}`);
   if (fromFactor !== undefined && fromFactor !== rd) {
     fail('rotaryDim', `${rd} disagrees with floor(headDim·partialRotaryFactor) = ${fromFactor}`);
@@ -73,6 +73,8 @@ export function resolveRotaryDim(headDim: number, rotaryDim?: number, partialRot
 
 /** θ_i = base^(−2i/d), i in [0, d/2). */
 export function defaultInvFreq(base: number, d: number): Float64Array {
+  checkBase('base', base);
+  dim('headDim', d);
   const out = new Float64Array(d / 2);
   for (let i = 0; i < out.length; i++) out[i] = 1 / Math.pow(base, (2 * i) / d);
   return out;
@@ -80,6 +82,8 @@ export function defaultInvFreq(base: number, d: number): Float64Array {
 
 /** YaRN's attention scale: 0.1·m·ln s + 1 for s > 1, else 1. */
 export function yarnGetMscale(scale: number, mscale = 1): number {
+  finiteNumber('factor', scale);
+  finiteNumber('mscale', mscale);
   return scale <= 1 ? 1 : 0.1 * mscale * Math.log(scale) + 1;
 }
 

@@ -29,6 +29,9 @@ function exponentOf(x: number): number {
 
 /** Half an ulp of |x| in the format (subnormal spacing below 2^emin). */
 export function halfUlp(x: number, f: FloatFormat): number {
+  if (typeof x !== 'number' || Number.isNaN(x)) fail('x', `must be a number, got ${show(x)}`);
+  if (f === null || typeof f !== 'object' || !Number.isInteger(f.precision) || !Number.isInteger(f.emin))
+    fail('format', 'must be one of floatFormats');
   const a = Math.abs(x);
   const e = a === 0 ? f.emin : Math.max(exponentOf(a), f.emin);
   return Math.pow(2, e - f.precision);

@@ -22,6 +22,22 @@ export function positiveEvenInt(param: string, v: unknown): number {
   return n;
 }
 
+/** A head or rotary dimension: positive, even and at most 65536 (keeps arrays and scans bounded). */
+export function dim(param: string, v: unknown): number {
+  const n = positiveEvenInt(param, v);
+  if (n > 65536) fail(param, `must be ≤ 65536, got ${n}`);
+  return n;
+}
+
+/** A context length for the cosine-sum scans: the scans cost O(L·d), so L is capped at 2^24. */
+export const MAX_CONTEXT = 2 ** 24;
+export function contextLength(param: string, v: unknown, allowZero = false): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < (allowZero ? 0 : 1))
+    fail(param, `must be a ${allowZero ? 'non-negative' : 'positive'} integer, got ${show(v)}`);
+  if (v > MAX_CONTEXT) fail(param, `must be ≤ 2^24 (${MAX_CONTEXT}), got ${v}`);
+  return v;
+}
+
 export function positive(param: string, v: unknown): number {
   const n = finiteNumber(param, v);
   if (!(n > 0)) fail(param, `must be > 0, got ${n}`);
