@@ -14,48 +14,74 @@ MODE=${1:-all}
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv 2>&1 | tee "$OUTDIR/gpu.txt"
 
-# Three translation units compiled in parallel.
+# Translation units compiled in parallel: the main build, plus one kernel build per flag in VARIANTS
+# (e.g. VARIANTS="-DMB_ATTN_NO_RED_V4") for A/B timing in the same call.
 t0=$(date +%s)
 pids=()
-for f in attention_fwd attention_bwd; do
-  nvcc $FLAGS -c csrc/ops/attention/$f.cu -o "$BUILD/$f.o" >"$BUILD/$f.log" 2>&1 &
-  pids+=($!)
-done
+VARIANTS=${VARIANTS:-}
+build_kernels() {  # $1 = output dir, $2 = extra flags
+  mkdir -p "$1"
+  for f in attention_fwd attention_bwd; do
+    nvcc $FLAGS $2 -c csrc/ops/attention/$f.cu -o "$1/$f.o" >"$1/$f.log" 2>&1 &
+    pids+=($!)
+  done
+}
+build_kernels "$BUILD/main" ""
+i=0
+for v in $VARIANTS; do i=$((i + 1)); build_kernels "$BUILD/var$i" "$v"; done
 nvcc $FLAGS -c bench/dev/attn_harness.cu -o "$BUILD/harness.o" >"$BUILD/harness.log" 2>&1 &
 pids+=($!)
 fail=0
 for p in "${pids[@]}"; do wait "$p" || fail=1; done
-cat "$BUILD"/attention_fwd.log "$BUILD"/attention_bwd.log | grep -E "error|warning|Compiling entry|registers|spill" >"$OUTDIR/ptxas.txt"
+cat "$BUILD"/main/attention_fwd.log "$BUILD"/main/attention_bwd.log | grep -E "error|warning|Compiling entry|registers|spill" >"$OUTDIR/ptxas.txt"
 if [ $fail -ne 0 ]; then
-  cat "$BUILD"/*.log
+  cat "$BUILD"/*.log "$BUILD"/*/*.log
   echo "BUILD FAILED"
   exit 1
 fi
-nvcc $ARCH "$BUILD"/attention_fwd.o "$BUILD"/attention_bwd.o "$BUILD"/harness.o -o "$BUILD/attn_harness" || { echo "LINK FAILED"; exit 1; }
+for d in "$BUILD"/main "$BUILD"/var*; do
+  [ -d "$d" ] || continue
+  nvcc $ARCH "$d"/attention_fwd.o "$d"/attention_bwd.o "$BUILD"/harness.o -o "$d/attn_harness" || { echo "LINK FAILED"; exit 1; }
+done
 echo "build: $(( $(date +%s) - t0 )) s"
 grep -E "registers|spill" "$OUTDIR/ptxas.txt" | sort | uniq -c
+H="$BUILD/main/attn_harness"
 
 rc=0
 if [ "$MODE" = all ] || [ "$MODE" = check ]; then
-  "$BUILD/attn_harness" check 2>&1 | tee "$OUTDIR/check.log"
+  "$H" check 2>&1 | tee "$OUTDIR/check.log"
   crc=${PIPESTATUS[0]}
   if [ $crc -ne 0 ]; then
     rc=1
     if command -v compute-sanitizer >/dev/null; then
-      timeout 120 compute-sanitizer --tool memcheck --print-limit 20 "$BUILD/attn_harness" check quick >"$OUTDIR/memcheck.log" 2>&1
+      timeout 120 compute-sanitizer --tool memcheck --print-limit 20 "$H" check quick >"$OUTDIR/memcheck.log" 2>&1
       tail -40 "$OUTDIR/memcheck.log"
     fi
   fi
 fi
 if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
   t1=$(date +%s)
-  "$BUILD/attn_harness" bench ${LENS:-16384 65536 131072} 2>&1 | tee "$OUTDIR/bench.log" || rc=1
+  "$H" bench ${LENS:-16384 65536 131072} 2>&1 | tee "$OUTDIR/bench.log" || rc=1
   took=$(( $(date +%s) - t1 ))
   # The 512K point takes ~16x the 128K one; run it only when that fits comfortably.
   if [ -n "${BIG-524288}" ] && [ "$took" -lt "${BIG_IF_UNDER:-25}" ]; then
-    timeout "${BIG_TIMEOUT:-120}" "$BUILD/attn_harness" bench ${BIG-524288} 2>&1 | tee -a "$OUTDIR/bench.log"
+    timeout "${BIG_TIMEOUT:-120}" "$H" bench ${BIG-524288} 2>&1 | tee -a "$OUTDIR/bench.log"
   else
     echo "skipping 512K (smaller sizes took ${took} s)"
   fi
+fi
+i=0
+for v in $VARIANTS; do
+  i=$((i + 1))
+  echo "== variant $i: $v"
+  "$BUILD/var$i/attn_harness" bench ${VLENS:-16384 65536} 2>&1 | tee -a "$OUTDIR/variants.log"
+done
+# One profiled launch of each kernel at 16K (ncu reads counters on the Firecracker machines).
+if [ -n "${NCU:-}" ] && command -v ncu >/dev/null; then
+  timeout 90 ncu --clock-control none -k "regex:^attn_(fwd|bwd)_kernel" --launch-skip 0 --launch-count 2 \
+    --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+    --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats \
+    "$H" bench 16384 >"$OUTDIR/ncu.txt" 2>&1
+  grep -E "attn_|Duration|Throughput|Stall|Warp Cycles|Issued|Eligible|Bank|Registers|Achieved Occupancy|Pipe" "$OUTDIR/ncu.txt" | head -80
 fi
 exit $rc

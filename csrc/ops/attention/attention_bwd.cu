@@ -2,10 +2,12 @@
 //   1. attn_bwd_dot_kernel: Dsum = rowsum(dout * out) in fp32.
 //   2. attn_bwd_kernel: one CTA per (kv block of BC keys, (batch, kv head) unit). K and V stay in shared
 //      memory; the CTA walks the q heads of its group and their q blocks (BR rows, double-buffered with
-//      cp.async). Each of the 8 warps owns 16 keys and computes the transposed products S^T = K Q^T and
-//      dP^T = V dO^T, so P^T and dS^T sit in registers in exactly the A-operand layout that dV += P^T dO
-//      and dK += dS^T Q need. dS^T goes through shared memory once for dQ += dS K, which is added
-//      into an fp32 accumulator with atomics.
+//      cp.async). Three phases per q block, each with its own 2-D warp tiling so every fragment read
+//      from shared memory feeds at least two MMAs (shared-memory bandwidth is what limits mma.sync here):
+//        1. S^T = K Q^T and dP^T = V dO^T, warps 4 (32 keys) x 2 (32 q rows); P^T and dS^T -> smem (16-bit)
+//        2. dV += P^T dO, dK += dS^T Q, warps 4 (32 keys) x 2 (D/2 columns), accumulated in registers
+//        3. dQ += dS K, warps 2 (32 q rows) x 4 (D/4 columns), added into an fp32 accumulator with
+//           vector atomics.
 //   3. attn_bwd_dq_kernel: dq = scale * dq_accum in the output dtype.
 // dq_accum covers a chunk of (batch, kv head) units at a time, sized so the workspace stays near
 // 1.2 GiB even at 512K tokens; chunks run one after another on the same stream.
@@ -31,23 +33,57 @@ template <int D>
 struct BwdCfg {
   static constexpr int NW = 8;
   static constexpr int NT = NW * 32;
-  static constexpr int BC = NW * 16;  // keys per CTA, 16 per warp
-  static constexpr int BR = 64;       // q rows per step
+  static constexpr int BC = 128;  // keys per CTA
+  static constexpr int BR = 64;   // q rows per step
   static constexpr int SMEM = 2 * BC * D * 2      // K, V
                               + 2 * 2 * BR * D * 2  // Q, dO double-buffered
-                              + BC * BR * 2         // dS^T
+                              + 2 * BC * BR * 2     // P^T, dS^T
                               + 2 * 2 * BR * 4;     // lse, Dsum double-buffered
 };
+
+// Add a 16 x (8*NJ) fp32 fragment pair-row tile into dq_acc. sm_90: lanes swap halves with their
+// neighbour so each issues one 16-byte vector reduction per n8 tile instead of two 8-byte ones.
+template <int NJ>
+__device__ __forceinline__ void red_tile(float* acc_rows, int64_t row_pitch, int row0, int sq, const float (&c)[NJ][4],
+                                         int lane) {
+#if __CUDA_ARCH__ >= 900 && !defined(MB_ATTN_NO_RED_V4)
+  const bool odd = lane & 1;
+  const int row = row0 + (lane >> 2) + (odd ? 8 : 0);
+  float* dst = acc_rows + (int64_t)row * row_pitch + ((lane & 3) >> 1) * 4;
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+    const float s0 = odd ? c[j][0] : c[j][2], s1 = odd ? c[j][1] : c[j][3];
+    const float r0 = __shfl_xor_sync(0xffffffffu, s0, 1), r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+    float4 v = odd ? make_float4(r0, r1, c[j][2], c[j][3]) : make_float4(c[j][0], c[j][1], r0, r1);
+    if (row < sq)
+      asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst + j * 8), "f"(v.x), "f"(v.y), "f"(v.z),
+                   "f"(v.w)
+                   : "memory");
+  }
+#else
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int row = row0 + (lane >> 2) + hh * 8;
+    if (row < sq) {
+      float* dst = acc_rows + (int64_t)row * row_pitch + (lane & 3) * 2;
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+        atomicAdd(dst + j * 8, c[j][2 * hh]);
+        atomicAdd(dst + j * 8 + 1, c[j][2 * hh + 1]);
+      }
+    }
+  }
+#endif
+}
 
 template <bool BF16, int D>
 __global__ void __launch_bounds__(256, 1) attn_bwd_kernel(const BwdArgs a) {
   using C = BwdCfg<D>;
   constexpr int BC = C::BC, BR = C::BR, NT = C::NT;
-  constexpr int ROWB = D * 2;     // bytes per K/V/Q/dO row
-  constexpr int SROWB = BR * 2;   // bytes per dS^T row (128)
-  constexpr int NQT = BR / 8;     // n8 tiles of S^T (q columns)
-  constexpr int NDT = D / 8;      // n8 tiles of dK/dV
-  constexpr int QD = D / 2;       // dQ columns per warp
+  constexpr int ROWB = D * 2;    // bytes per K/V/Q/dO row
+  constexpr int SROWB = BR * 2;  // bytes per P^T / dS^T row (128)
+  constexpr int DH = D / 2;      // dK/dV columns per warp (phase 2)
+  constexpr int DQ = D / 4;      // dQ columns per warp (phase 3)
   const AttnBwdParams& p = a.p;
 
   extern __shared__ __align__(128) uint8_t smem[];
@@ -55,7 +91,9 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_kernel(const BwdArgs a) {
   const uint32_t sV = sK + BC * ROWB;
   const uint32_t sQ0 = sV + BC * ROWB;
   const uint32_t sO0 = sQ0 + 2 * BR * ROWB;  // dO buffers
-  const uint32_t sS = sO0 + 2 * BR * ROWB;   // dS^T
+  const uint32_t sP = sO0 + 2 * BR * ROWB;   // P^T  [key][q]
+  const uint32_t sS = sP + BC * SROWB;       // dS^T [key][q]
+  uint8_t* const sPp = smem + (sP - sK);
   uint8_t* const sSp = smem + (sS - sK);
   float* const sLse = (float*)(smem + (sS - sK) + BC * SROWB);  // [2][BR]
   float* const sDs = sLse + 2 * BR;                              // [2][BR]
@@ -104,173 +142,182 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_kernel(const BwdArgs a) {
   if (total > 0) prefetch(0, 0);
   cp_async_commit();
 
-  float dk[NDT][4], dv[NDT][4];
+  // Phase 2 accumulators: keys kg*32.. (two m16 tiles) x columns dh*DH..
+  float dk[2][DH / 8][4], dv[2][DH / 8][4];
 #pragma unroll
-  for (int j = 0; j < NDT; ++j)
+  for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) dk[j][e] = dv[j][e] = 0.f;
+    for (int j = 0; j < DH / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dk[mt][j][e] = dv[mt][j][e] = 0.f;
 
   const int l7 = lane & 7, hi8 = (lane >> 3) & 1, hi16 = lane >> 4;
-  const uint32_t kA = sK + (warp * 16 + l7 + hi8 * 8) * ROWB;  // A rows of K (this warp's keys)
-  const uint32_t vA = sV + (warp * 16 + l7 + hi8 * 8) * ROWB;  // A rows of V
-  const uint32_t bN = (l7 + hi16 * 8) * ROWB;                  // B rows (non-trans) of Q / dO
-  const uint32_t bT = (l7 + hi8 * 8) * ROWB;                   // B rows (trans) of Q / dO / K
-  const int wm = warp & 3, wn = warp >> 2;                     // dQ warp tile: 16 q rows x D/2 cols
-  // dS^T read transposed as the A operand of dQ: matrix (lane>>3): keys +8 for 2,3; q +8 for 1,3.
-  const uint32_t sA = sS + (l7 + hi16 * 8) * SROWB;
-  const int sA_ch = wm * 2 + hi8;
+  const int kg = warp & 3;  // phases 1 and 2: keys kg*32 .. kg*32+31
+  const int qh = warp >> 2;  // phase 1: q columns qh*32 .. +31
+  const int dh = warp >> 2;  // phase 2: d columns dh*DH ..
+  const int qm = warp & 1;   // phase 3: q rows qm*32 .. +31
+  const int dn = warp >> 1;  // phase 3: d columns dn*DQ ..
+  const uint32_t kA = sK + (kg * 32 + l7 + hi8 * 8) * ROWB;     // A rows (K, V; + mt*16 rows)
+  const uint32_t vA = sV + (kg * 32 + l7 + hi8 * 8) * ROWB;
+  const uint32_t bN = (qh * 32 + l7 + hi16 * 8) * ROWB;         // B rows, non-trans (Q, dO)
+  const uint32_t bT = (l7 + hi8 * 8) * ROWB;                    // B rows, trans (Q, dO, K)
+  const uint32_t pA = (kg * 32 + l7 + hi8 * 8) * SROWB;         // A rows of P^T / dS^T
+  const uint32_t sA = sS + (l7 + hi16 * 8) * SROWB;             // dS^T read transposed as dS (A of dQ)
 
   for (int t = 0; t < total; ++t) {
     const int buf = t & 1;
     const int g = t / nm, m = m_begin + t % nm;
     const int r0 = m * BR;
     cp_async_wait<0>();
-    __syncthreads();  // tiles for t landed; every warp finished step t-1 (its buffers and dS^T)
+    __syncthreads();  // tiles for t landed; every warp finished step t-1 (buffers, P^T, dS^T)
     if (t + 1 < total) prefetch(t + 1, buf ^ 1);
     cp_async_commit();
 
     const uint32_t sQ = sQ0 + buf * BR * ROWB, sO = sO0 + buf * BR * ROWB;
-    float st[NQT][4], dpt[NQT][4];
-#pragma unroll
-    for (int j = 0; j < NQT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) st[j][e] = dpt[j][e] = 0.f;
-
-    // S^T = K Q^T and dP^T = V dO^T (16 keys x BR q rows per warp).
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t ka[4], va[4];
-      ldsm_x4(ka, kA + (((kk * 2 + hi16) ^ l7) << 4));
-      ldsm_x4(va, vA + (((kk * 2 + hi16) ^ l7) << 4));
-#pragma unroll
-      for (int np = 0; np < NQT / 2; ++np) {
-        uint32_t qb[4], ob[4];
-        ldsm_x4(qb, sQ + bN + np * 16 * ROWB + (((kk * 2 + hi8) ^ l7) << 4));
-        ldsm_x4(ob, sO + bN + np * 16 * ROWB + (((kk * 2 + hi8) ^ l7) << 4));
-        mma16816<BF16>(st[2 * np], ka, qb[0], qb[1]);
-        mma16816<BF16>(st[2 * np + 1], ka, qb[2], qb[3]);
-        mma16816<BF16>(dpt[2 * np], va, ob[0], ob[1]);
-        mma16816<BF16>(dpt[2 * np + 1], va, ob[2], ob[3]);
-      }
-    }
-
-    // P^T = exp2(S^T * scale*log2e - lse*log2e); dS^T = P^T (dP^T - Dsum).
-    const float* lse_b = sLse + buf * BR;
-    const float* ds_b = sDs + buf * BR;
-    const bool masked = ragged_k || (p.causal && (int64_t)r0 < mask_before);
-    const int key0 = n0 + warp * 16 + (lane >> 2);
-#pragma unroll
-    for (int j = 0; j < NQT; ++j) {
-      const int ql = j * 8 + (lane & 3) * 2;
-      const float2 L = *(const float2*)(lse_b + ql);
-      const float2 Dd = *(const float2*)(ds_b + ql);
-      // -inf lse: the row saw no key, so its P is 0 (never exp2(+inf)).
-      const float l0 = L.x == -INFINITY ? INFINITY : L.x * kLog2e;
-      const float l1 = L.y == -INFINITY ? INFINITY : L.y * kLog2e;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float pv = ex2(st[j][e] * a.scale_log2 - ((e & 1) ? l1 : l0));
-        if (masked) {
-          const int key = key0 + (e >> 1) * 8, q = r0 + ql + (e & 1);
-          if (key >= sk || (p.causal && key - q > a.delta)) pv = 0.f;
-        }
-        st[j][e] = pv;
-        dpt[j][e] = pv * (dpt[j][e] - ((e & 1) ? Dd.y : Dd.x));
-      }
-    }
-
-    // dV += P^T dO, dK += dS^T Q (A operands straight from registers; B via ldmatrix.trans).
-#pragma unroll
-    for (int kk = 0; kk < BR / 16; ++kk) {
-      uint32_t pa[4], da[4];
-      pa[0] = pack2<BF16>(st[2 * kk][0], st[2 * kk][1]);
-      pa[1] = pack2<BF16>(st[2 * kk][2], st[2 * kk][3]);
-      pa[2] = pack2<BF16>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-      pa[3] = pack2<BF16>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
-      da[0] = pack2<BF16>(dpt[2 * kk][0], dpt[2 * kk][1]);
-      da[1] = pack2<BF16>(dpt[2 * kk][2], dpt[2 * kk][3]);
-      da[2] = pack2<BF16>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
-      da[3] = pack2<BF16>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
-      // dS^T to shared memory for dQ: row = key (warp*16 + lane/4 [+8]), q column pair.
-      {
-        const int kr = warp * 16 + (lane >> 2);
-        const uint32_t cb = (lane & 3) * 4;
-        *(uint32_t*)(sSp + swz<SROWB>(kr, 2 * kk) + cb) = da[0];
-        *(uint32_t*)(sSp + swz<SROWB>(kr + 8, 2 * kk) + cb) = da[1];
-        *(uint32_t*)(sSp + swz<SROWB>(kr, 2 * kk + 1) + cb) = da[2];
-        *(uint32_t*)(sSp + swz<SROWB>(kr + 8, 2 * kk + 1) + cb) = da[3];
-      }
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t ob[4], qb[4];
-        ldsm_x4_t(ob, sO + bT + kk * 16 * ROWB + (((dp * 2 + hi16) ^ l7) << 4));
-        ldsm_x4_t(qb, sQ + bT + kk * 16 * ROWB + (((dp * 2 + hi16) ^ l7) << 4));
-        mma16816<BF16>(dv[2 * dp], pa, ob[0], ob[1]);
-        mma16816<BF16>(dv[2 * dp + 1], pa, ob[2], ob[3]);
-        mma16816<BF16>(dk[2 * dp], da, qb[0], qb[1]);
-        mma16816<BF16>(dk[2 * dp + 1], da, qb[2], qb[3]);
-      }
-    }
-    __syncthreads();  // dS^T complete
-
-    // dQ (BR x D) += dS K: warp tile = q rows wm*16.., d columns wn*QD..
-    float dq[QD / 8][4];
-#pragma unroll
-    for (int j = 0; j < QD / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dq[j][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < BC / 16; ++kk) {
-      uint32_t sa[4];
-      ldsm_x4_t(sa, sA + kk * 16 * SROWB + ((sA_ch ^ l7) << 4));
-#pragma unroll
-      for (int dp = 0; dp < QD / 16; ++dp) {
-        uint32_t kb[4];
-        ldsm_x4_t(kb, sK + bT + kk * 16 * ROWB + (((wn * (QD / 8) + dp * 2 + hi16) ^ l7) << 4));
-        mma16816<BF16>(dq[2 * dp], sa, kb[0], kb[1]);
-        mma16816<BF16>(dq[2 * dp + 1], sa, kb[2], kb[3]);
-      }
-    }
+    // Phase 1: S^T = K Q^T, dP^T = V dO^T for 32 keys x 32 q rows per warp.
     {
-      float* acc = a.dq_acc + ((int64_t)unit_l * sq * group + g) * D + wn * QD + (lane & 3) * 2;
+      float st[2][4][4], dpt[2][4][4];
 #pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const int q = r0 + wm * 16 + (lane >> 2) + hh * 8;
-        if (q < sq) {
-          float* row = acc + (int64_t)q * group * D;
+      for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-          for (int j = 0; j < QD / 8; ++j) {
-#if __CUDA_ARCH__ >= 900
-            asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(row + j * 8), "f"(dq[j][2 * hh]),
-                         "f"(dq[j][2 * hh + 1])
-                         : "memory");
-#else
-            atomicAdd(row + j * 8, dq[j][2 * hh]);
-            atomicAdd(row + j * 8 + 1, dq[j][2 * hh + 1]);
-#endif
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) st[mt][j][e] = dpt[mt][j][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t ka[2][4], va[2][4];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          ldsm_x4(ka[mt], kA + mt * 16 * ROWB + (((kk * 2 + hi16) ^ l7) << 4));
+          ldsm_x4(va[mt], vA + mt * 16 * ROWB + (((kk * 2 + hi16) ^ l7) << 4));
+        }
+#pragma unroll
+        for (int np = 0; np < 2; ++np) {
+          uint32_t qb[4], ob[4];
+          ldsm_x4(qb, sQ + bN + np * 16 * ROWB + (((kk * 2 + hi8) ^ l7) << 4));
+          ldsm_x4(ob, sO + bN + np * 16 * ROWB + (((kk * 2 + hi8) ^ l7) << 4));
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt) {
+            mma16816<BF16>(st[mt][2 * np], ka[mt], qb[0], qb[1]);
+            mma16816<BF16>(st[mt][2 * np + 1], ka[mt], qb[2], qb[3]);
+            mma16816<BF16>(dpt[mt][2 * np], va[mt], ob[0], ob[1]);
+            mma16816<BF16>(dpt[mt][2 * np + 1], va[mt], ob[2], ob[3]);
           }
         }
       }
+
+      // P^T = exp2(S^T * scale*log2e - lse*log2e); dS^T = P^T (dP^T - Dsum); both to smem as 16-bit.
+      const float* lse_b = sLse + buf * BR;
+      const float* ds_b = sDs + buf * BR;
+      const bool masked = ragged_k || (p.causal && (int64_t)r0 < mask_before);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int ql = qh * 32 + j * 8 + (lane & 3) * 2;
+        const float2 L = *(const float2*)(lse_b + ql);
+        const float2 Dd = *(const float2*)(ds_b + ql);
+        // -inf lse: the row saw no key, so its P is 0 (never exp2(+inf)).
+        const float l0 = L.x == -INFINITY ? INFINITY : L.x * kLog2e;
+        const float l1 = L.y == -INFINITY ? INFINITY : L.y * kLog2e;
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          const int kr = kg * 32 + mt * 16 + (lane >> 2);  // local key row
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float pv = ex2(st[mt][j][e] * a.scale_log2 - ((e & 1) ? l1 : l0));
+            if (masked) {
+              const int key = n0 + kr + (e >> 1) * 8, q = r0 + ql + (e & 1);
+              if (key >= sk || (p.causal && key - q > a.delta)) pv = 0.f;
+            }
+            st[mt][j][e] = pv;
+            dpt[mt][j][e] = pv * (dpt[mt][j][e] - ((e & 1) ? Dd.y : Dd.x));
+          }
+          const uint32_t cb = (lane & 3) * 4;
+          const int ch = qh * 4 + j;
+          *(uint32_t*)(sPp + swz<SROWB>(kr, ch) + cb) = pack2<BF16>(st[mt][j][0], st[mt][j][1]);
+          *(uint32_t*)(sPp + swz<SROWB>(kr + 8, ch) + cb) = pack2<BF16>(st[mt][j][2], st[mt][j][3]);
+          *(uint32_t*)(sSp + swz<SROWB>(kr, ch) + cb) = pack2<BF16>(dpt[mt][j][0], dpt[mt][j][1]);
+          *(uint32_t*)(sSp + swz<SROWB>(kr + 8, ch) + cb) = pack2<BF16>(dpt[mt][j][2], dpt[mt][j][3]);
+        }
+      }
+    }
+    __syncthreads();  // P^T and dS^T complete
+
+    // Phase 2: dV += P^T dO, dK += dS^T Q for 32 keys x DH columns per warp.
+#pragma unroll
+    for (int kk = 0; kk < BR / 16; ++kk) {
+      uint32_t pa[2][4], da[2][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        ldsm_x4(pa[mt], sP + pA + mt * 16 * SROWB + (((kk * 2 + hi16) ^ l7) << 4));
+        ldsm_x4(da[mt], sS + pA + mt * 16 * SROWB + (((kk * 2 + hi16) ^ l7) << 4));
+      }
+#pragma unroll
+      for (int dp = 0; dp < DH / 16; ++dp) {
+        uint32_t ob[4], qb[4];
+        const int ch = dh * (DH / 8) + dp * 2 + hi16;
+        ldsm_x4_t(ob, sO + bT + kk * 16 * ROWB + ((ch ^ l7) << 4));
+        ldsm_x4_t(qb, sQ + bT + kk * 16 * ROWB + ((ch ^ l7) << 4));
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          mma16816<BF16>(dv[mt][2 * dp], pa[mt], ob[0], ob[1]);
+          mma16816<BF16>(dv[mt][2 * dp + 1], pa[mt], ob[2], ob[3]);
+          mma16816<BF16>(dk[mt][2 * dp], da[mt], qb[0], qb[1]);
+          mma16816<BF16>(dk[mt][2 * dp + 1], da[mt], qb[2], qb[3]);
+        }
+      }
+    }
+
+    // Phase 3: dQ (BR x D) += dS K: 32 q rows x DQ columns per warp, added into dq_acc.
+    {
+      float dq[2][DQ / 8][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int j = 0; j < DQ / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dq[mt][j][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < BC / 16; ++kk) {
+        uint32_t sa[2][4];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+          ldsm_x4_t(sa[mt], sA + kk * 16 * SROWB + (((qm * 4 + mt * 2 + hi8) ^ l7) << 4));
+#pragma unroll
+        for (int dp = 0; dp < DQ / 16; ++dp) {
+          uint32_t kb[4];
+          ldsm_x4_t(kb, sK + bT + kk * 16 * ROWB + (((dn * (DQ / 8) + dp * 2 + hi16) ^ l7) << 4));
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt) {
+            mma16816<BF16>(dq[mt][2 * dp], sa[mt], kb[0], kb[1]);
+            mma16816<BF16>(dq[mt][2 * dp + 1], sa[mt], kb[2], kb[3]);
+          }
+        }
+      }
+      float* acc = a.dq_acc + ((int64_t)unit_l * sq * group + g) * D + dn * DQ;
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) red_tile<DQ / 8>(acc, (int64_t)group * D, r0 + qm * 32 + mt * 16, sq, dq[mt], lane);
     }
   }
 
-  // dK = scale * dS^T Q, dV = P^T dO for this warp's 16 keys.
-  uint16_t* gdK = (uint16_t*)p.dk + b * p.dk_batch_stride + kvh * p.dk_head_stride;
-  uint16_t* gdV = (uint16_t*)p.dv + b * p.dv_batch_stride + kvh * p.dv_head_stride;
+  // dK = scale * dS^T Q, dV = P^T dO for keys kg*32.., columns dh*DH..
+  uint16_t* gdK = (uint16_t*)p.dk + b * p.dk_batch_stride + kvh * p.dk_head_stride + dh * DH + (lane & 3) * 2;
+  uint16_t* gdV = (uint16_t*)p.dv + b * p.dv_batch_stride + kvh * p.dv_head_stride + dh * DH + (lane & 3) * 2;
   const float scale = p.scale;
 #pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    const int key = n0 + warp * 16 + (lane >> 2) + hh * 8;
-    if (key < sk) {
-      uint16_t* rk = gdK + (int64_t)key * p.dk_row_stride + (lane & 3) * 2;
-      uint16_t* rv = gdV + (int64_t)key * p.dv_row_stride + (lane & 3) * 2;
+  for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-      for (int j = 0; j < NDT; ++j) {
-        *(uint32_t*)(rk + j * 8) = pack2<BF16>(dk[j][2 * hh] * scale, dk[j][2 * hh + 1] * scale);
-        *(uint32_t*)(rv + j * 8) = pack2<BF16>(dv[j][2 * hh], dv[j][2 * hh + 1]);
+    for (int hh = 0; hh < 2; ++hh) {
+      const int key = n0 + kg * 32 + mt * 16 + (lane >> 2) + hh * 8;
+      if (key < sk) {
+        uint16_t* rk = gdK + (int64_t)key * p.dk_row_stride;
+        uint16_t* rv = gdV + (int64_t)key * p.dv_row_stride;
+#pragma unroll
+        for (int j = 0; j < DH / 8; ++j) {
+          *(uint32_t*)(rk + j * 8) = pack2<BF16>(dk[mt][j][2 * hh] * scale, dk[mt][j][2 * hh + 1] * scale);
+          *(uint32_t*)(rv + j * 8) = pack2<BF16>(dv[mt][j][2 * hh], dv[mt][j][2 * hh + 1]);
+        }
       }
     }
-  }
 }
 
 // Dsum[b, h, i] = sum_d dout * out (fp32), one warp per row.
