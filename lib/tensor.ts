@@ -4,7 +4,7 @@
 import { randomBytes } from 'crypto';
 import { Dtype, checkDtype, dtypeCode, dtypeSize } from './dtype';
 import { DeviceLike, DeviceString, deviceIndex, parseDevice } from './device';
-import { ArgumentError, DeviceError, DisposedError, DtypeError, ShapeError, native as call } from './errors';
+import { ArgumentError, DeviceError, DisposedError, DtypeError, ShapeError, UnsupportedError, native as call } from './errors';
 import { NativeHandle, native } from './native';
 
 export type Shape = readonly number[];
@@ -101,6 +101,27 @@ export class Tensor {
     if (n !== this.numel) throw new ShapeError(`reshape: [${s}] has ${n} elements, tensor has ${this.numel}`);
     const h = call(() => native().view(this.handle(), s));
     return new Tensor(h, s, this.dtype, this.device);
+  }
+
+  /**
+   * A view of `length` entries starting at `start` along dimension `dim` — cheap (no copy) when the
+   * slice is contiguous, i.e. every dimension before `dim` has size 1; otherwise ERR_UNSUPPORTED.
+   */
+  narrow(dim: number, start: number, length: number): Tensor {
+    const h = this.handle();
+    const nd = this.ndim;
+    if (!Number.isSafeInteger(dim) || dim < -nd || dim >= nd) throw new ArgumentError(`narrow: dim ${dim} out of range for ${nd}-D tensor`);
+    const d = dim < 0 ? dim + nd : dim;
+    const size = this.shape[d];
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(length) || start < 0 || length < 0 || start + length > size)
+      throw new ShapeError(`narrow: [${start}, ${start}+${length}) is outside dimension ${d} of size ${size}`);
+    if (this.shape.slice(0, d).some((x) => x !== 1))
+      throw new UnsupportedError('narrow: only contiguous slices (all leading dimensions of size 1) are views; copy first');
+    const inner = this.shape.slice(d + 1).reduce((a, b) => a * b, 1);
+    const shape = [...this.shape];
+    shape[d] = length;
+    const v = call(() => native().view(h, shape, start * inner));
+    return new Tensor(v, shape, this.dtype, this.device);
   }
 
   /** Fills in place with a value. */

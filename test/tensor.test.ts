@@ -103,6 +103,17 @@ for (const dev of testDevices) {
     v.fill_(3);
     t.same(Array.from(await c.toArray()), new Array(500).fill(3), 'reshape is a view');
     v.dispose();
+    const base = tensor(Float32Array.from({ length: 24 }, (_, i) => i), { shape: [1, 4, 3, 2], device: dev });
+    const sl = base.narrow(1, 1, 2);
+    t.same(sl.shape, [1, 2, 3, 2]);
+    t.same(Array.from(await sl.toArray()), Array.from({ length: 12 }, (_, i) => i + 6), 'narrow reads the slice');
+    sl.fill_(-1);
+    const after = await base.toArray();
+    t.same(Array.from(after.slice(6, 18)), new Array(12).fill(-1), 'narrow is a view');
+    t.equal(after[5], 5); t.equal(after[18], 18);
+    throwsCode(t, () => base.narrow(1, 3, 2), 'ERR_SHAPE');
+    throwsCode(t, () => base.narrow(2, 0, 1), 'ERR_UNSUPPORTED');
+    sl.dispose(); base.dispose();
     for (const y of [z, f, x, xi, xb, xbf, c]) y.dispose();
   });
 

@@ -30,9 +30,12 @@ class TensorImpl : public Napi::ObjectWrap<TensorImpl> {
   std::vector<int64_t> shape;
   Dtype dtype = Dtype::F32;
   int device = kCpu;
+  int64_t offset = 0;  // in elements, for views into a larger storage
   int64_t numel() const;
   size_t nbytes() const { return (size_t)numel() * dtype_size(dtype); }
-  void* data() const { return storage ? storage->ptr : nullptr; }
+  void* data() const {
+    return storage ? static_cast<char*>(storage->ptr) + offset * dtype_size(dtype) : nullptr;
+  }
   void dispose(Napi::Env env);
 
  private:

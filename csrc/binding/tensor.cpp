@@ -71,19 +71,23 @@ Napi::Value Empty(const Napi::CallbackInfo& info) {
 }
 MB_EXPORT("empty", Empty);
 
-// view(handle, shape) -> handle sharing the storage (same numel)
+// view(handle, shape, offset = 0) -> handle sharing the storage: `shape` elements starting
+// `offset` elements into the tensor (a reshape, or a contiguous slice).
 Napi::Value View(const Napi::CallbackInfo& info) {
   TensorImpl* t = tensor_arg(info[0], "tensor");
   auto shape = shape_arg(info[1]);
+  int64_t off = info.Length() > 2 && !info[2].IsUndefined() ? int_arg(info[2], "offset") : 0;
   int64_t n = 1;
   for (auto d : shape) n *= d;
-  if (n != t->numel()) throw Error("ERR_SHAPE", "view: element count differs");
+  if (off < 0 || off > t->numel() || n > t->numel() - off)
+    throw Error("ERR_SHAPE", "view: shape and offset exceed the tensor");
   Napi::Object obj = TensorImpl::ctor->New({});
   TensorImpl* v = TensorImpl::Unwrap(obj);
   v->storage = t->storage;
   v->shape = shape;
   v->dtype = t->dtype;
   v->device = t->device;
+  v->offset = t->offset + off;
   return obj;
 }
 MB_EXPORT("view", View);
@@ -253,13 +257,14 @@ Napi::Value Read(const Napi::CallbackInfo& info) {
   std::function<void()> work;
   if (t->device == kCpu) {
     StoragePtr st = t->storage;
-    cpu_enqueue([st, host_out, n, dt, convert]() {
+    const void* src = t->data();
+    cpu_enqueue([st, src, host_out, n, dt, convert]() {
       if (convert) {
         parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {
-          for (int64_t i = b; i < e; ++i) ((float*)host_out)[i] = load_as_f32(st->ptr, dt, i);
+          for (int64_t i = b; i < e; ++i) ((float*)host_out)[i] = load_as_f32(src, dt, i);
         });
       } else {
-        std::memcpy(host_out, st->ptr, (size_t)n * dtype_size(dt));
+        std::memcpy(host_out, src, (size_t)n * dtype_size(dt));
       }
     });
     work = [] { throw_cpu_pending_error(); };
