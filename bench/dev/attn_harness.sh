@@ -74,6 +74,10 @@ i=0
 for v in $VARIANTS; do
   i=$((i + 1))
   echo "== variant $i: $v"
+  if [ -n "${VARIANT_CHECK:-}" ]; then
+    "$BUILD/var$i/attn_harness" check >"$OUTDIR/check_var$i.log" 2>&1 || rc=1
+    tail -1 "$OUTDIR/check_var$i.log"
+  fi
   "$BUILD/var$i/attn_harness" bench ${VLENS:-16384 65536} 2>&1 | tee -a "$OUTDIR/variants.log"
 done
 # One profiled launch of each kernel at 16K (ncu reads counters on the Firecracker machines).
