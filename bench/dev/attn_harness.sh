@@ -28,7 +28,7 @@ build_kernels() {  # $1 = output dir, $2 = extra flags
 }
 build_kernels "$BUILD/main" ""
 i=0
-for v in $VARIANTS; do i=$((i + 1)); build_kernels "$BUILD/var$i" "$v"; done
+for v in $VARIANTS; do i=$((i + 1)); build_kernels "$BUILD/var$i" "${v//,/ }"; done  # commas join flags of one variant
 nvcc $FLAGS -c bench/dev/attn_harness.cu -o "$BUILD/harness.o" >"$BUILD/harness.log" 2>&1 &
 pids+=($!)
 fail=0

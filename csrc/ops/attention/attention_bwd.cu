@@ -455,19 +455,12 @@ static BwdPlan plan_bwd(const AttnBwdParams& p) {
 
 template <bool BF16, int D>
 static void launch_bwd(const AttnBwdParams& p, cudaStream_t stream) {
-  using C = BwdCfg<D>;
   const BwdPlan pl = plan_bwd(p);
   float* dsum = (float*)p.workspace;
   float* dq_acc = (float*)((char*)p.workspace + pl.dsum_bytes);
   const int group = p.heads_q / p.heads_kv;
 
-  if (p.seqlen_q > 0) {
-    const int64_t rows = (int64_t)p.batch * p.seqlen_q * p.heads_q;
-    const int64_t blocks = std::min<int64_t>((rows + 7) / 8, 132 * 64);
-    attn_bwd_dot_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dsum);
-    check_cuda("attention_bwd preprocess launch");
-  }
-
+  using C = BwdCfg<D>;
   auto kern = attn_bwd_kernel<BF16, D>;
   // The SASS that runs decides the dQ path (bulk reductions exist from sm_90 on).
   cudaFuncAttributes fa;
@@ -477,8 +470,21 @@ static void launch_bwd(const AttnBwdParams& p, cudaStream_t stream) {
 #else
   const int smem = fa.binaryVersion >= 90 ? C::SMEM_BULK : C::SMEM;
 #endif
+  int dev = 0, optin = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (smem > optin)
+    throw Error("ERR_UNSUPPORTED", "attention_bwd_cuda: head_dim " + std::to_string(D) + " needs " + std::to_string(smem) +
+                                       " bytes of shared memory per block, this GPU allows " + std::to_string(optin));
   cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   check_cuda("attention_bwd: cudaFuncSetAttribute");
+
+  if (p.seqlen_q > 0) {
+    const int64_t rows = (int64_t)p.batch * p.seqlen_q * p.heads_q;
+    const int64_t blocks = std::min<int64_t>((rows + 7) / 8, 132 * 64);
+    attn_bwd_dot_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dsum);
+    check_cuda("attention_bwd preprocess launch");
+  }
 
   BwdArgs a;
   a.p = p;
