@@ -1,0 +1,469 @@
+// Flash attention against the float64 reference in test/ref/attention.ts: forward and backward on
+// the CPU (every dtype) and on CUDA (skipped without a GPU), gradients by central finite
+// differences, masked rows and unseen keys exactly zero, every error path with its code.
+import t, { Test } from 'tap';
+import { attention, AttentionOptions } from '../lib/attention';
+import { fromNative } from '../lib/errors';
+import { native } from '../lib/native';
+import { Tensor, full, randn, synchronize, tensor } from '../lib/tensor';
+import { throwsCode } from './helpers/assert';
+import { gpu } from './helpers/devices';
+import { mulberry32, randomNormal, testSeed } from './helpers/rng';
+import { AttnDims, attentionBackwardRef, attentionForwardRef } from './ref/attention';
+
+const seed = testSeed();
+t.comment(`TEST_SEED=${seed}`);
+const rnd = mulberry32(seed);
+const randInt = (lo: number, hi: number): number => lo + Math.floor(rnd() * (hi - lo + 1));
+const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)];
+
+type FloatDtype = 'f32' | 'f16' | 'bf16';
+interface Case extends AttnDims {
+  dtype: FloatDtype;
+  causal: boolean;
+  qOffset: number;
+  kOffset: number;
+  scale?: number;
+}
+
+const describe = (c: Case): string =>
+  `${c.dtype} b${c.batch} sq${c.seqQ} sk${c.seqK} hq${c.headsQ}/hkv${c.headsKv} d${c.headDim}` +
+  (c.causal ? ` causal q@${c.qOffset} k@${c.kOffset}` : ' full') + (c.scale !== undefined ? ` scale ${c.scale}` : '');
+const optsOf = (c: Case): AttentionOptions => ({
+  causal: c.causal, qOffset: c.qOffset, kOffset: c.kOffset, ...(c.scale !== undefined ? { scale: c.scale } : {}),
+});
+const qShape = (c: Case): number[] => [c.batch, c.seqQ, c.headsQ, c.headDim];
+const kShape = (c: Case): number[] => [c.batch, c.seqK, c.headsKv, c.headDim];
+
+// Tolerances relative to the largest reference magnitude of each output. f32 is f32 accumulation
+// of f32 data; f16/bf16 add the rounding of the stored result (2^-11 / 2^-8 relative).
+const TOL: Record<FloatDtype, number> = { f32: 1e-5, f16: 4e-3, bf16: 1e-2 };
+const CUDA_TOL: Record<FloatDtype, number> = { f32: 0, f16: 5e-3, bf16: 1.5e-2 };
+
+async function values(x: Tensor): Promise<Float64Array> {
+  return Float64Array.from(await x.toArray());
+}
+
+/** Inputs as tensors of the case's dtype, and the values they actually hold (after rounding). */
+async function makeInputs(c: Case, device: 'cpu' | 'cuda') {
+  const mk = async (shape: number[]) => {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const x = tensor(randomNormal(n, rnd), { shape, dtype: c.dtype, device });
+    return { x, v: await values(x) };
+  };
+  const q = await mk(qShape(c)), k = await mk(kShape(c)), v = await mk(kShape(c)), dout = await mk(qShape(c));
+  return { q, k, v, dout, dispose: () => [q, k, v, dout].forEach((a) => a.x.dispose()) };
+}
+
+/** max |got - want| / max |want|, and whether got has a NaN anywhere. */
+function relErr(got: ArrayLike<number>, want: ArrayLike<number>): { err: number; nan: boolean; scale: number } {
+  let e = 0, m = 0, nan = false;
+  for (let i = 0; i < want.length; i++) {
+    if (Number.isNaN(got[i])) nan = true;
+    e = Math.max(e, Math.abs(got[i] - want[i]));
+    m = Math.max(m, Math.abs(want[i]));
+  }
+  return { err: m > 0 ? e / m : e, nan, scale: m };
+}
+
+function near(tt: Tap, what: string, got: ArrayLike<number>, want: ArrayLike<number>, tol: number): void {
+  tt.equal(got.length, want.length, `${what}: length`);
+  const { err, nan } = relErr(got, want);
+  tt.ok(!nan && err <= tol, `${what}: rel err ${err.toExponential(2)} <= ${tol} (nan: ${nan})`);
+}
+
+// lse: -Infinity exactly where the reference row is fully masked, else close relative to 1 + |lse|.
+function nearLse(tt: Tap, what: string, got: ArrayLike<number>, want: ArrayLike<number>, tol: number): void {
+  let bad = 0, worst = 0, masked = 0;
+  for (let i = 0; i < want.length; i++) {
+    if (want[i] === -Infinity) {
+      masked++;
+      if (got[i] !== -Infinity) bad++;
+      continue;
+    }
+    const e = Math.abs(got[i] - want[i]) / (1 + Math.abs(want[i]));
+    if (!(e <= tol)) bad++;
+    worst = Math.max(worst, Number.isNaN(e) ? Infinity : e);
+  }
+  tt.equal(bad, 0, `${what}: lse within ${tol} (worst ${worst.toExponential(2)}), -Infinity on all ${masked} masked rows`);
+}
+
+type Tap = Test;
+
+/** Rows that see no key must give exactly 0 output and 0 dq; keys no query sees exactly 0 dk/dv. */
+function exactZeros(tt: Tap, c: Case, lseRef: Float64Array, out: Float64Array, dq: Float64Array, dk: Float64Array,
+    dv: Float64Array): void {
+  const D = c.headDim;
+  let rows = 0, badRows = 0;
+  for (let b = 0; b < c.batch; b++)
+    for (let h = 0; h < c.headsQ; h++)
+      for (let i = 0; i < c.seqQ; i++) {
+        if (lseRef[(b * c.headsQ + h) * c.seqQ + i] !== -Infinity) continue;
+        rows++;
+        const base = ((b * c.seqQ + i) * c.headsQ + h) * D;
+        for (let x = 0; x < D; x++) if (out[base + x] !== 0 || dq[base + x] !== 0) { badRows++; break; }
+      }
+  // Key j is seen by some query iff kOffset + j <= qOffset + seqQ - 1 (and seqQ > 0).
+  let keys = 0, badKeys = 0;
+  if (c.causal || c.seqQ === 0) {
+    for (let b = 0; b < c.batch; b++)
+      for (let j = 0; j < c.seqK; j++) {
+        if (c.seqQ > 0 && c.kOffset + j <= c.qOffset + c.seqQ - 1) continue;
+        for (let h = 0; h < c.headsKv; h++) {
+          keys++;
+          const base = ((b * c.seqK + j) * c.headsKv + h) * D;
+          for (let x = 0; x < D; x++) if (dk[base + x] !== 0 || dv[base + x] !== 0) { badKeys++; break; }
+        }
+      }
+  }
+  tt.equal(badRows, 0, `${rows} fully masked query rows: out and dq exactly 0`);
+  tt.equal(badKeys, 0, `${keys} unseen key rows: dk and dv exactly 0`);
+}
+
+/** Runs forward + backward through the public API and checks everything against the reference. */
+async function checkCase(tt: Tap, c: Case, device: 'cpu' | 'cuda', tol: number): Promise<void> {
+  const inp = await makeInputs(c, device);
+  const dims: AttnDims = c;
+  const o = optsOf(c);
+  const ref = attentionForwardRef(inp.q.v, inp.k.v, inp.v.v, dims, o);
+  const { out, lse } = attention.forward(inp.q.x, inp.k.x, inp.v.x, o);
+  tt.same(out.shape, qShape(c), 'out shape');
+  tt.equal(out.dtype, c.dtype, 'out dtype');
+  tt.equal(out.device, inp.q.x.device, 'out device');
+  tt.same(lse.shape, [c.batch, c.headsQ, c.seqQ], 'lse shape');
+  tt.equal(lse.dtype, 'f32', 'lse dtype');
+  const outV = await values(out), lseV = await values(lse);
+  near(tt, 'out', outV, ref.out, tol);
+  nearLse(tt, 'lse', lseV, ref.lse, c.dtype === 'f32' || device === 'cpu' ? 2e-5 : 2e-3);
+
+  const g = attention.backward(inp.dout.x, inp.q.x, inp.k.x, inp.v.x, out, lse, o);
+  const gref = attentionBackwardRef(inp.dout.v, inp.q.v, inp.k.v, inp.v.v, dims, o);
+  const dq = await values(g.dq), dk = await values(g.dk), dv = await values(g.dv);
+  tt.same([g.dq.shape, g.dk.shape, g.dv.shape], [qShape(c), kShape(c), kShape(c)], 'gradient shapes');
+  near(tt, 'dq', dq, gref.dq, tol);
+  near(tt, 'dk', dk, gref.dk, tol);
+  near(tt, 'dv', dv, gref.dv, tol);
+  exactZeros(tt, c, ref.lse, outV, dq, dk, dv);
+
+  // The same call with NaN-poisoned outputs through the native entry points: every element gets
+  // written, and the results are bit-identical to the public API's (the kernels are deterministic).
+  const poison = (shape: number[], dtype: FloatDtype): Tensor => full(shape, NaN, { dtype, device });
+  const pOut = poison(qShape(c), c.dtype), pLse = poison([c.batch, c.headsQ, c.seqQ], 'f32');
+  const pDq = poison(qShape(c), c.dtype), pDk = poison(kShape(c), c.dtype), pDv = poison(kShape(c), c.dtype);
+  const scale = c.scale ?? 1 / Math.sqrt(c.headDim);
+  native().attentionForward(inp.q.x.handle(), inp.k.x.handle(), inp.v.x.handle(), pOut.handle(), pLse.handle(),
+    scale, c.causal, c.qOffset, c.kOffset);
+  native().attentionBackward(inp.dout.x.handle(), inp.q.x.handle(), inp.k.x.handle(), inp.v.x.handle(), pOut.handle(),
+    pLse.handle(), pDq.handle(), pDk.handle(), pDv.handle(), scale, c.causal, c.qOffset, c.kOffset);
+  const same = async (a: Tensor, b: Tensor) => {
+    const x = await a.toRaw(), y = await b.toRaw();
+    return x.length === y.length && x.every((v, i) => Object.is(v, y[i]));
+  };
+  tt.ok(await same(pOut, out) && await same(pLse, lse), 'poisoned out/lse fully written, identical to the API result');
+  tt.ok(await same(pDq, g.dq) && await same(pDk, g.dk) && await same(pDv, g.dv),
+    'poisoned dq/dk/dv fully written, identical to the API result');
+  for (const x of [out, lse, g.dq, g.dk, g.dv, pOut, pLse, pDq, pDk, pDv]) x.dispose();
+  inp.dispose();
+}
+
+// ---------------------------------------------------------------- CPU against the reference
+
+const base = (over: Partial<Case>): Case => ({
+  batch: 1, seqQ: 33, seqK: 33, headsQ: 2, headsKv: 2, headDim: 16, dtype: 'f32', causal: false, qOffset: 0,
+  kOffset: 0, ...over,
+});
+
+const cpuCases: Case[] = [];
+for (const dtype of ['f32', 'f16', 'bf16'] as const) {
+  cpuCases.push(
+    base({ dtype, batch: 2, seqQ: 67, seqK: 67, headsQ: 4, headsKv: 4, headDim: 64, causal: true }),
+    base({ dtype, seqQ: 45, seqK: 130, headsQ: 8, headsKv: 2, headDim: 128 }),
+    // keys start 20 positions after queries: the first 20 query rows see nothing
+    base({ dtype, seqQ: 71, seqK: 50, headsQ: 8, headsKv: 1, headDim: 5, causal: true, kOffset: 20 }),
+    // a shard late in a long sequence: huge offsets, small difference, keys past the last query unseen
+    base({ dtype, batch: 2, seqQ: 29, seqK: 97, headsQ: 4, headsKv: 1, headDim: 24, causal: true,
+      qOffset: 2 ** 40 + 37, kOffset: 2 ** 40 }),
+  );
+}
+// Random sizes: odd lengths, sq != sk, GQA 1/4/8, d 64/128/odd, offsets of either sign.
+for (let i = 0; i < 6; i++) {
+  const headsKv = randInt(1, 2);
+  const causal = rnd() < 0.6;
+  cpuCases.push({
+    batch: randInt(1, 2), seqQ: randInt(1, 140), seqK: randInt(1, 140), headsKv, headsQ: headsKv * pick([1, 4, 8]),
+    headDim: pick([64, 128, randInt(1, 40) | 1]), dtype: pick(['f32', 'f16', 'bf16'] as const), causal,
+    qOffset: causal ? randInt(-30, 60) : 0, kOffset: causal ? randInt(-30, 60) : 0,
+    ...(rnd() < 0.3 ? { scale: 0.05 + rnd() } : {}),
+  });
+}
+// Edge sizes: one key, one query, no keys at all, no queries at all, empty batch.
+cpuCases.push(
+  base({ seqQ: 1, seqK: 1, headsQ: 1, headsKv: 1, headDim: 1 }),
+  base({ seqQ: 3, seqK: 0, headsQ: 4, headsKv: 2, headDim: 8 }),
+  base({ seqQ: 0, seqK: 5, headsQ: 4, headsKv: 2, headDim: 8, causal: true }),
+  base({ batch: 0, seqQ: 4, seqK: 5, headsQ: 2, headsKv: 1, headDim: 8 }),
+);
+
+for (const c of cpuCases) {
+  t.test(`cpu ${describe(c)}`, async (tt) => {
+    await checkCase(tt, c, 'cpu', TOL[c.dtype]);
+  });
+}
+
+t.test('cpu: scale option is honoured (differs from the default and matches the reference)', async (tt) => {
+  const c = base({ seqQ: 20, seqK: 30, headDim: 32, scale: 0.7 });
+  await checkCase(tt, c, 'cpu', TOL.f32);
+  const inp = await makeInputs(c, 'cpu');
+  const a = attention.forward(inp.q.x, inp.k.x, inp.v.x, { scale: 0.7 });
+  const b = attention.forward(inp.q.x, inp.k.x, inp.v.x);
+  const { err } = relErr(await values(a.out), await values(b.out));
+  tt.ok(err > 1e-3, `scale 0.7 and 1/sqrt(32) give different outputs (rel diff ${err.toExponential(2)})`);
+  for (const x of [a.out, a.lse, b.out, b.lse]) x.dispose();
+  inp.dispose();
+});
+
+// ---------------------------------------------------------------- gradients by finite differences
+
+// L(q, k, v) = sum(out * w). For a random direction in one of q, k, v, compare the central
+// difference of L with <grad, direction>, where grad is the kernel's backward (dout = w). The step
+// is taken on the stored f32 values, so the directional derivative uses the exact rounded step.
+const fdCases: Case[] = [
+  base({ seqQ: 9, seqK: 13, headsQ: 4, headsKv: 2, headDim: 8, causal: true, qOffset: 2, kOffset: 5 }),
+  base({ batch: 2, seqQ: 11, seqK: 7, headsQ: 8, headsKv: 1, headDim: 6 }),
+  base({ seqQ: 10, seqK: 10, headsQ: 4, headsKv: 4, headDim: 5, causal: true, scale: 0.6 }),
+];
+for (const c of fdCases) {
+  t.test(`finite differences f32 ${describe(c)}`, async (tt) => {
+    const dims: AttnDims = c;
+    const o = optsOf(c);
+    const inp = await makeInputs(c, 'cpu');
+    const w = inp.dout;
+    const { out, lse } = attention.forward(inp.q.x, inp.k.x, inp.v.x, o);
+    const g = attention.backward(w.x, inp.q.x, inp.k.x, inp.v.x, out, lse, o);
+    const grads = { q: await values(g.dq), k: await values(g.dk), v: await values(g.dv) };
+    const refGrads = attentionBackwardRef(w.v, inp.q.v, inp.k.v, inp.v.v, dims, o);
+    const loss = (o2: ArrayLike<number>): number => {
+      let s = 0;
+      for (let i = 0; i < o2.length; i++) s += o2[i] * w.v[i];
+      return s;
+    };
+    for (const which of ['q', 'k', 'v'] as const) {
+      const x0 = inp[which].v;
+      const dir = randomNormal(x0.length, rnd);
+      const refGrad = which === 'q' ? refGrads.dq : which === 'k' ? refGrads.dk : refGrads.dv;
+      const dot = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
+        let s = 0;
+        for (let i = 0; i < a.length; i++) s += a[i] * b[i];
+        return s;
+      };
+      // Directional derivative of the float64 reference forward, step 1e-6 in float64: accurate to
+      // ~1e-9 relative, so it judges both the kernel's and the reference's backward.
+      const refLoss = (h: number): number => {
+        const x = Float64Array.from(x0, (a, i) => a + h * dir[i]);
+        const args = { q: inp.q.v, k: inp.k.v, v: inp.v.v, [which]: x };
+        return loss(attentionForwardRef(args.q, args.k, args.v, dims, o).out);
+      };
+      const h = 1e-6;
+      const exact = (refLoss(h) - refLoss(-h)) / (2 * h);
+      const mag = Math.max(Math.abs(exact), 1e-3);
+      const kernel = dot(grads[which], dir), reference = dot(refGrad, dir);
+      tt.ok(Math.abs(kernel - exact) <= 1e-4 * mag,
+        `d${which}: kernel <grad, dir> ${kernel.toExponential(6)} vs central difference ${exact.toExponential(6)}`);
+      tt.ok(Math.abs(reference - exact) <= 1e-6 * mag,
+        `d${which}: reference <grad, dir> ${reference.toExponential(6)} (validates the reference)`);
+      tt.ok(Math.abs(exact) > 1e-3, `d${which}: the directional derivative is not trivially 0`);
+
+      // Self-consistency with the kernel's own f32 forward: steps of 2e-3 on the stored f32 values,
+      // compared with <grad, actual rounded step>.
+      const eps = 2e-3;
+      const plus = Float32Array.from(x0, (a, i) => a + eps * dir[i]);
+      const minus = Float32Array.from(x0, (a, i) => a - eps * dir[i]);
+      const step = Float64Array.from(plus, (a, i) => (a - minus[i]) / 2);
+      const run = async (vals: Float32Array): Promise<number> => {
+        const x = tensor(vals, { shape: [...inp[which].x.shape] });
+        const args = { q: inp.q.x, k: inp.k.x, v: inp.v.x, [which]: x };
+        const r = attention.forward(args.q, args.k, args.v, o);
+        const l = loss(await values(r.out));
+        r.out.dispose(); r.lse.dispose(); x.dispose();
+        return l;
+      };
+      const fd = ((await run(plus)) - (await run(minus))) / 2;
+      const predicted = dot(grads[which], step);
+      tt.ok(Math.abs(predicted - fd) <= 1e-2 * Math.max(Math.abs(predicted), 1e-6),
+        `d${which}: kernel <grad, step> ${predicted.toExponential(4)} vs kernel f32 difference ${fd.toExponential(4)}`);
+    }
+    for (const x of [out, lse, g.dq, g.dk, g.dv]) x.dispose();
+    inp.dispose();
+  });
+}
+
+// ---------------------------------------------------------------- errors
+
+t.test('errors: arguments checked in TypeScript with their codes', async (tt) => {
+  const q = randn([1, 8, 4, 16], { seed: 1 }), k = randn([1, 6, 2, 16], { seed: 2 }), v = randn([1, 6, 2, 16], { seed: 3 });
+  const f = (a: unknown, b: unknown = k, c: unknown = v, o?: unknown) =>
+    () => attention.forward(a as Tensor, b as Tensor, c as Tensor, o as AttentionOptions);
+  const tmp: Tensor[] = [];
+  const mk = (shape: number[], dtype: FloatDtype | 'i32' = 'f32'): Tensor => {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const x = dtype === 'i32' ? tensor(new Int32Array(n).fill(1), { shape }) : randn(shape, { seed: tmp.length + 10, dtype });
+    tmp.push(x);
+    return x;
+  };
+  throwsCode(tt, f('q'), 'ERR_ARG', 'q not a tensor');
+  throwsCode(tt, f(q, {}), 'ERR_ARG', 'k not a tensor');
+  throwsCode(tt, f(q, k, null), 'ERR_ARG', 'v null');
+  const dead = mk([1, 6, 2, 16]);
+  dead.dispose();
+  throwsCode(tt, f(q, dead), 'ERR_DISPOSED', 'disposed k');
+  throwsCode(tt, f(dead, k), 'ERR_DISPOSED', 'disposed q');
+  throwsCode(tt, f(mk([8, 4, 16])), 'ERR_SHAPE', 'q 3-D');
+  throwsCode(tt, f(mk([2, 8, 4, 16])), 'ERR_SHAPE', 'batch mismatch');
+  throwsCode(tt, f(mk([1, 8, 4, 32])), 'ERR_SHAPE', 'headDim mismatch');
+  throwsCode(tt, f(q, k, mk([1, 7, 2, 16])), 'ERR_SHAPE', 'v length differs from k');
+  throwsCode(tt, f(q, k, mk([1, 6, 1, 16])), 'ERR_SHAPE', 'v heads differ from k');
+  throwsCode(tt, f(mk([1, 8, 6, 16]), mk([1, 6, 4, 16]), mk([1, 6, 4, 16])), 'ERR_SHAPE', 'headsQ not a multiple of headsKv');
+  throwsCode(tt, f(mk([1, 8, 2, 0]), mk([1, 6, 2, 0]), mk([1, 6, 2, 0])), 'ERR_SHAPE', 'headDim 0');
+  throwsCode(tt, f(mk([1, 8, 0, 16]), mk([1, 6, 0, 16]), mk([1, 6, 0, 16])), 'ERR_SHAPE', 'zero heads');
+  throwsCode(tt, f(q, mk([1, 6, 2, 16], 'f16')), 'ERR_DTYPE', 'k dtype differs');
+  throwsCode(tt, f(q, k, mk([1, 6, 2, 16], 'bf16')), 'ERR_DTYPE', 'v dtype differs');
+  throwsCode(tt, f(mk([1, 8, 4, 16], 'i32'), mk([1, 6, 2, 16], 'i32'), mk([1, 6, 2, 16], 'i32')), 'ERR_DTYPE', 'i32 inputs');
+  for (const bad of [null, 'causal', 3, [], true]) throwsCode(tt, f(q, k, v, bad), 'ERR_ARG', `options ${JSON.stringify(bad)}`);
+  throwsCode(tt, f(q, k, v, { casual: true }), 'ERR_ARG', 'unknown option');
+  for (const causal of [1, 'yes', null]) throwsCode(tt, f(q, k, v, { causal }), 'ERR_ARG', `causal ${JSON.stringify(causal)}`);
+  for (const scale of [0, -0.1, NaN, Infinity, -Infinity, '0.5', 1e-50, 1e39, null])
+    throwsCode(tt, f(q, k, v, { scale }), 'ERR_ARG', `scale ${String(scale)}`);
+  for (const qOffset of [0.5, NaN, Infinity, 2 ** 53, '3', null])
+    throwsCode(tt, f(q, k, v, { causal: true, qOffset }), 'ERR_ARG', `qOffset ${String(qOffset)}`);
+  throwsCode(tt, f(q, k, v, { kOffset: -(2 ** 60) }), 'ERR_ARG', 'kOffset beyond safe integers');
+
+  // backward
+  const { out, lse } = attention.forward(q, k, v);
+  const dout = mk([1, 8, 4, 16]);
+  const b = (over: Record<string, unknown>, o?: unknown) => () => {
+    const a = { dout, q, k, v, out, lse, ...over } as Record<string, Tensor>;
+    return attention.backward(a.dout, a.q, a.k, a.v, a.out, a.lse, o as AttentionOptions);
+  };
+  const ok = attention.backward(dout, q, k, v, out, lse);
+  tt.pass('valid backward call accepted');
+  for (const x of [ok.dq, ok.dk, ok.dv]) x.dispose();
+  throwsCode(tt, b({ dout: 7 }), 'ERR_ARG', 'dout not a tensor');
+  throwsCode(tt, b({ lse: mk([1, 8, 4]) }), 'ERR_SHAPE', 'lse with the wrong shape');
+  throwsCode(tt, b({ lse: mk([4, 8]) }), 'ERR_SHAPE', 'lse 2-D');
+  throwsCode(tt, b({ lse: mk([1, 4, 8], 'bf16') }), 'ERR_DTYPE', 'lse bf16');
+  throwsCode(tt, b({ out: mk([1, 8, 4, 8]) }), 'ERR_SHAPE', 'out with the wrong shape');
+  throwsCode(tt, b({ dout: mk([1, 9, 4, 16]) }), 'ERR_SHAPE', 'dout with the wrong shape');
+  throwsCode(tt, b({ dout: mk([1, 8, 4, 16], 'f16') }), 'ERR_DTYPE', 'dout dtype differs');
+  throwsCode(tt, b({ out: mk([1, 8, 4, 16], 'bf16') }), 'ERR_DTYPE', 'out dtype differs');
+  throwsCode(tt, b({ k: mk([1, 6, 3, 16]), v: mk([1, 6, 3, 16]) }), 'ERR_SHAPE', 'headsQ not a multiple of headsKv');
+  throwsCode(tt, b({}, { scale: -1 }), 'ERR_ARG', 'backward scale');
+  throwsCode(tt, b({}, { qOffset: 1.25 }), 'ERR_ARG', 'backward qOffset');
+  const deadOut = mk([1, 8, 4, 16]);
+  deadOut.dispose();
+  throwsCode(tt, b({ out: deadOut }), 'ERR_DISPOSED', 'disposed out');
+  for (const x of [q, k, v, out, lse, ...tmp]) x.dispose();
+});
+
+t.test('errors: the native side re-checks on its own', async (tt) => {
+  const n = native();
+  const q = randn([1, 8, 4, 16], { seed: 1 }), k = randn([1, 6, 2, 16], { seed: 2 }), v = randn([1, 6, 2, 16], { seed: 3 });
+  const out = full([1, 8, 4, 16], NaN), lse = full([1, 4, 8], NaN);
+  const other: Tensor[] = [];
+  const mk = (shape: number[], dtype: FloatDtype = 'f32'): Tensor => {
+    const x = full(shape, 0, { dtype });
+    other.push(x);
+    return x;
+  };
+  const fwd = (over: Record<string, unknown>) => () => {
+    const a = { q: q.handle(), k: k.handle(), v: v.handle(), out: out.handle(), lse: lse.handle(), scale: 0.25,
+      causal: false, qOffset: 0, kOffset: 0, ...over };
+    return n.attentionForward(a.q, a.k, a.v, a.out, a.lse, a.scale, a.causal, a.qOffset, a.kOffset);
+  };
+  const wrap = (fn: () => unknown) => () => {
+    try { return fn(); } catch (e) { throw fromNative(e); }
+  };
+  throwsCode(tt, wrap(fwd({ q: 1 })), 'ERR_ARG', 'q not a handle');
+  throwsCode(tt, wrap(fwd({ out: mk([1, 8, 4, 8]).handle() })), 'ERR_SHAPE', 'out shape');
+  throwsCode(tt, wrap(fwd({ lse: mk([1, 4, 8], 'bf16').handle() })), 'ERR_DTYPE', 'lse dtype');
+  throwsCode(tt, wrap(fwd({ lse: mk([1, 8, 4]).handle() })), 'ERR_SHAPE', 'lse shape');
+  throwsCode(tt, wrap(fwd({ k: mk([1, 6, 3, 16]).handle(), v: mk([1, 6, 3, 16]).handle() })), 'ERR_SHAPE', 'heads ratio');
+  throwsCode(tt, wrap(fwd({ k: mk([1, 6, 2, 16], 'f16').handle() })), 'ERR_DTYPE', 'k dtype');
+  throwsCode(tt, wrap(fwd({ v: mk([2, 6, 2, 16]).handle() })), 'ERR_SHAPE', 'v shape');
+  throwsCode(tt, wrap(fwd({ scale: NaN })), 'ERR_ARG', 'scale NaN');
+  throwsCode(tt, wrap(fwd({ scale: 0 })), 'ERR_ARG', 'scale 0');
+  throwsCode(tt, wrap(fwd({ scale: 1e-60 })), 'ERR_ARG', 'scale underflows f32');
+  throwsCode(tt, wrap(fwd({ causal: 'no' })), 'ERR_ARG', 'causal not a boolean');
+  throwsCode(tt, wrap(fwd({ qOffset: 0.5 })), 'ERR_ARG', 'qOffset not an integer');
+  throwsCode(tt, wrap(fwd({ out: q.handle() })), 'ERR_ARG', 'out is q (aliasing)');
+  throwsCode(tt, wrap(fwd({ lse: lse.handle(), out: out.handle(), q: out.handle() })), 'ERR_ARG', 'q is out (aliasing)');
+  const bwd = (over: Record<string, unknown>) => () => {
+    const a = { dout: q.handle(), q: q.handle(), k: k.handle(), v: v.handle(), out: out.handle(), lse: lse.handle(),
+      dq: mk([1, 8, 4, 16]).handle(), dk: mk([1, 6, 2, 16]).handle(), dv: mk([1, 6, 2, 16]).handle(), scale: 0.25,
+      causal: true, qOffset: 0, kOffset: 0, ...over };
+    return n.attentionBackward(a.dout, a.q, a.k, a.v, a.out, a.lse, a.dq, a.dk, a.dv, a.scale, a.causal, a.qOffset, a.kOffset);
+  };
+  throwsCode(tt, wrap(bwd({ dk: mk([1, 6, 2, 8]).handle() })), 'ERR_SHAPE', 'dk shape');
+  throwsCode(tt, wrap(bwd({ dv: mk([1, 6, 2, 16], 'bf16').handle() })), 'ERR_DTYPE', 'dv dtype');
+  throwsCode(tt, wrap(bwd({ dq: q.handle() })), 'ERR_ARG', 'dq is q (aliasing)');
+  throwsCode(tt, wrap(bwd({ dv: k.handle() })), 'ERR_ARG', 'dv is k (aliasing)');
+  throwsCode(tt, wrap(bwd({ kOffset: 2 ** 60 })), 'ERR_ARG', 'kOffset not a safe integer');
+  // Nothing above was queued: the CPU queue holds no deferred error.
+  await synchronize();
+  tt.pass('no error pending on the CPU queue after the rejected calls');
+  for (const x of [q, k, v, out, lse, ...other]) x.dispose();
+});
+
+// ---------------------------------------------------------------- CUDA (skipped without a GPU)
+
+const cudaCases: Case[] = [];
+for (const dtype of ['bf16', 'f16'] as const) {
+  for (const headDim of [64, 128]) {
+    cudaCases.push(
+      base({ dtype, headDim, batch: 2, seqQ: 133, seqK: 133, headsQ: 4, headsKv: 4, causal: true }),
+      base({ dtype, headDim, seqQ: 77, seqK: 301, headsQ: 8, headsKv: 2 }),
+      base({ dtype, headDim, seqQ: 190, seqK: 129, headsQ: 8, headsKv: 1, causal: true, kOffset: 30 }),
+      base({ dtype, headDim, seqQ: 65, seqK: 250, headsQ: 8, headsKv: 2, causal: true, qOffset: 2 ** 33 + 185,
+        kOffset: 2 ** 33 }),
+    );
+  }
+}
+cudaCases.push(
+  base({ dtype: 'bf16', headDim: 128, seqQ: randInt(1, 300), seqK: randInt(1, 300), headsQ: 8, headsKv: pick([1, 2, 8]),
+    causal: true, qOffset: randInt(-40, 40), kOffset: randInt(-40, 40) }),
+  base({ dtype: 'f16', headDim: 64, seqQ: 5, seqK: 0, headsQ: 4, headsKv: 1 }),
+  base({ dtype: 'bf16', headDim: 64, seqQ: 0, seqK: 9, headsQ: 4, headsKv: 1, causal: true }),
+);
+for (const c of cudaCases) {
+  t.test(`cuda ${describe(c)}`, gpu, async (tt) => {
+    await checkCase(tt, c, 'cuda', CUDA_TOL[c.dtype]);
+  });
+}
+
+t.test('cuda: CPU and CUDA agree on the same bf16 inputs', gpu, async (tt) => {
+  const c = base({ dtype: 'bf16', headDim: 128, seqQ: 150, seqK: 170, headsQ: 8, headsKv: 2, causal: true, kOffset: 7 });
+  const inp = await makeInputs(c, 'cuda');
+  const cpu = { q: inp.q.x.to('cpu'), k: inp.k.x.to('cpu'), v: inp.v.x.to('cpu') };
+  const a = attention.forward(inp.q.x, inp.k.x, inp.v.x, optsOf(c));
+  const b = attention.forward(cpu.q, cpu.k, cpu.v, optsOf(c));
+  near(tt, 'out (cuda vs cpu)', await values(a.out), await values(b.out), CUDA_TOL.bf16);
+  nearLse(tt, 'lse (cuda vs cpu)', await values(a.lse), await values(b.lse), 2e-3);
+  for (const x of [a.out, a.lse, b.out, b.lse, cpu.q, cpu.k, cpu.v]) x.dispose();
+  inp.dispose();
+});
+
+t.test('cuda: errors', gpu, async (tt) => {
+  const q = randn([1, 8, 4, 64], { seed: 1, dtype: 'bf16', device: 'cuda' });
+  const k = randn([1, 6, 2, 64], { seed: 2, dtype: 'bf16', device: 'cuda' });
+  const v = randn([1, 6, 2, 64], { seed: 3, dtype: 'bf16', device: 'cuda' });
+  const kCpu = k.to('cpu');
+  throwsCode(tt, () => attention.forward(q, kCpu, v), 'ERR_DEVICE', 'k on the CPU, q on CUDA');
+  const q32 = q.to('f32'), k32 = k.to('f32'), v32 = v.to('f32');
+  throwsCode(tt, () => attention.forward(q32, k32, v32), 'ERR_UNSUPPORTED', 'f32 on CUDA');
+  const q96 = randn([1, 8, 4, 96], { seed: 4, dtype: 'bf16', device: 'cuda' });
+  const k96 = randn([1, 6, 2, 96], { seed: 5, dtype: 'bf16', device: 'cuda' });
+  throwsCode(tt, () => attention.forward(q96, k96, k96), 'ERR_UNSUPPORTED', 'headDim 96 on CUDA');
+  const { out, lse } = attention.forward(q, k, v);
+  const outCpu = out.to('cpu');
+  throwsCode(tt, () => attention.backward(q, q, k, v, outCpu, lse), 'ERR_DEVICE', 'backward: out on the CPU');
+  for (const x of [q, k, v, kCpu, q32, k32, v32, q96, k96, out, lse, outCpu]) x.dispose();
+});
