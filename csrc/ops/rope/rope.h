@@ -1,0 +1,68 @@
+// Rotary position embedding: a plain parameter struct filled by the binding, and the launchers.
+// Layout: x/y [batch, seq, heads, head_dim], last dim contiguous, other strides in elements.
+// Pair i (0 <= i < rotary_dim/2) is rotated by angle pos * inv_freq[i]:
+//   neox:        elements (i, i + rotary_dim/2)
+//   interleaved: elements (2i, 2i + 1)
+//   (a, b) -> af * (a cos - b sin, b cos + a sin); inverse uses -angle (the backward / adjoint).
+// Elements >= rotary_dim pass through unchanged. All arithmetic is fp32 whatever the I/O dtype.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include "../../common/dtype.h"
+
+#if defined(MEGABEAM_CUDA)
+#include <cuda_runtime.h>
+#endif
+
+namespace mb {
+
+enum class RopeStyle : int { NeoX = 0, Interleaved = 1 };
+
+enum class RopePrecision : int {
+  // angle reduced mod pi/2 in fp64 from the exact product pos*inv_freq (two-product + 2-term pi/2),
+  // then sin/cos in fp32: angle error <= ~6e-8 rad for any |pos| < 2^31.
+  Exact = 0,
+  // the MegaBeam paper's fix: angle = fp32(fp32(pos) * fp32(inv_freq)), then sinf/cosf.
+  F32 = 1,
+  // the bug the paper fixed, as a bf16 model's rotary table computes it:
+  // a = bf16(bf16(pos) * bf16(fp32(inv_freq))); c = bf16(bf16(cosf(a)) * af), s likewise.
+  BF16 = 2,
+};
+
+// One tensor rotated by the call. y == x (with equal strides) is in place.
+struct RopeTensor {
+  const void* x;
+  void* y;
+  int64_t x_batch_stride, x_seq_stride, x_head_stride;
+  int64_t y_batch_stride, y_seq_stride, y_head_stride;
+  int heads;
+};
+
+struct RopeParams {
+  RopeTensor t[2];           // q and optionally k (GQA: own head counts), sharing everything below
+  int num_tensors;           // 1 or 2
+  int batch, seqlen, head_dim, rotary_dim;
+  Dtype dtype;               // F32, F16 or BF16, same for all tensors
+  RopeStyle style;
+  RopePrecision precision;
+  const double* inv_freq;    // rotary_dim/2 entries; a device pointer for CUDA, host pointer for the CPU
+  const int32_t* positions;  // [batch, seq] int32 (same device as x), or nullptr: pos = position_offset + s
+  int64_t pos_batch_stride, pos_seq_stride;
+  int64_t position_offset;
+  float attention_factor;    // multiplies cos and sin (YaRN / longrope); 1 otherwise
+  bool inverse;              // rotate by -angle (backward)
+};
+
+// Throws mb::Error (ERR_ARG / ERR_SHAPE / ERR_DTYPE / ERR_ROPE_CONFIG) on an inconsistent struct.
+// Both launchers call it; the binding need not.
+void rope_check(const RopeParams& p);
+
+// CPU: runs on the calling thread, parallel_for inside.
+void rope_cpu(const RopeParams& p);
+
+#if defined(MEGABEAM_CUDA)
+// Enqueues on `stream`; never synchronises. Throws mb::Error("ERR_CUDA", ...) on a launch failure.
+void rope_cuda(const RopeParams& p, cudaStream_t stream);
+#endif
+
+}  // namespace mb
