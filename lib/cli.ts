@@ -3,6 +3,8 @@ const USAGE = `usage: megabeam <command> [options]
 
 commands:
   theta      RoPE base / scaling analysis for a context length (megabeam theta --help)
+  demo       long-context attention forward+backward demo (GPU if present, else CPU)
+  bench      benchmarks: megabeam bench attention|rope [--help]
   info       build, devices and memory
 `;
 
@@ -15,6 +17,14 @@ export async function main(argv: string[]): Promise<number> {
     case 'theta': {
       const { thetaCli } = await import('./cli/theta');
       return thetaCli(rest, io);
+    }
+    case 'demo': {
+      const { demoCli } = await import('./cli/demo');
+      return demoCli(rest, io);
+    }
+    case 'bench': {
+      const { benchCli } = await import('./cli/bench');
+      return benchCli(rest, io);
     }
     case 'info': {
       const mb = await import('./index');

@@ -74,6 +74,11 @@ const byCode: Record<string, (m: string) => MegabeamError> = {
   ERR_NO_NCCL: (m) => new NcclError(m),
   ERR_UNSUPPORTED: (m) => new UnsupportedError(m),
   ERR_NATIVE: (m) => new NativeLoadError(m),
+  // native messages read "<parameter>: <what is wrong>"
+  ERR_ROPE_CONFIG: (m) => {
+    const i = m.indexOf(': ');
+    return i > 0 ? new RopeConfigError(m.slice(0, i), m.slice(i + 2)) : new RopeConfigError('rope', m);
+  },
 };
 
 /** Maps an error thrown by the addon (message prefixed "ERR_X: ") to its class. */

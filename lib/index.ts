@@ -7,3 +7,5 @@ export {
   tensor, empty, zeros, ones, full, randn, rand, synchronize, memory, resetPeakMemory, emptyCache,
 } from './tensor';
 export * as theta from './theta';
+export { rope, RopeOptions, RopeStyle, RopePrecision } from './rope';
+export { attention, AttentionOptions, AttentionForwardResult, AttentionBackwardResult } from './attention';

@@ -1,0 +1,90 @@
+// Shared pieces of the benchmarks and the demo: timing with device sync, tables, a progress bar, args.
+import { performance } from 'perf_hooks';
+import { DeviceLike } from '../device';
+import { synchronize } from '../tensor';
+
+export type IO = { out: (s: string) => void; err: (s: string) => void };
+
+/** Wall time of `fn` including the device work it enqueued (synchronize before and after). */
+export async function timed(device: DeviceLike, fn: () => void | Promise<void>): Promise<number> {
+  await synchronize(device);
+  const t0 = performance.now();
+  await fn();
+  await synchronize(device);
+  return (performance.now() - t0) / 1e3;
+}
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+export function table(headers: string[], rows: (string | number)[][]): string {
+  const cells = rows.map((r) => r.map((c) => (typeof c === 'number' ? fmt(c) : c)));
+  const w = headers.map((h, i) => Math.max(h.length, ...cells.map((r) => r[i].length)));
+  const line = (r: string[]) => r.map((c, i) => (i === 0 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ');
+  return [line(headers), w.map((x) => '-'.repeat(x)).join('  '), ...cells.map(line)].join('\n');
+}
+
+export function fmt(x: number): string {
+  if (!Number.isFinite(x)) return String(x);
+  if (x === 0) return '0';
+  const a = Math.abs(x);
+  if (a >= 1000) return x.toFixed(0);
+  if (a >= 10) return x.toFixed(1);
+  if (a >= 0.01) return x.toFixed(3);
+  return x.toExponential(2);
+}
+
+export const GiB = 2 ** 30;
+
+/**
+ * A progress bar on stderr for work that takes seconds: the event loop stays free while the device
+ * works, so a timer redraws the bar against the expected duration.
+ */
+export async function withProgress<T>(label: string, expectedS: number, work: () => Promise<T>): Promise<T> {
+  const tty = process.stderr.isTTY;
+  if (!(expectedS > 1.5)) return work();
+  const t0 = Date.now();
+  const draw = (done: boolean) => {
+    const el = (Date.now() - t0) / 1e3;
+    const frac = done ? 1 : Math.min(0.99, el / expectedS);
+    const n = 30, k = Math.round(frac * n);
+    const bar = `[${'='.repeat(k)}${k < n ? '>' : ''}${' '.repeat(Math.max(0, n - k - 1))}] ${label} ${el.toFixed(1)}s`;
+    process.stderr.write(tty ? `\r${bar}` : `${bar}\n`);
+  };
+  const timer = setInterval(() => draw(false), tty ? 200 : 5000);
+  try {
+    return await work();
+  } finally {
+    clearInterval(timer);
+    draw(true);
+    if (tty) process.stderr.write('\n');
+  }
+}
+
+/** --key value / --flag parsing into a record; unknown keys are reported by the caller. */
+export function parseArgs(argv: string[]): { opts: Record<string, string | true>; rest: string[] } {
+  const opts: Record<string, string | true> = {};
+  const rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a.startsWith('--')) {
+      const [k, v] = a.slice(2).split('=', 2);
+      if (v !== undefined) opts[k] = v;
+      else if (i + 1 < argv.length && !argv[i + 1].startsWith('--')) opts[k] = argv[++i];
+      else opts[k] = true;
+    } else rest.push(a);
+  }
+  return { opts, rest };
+}
+
+export function intList(s: string | true | undefined, def: number[]): number[] {
+  if (s === undefined || s === true) return def;
+  return s.split(',').map((x) => {
+    const m = /^(\d+)([kKmM]?)$/.exec(x.trim());
+    if (!m) throw new Error(`bad size ${JSON.stringify(x)}`);
+    return Number(m[1]) * (m[2].toLowerCase() === 'k' ? 1024 : m[2].toLowerCase() === 'm' ? 1024 * 1024 : 1);
+  });
+}

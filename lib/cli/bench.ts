@@ -1,0 +1,15 @@
+// `megabeam bench <name>`: the benchmarks shipped with the package.
+import type { IO } from '../bench/util';
+
+export async function benchCli(argv: string[], io: IO): Promise<number> {
+  const [name, ...rest] = argv;
+  switch (name) {
+    case 'attention':
+      return (await import('../bench/attention')).benchAttention(rest, io);
+    case 'rope':
+      return (await import('../bench/rope')).benchRope(rest, io);
+    default:
+      io.err('usage: megabeam bench attention|rope [--help]');
+      return 2;
+  }
+}
