@@ -222,6 +222,66 @@ t.test('cpu: scale option is honoured (differs from the default and matches the 
   inp.dispose();
 });
 
+t.test('cpu: a view at an offset into its storage as input', async (tt) => {
+  const c = base({ seqQ: 50, seqK: 40, headsQ: 4, headsKv: 2, headDim: 24, causal: true, qOffset: 10 });
+  const o = optsOf(c);
+  // q is rows [10, 60) of a longer sequence.
+  const big = tensor(randomNormal(100 * 4 * 24, rnd), { shape: [1, 100, 4, 24] });
+  const q = big.narrow(1, 10, 50);
+  const k = tensor(randomNormal(40 * 2 * 24, rnd), { shape: kShape(c) });
+  const v = tensor(randomNormal(40 * 2 * 24, rnd), { shape: kShape(c) });
+  const qv = await values(q), kv = await values(k), vv = await values(v);
+  tt.same(Array.from(qv.subarray(0, 5)), Array.from((await values(big)).subarray(10 * 96, 10 * 96 + 5)), 'the view reads rows 10..');
+  const ref = attentionForwardRef(qv, kv, vv, c, o);
+  const gref = attentionBackwardRef(qv, qv, kv, vv, c, o);  // dout = q's values
+  const { out, lse } = attention.forward(q, k, v, o);
+  const g = attention.backward(q, q, k, v, out, lse, o);
+  near(tt, 'out from a view', await values(out), ref.out, TOL.f32);
+  near(tt, 'dq from a view', await values(g.dq), gref.dq, TOL.f32);
+  near(tt, 'dk', await values(g.dk), gref.dk, TOL.f32);
+  for (const x of [big, q, k, v, out, lse, g.dq, g.dk, g.dv]) x.dispose();
+});
+
+t.test('cpu: inputs disposed while the work is still queued', async (tt) => {
+  // A slow call goes first, so the calls under test are still waiting when their inputs are
+  // disposed. Each input is 33.8 MB, above glibc's largest mmap threshold (32 MiB): its memory goes
+  // back to the OS on dispose, so a task that did not hold its inputs would fault instead of
+  // passing on stale bytes. 33000 sequences of 2 tokens keep the attention itself cheap.
+  const slowQ = randn([1, 2048, 8, 128], { seed: 11 }), slowK = randn([1, 2048, 8, 128], { seed: 12 });
+  const c = base({ batch: 33000, seqQ: 2, seqK: 2, headsQ: 1, headsKv: 1, headDim: 128 });
+  const o = optsOf(c);
+  const n = 33000 * 2 * 128;
+  const vals = [0, 1, 2, 3].map(() => {
+    const x = new Float32Array(n);
+    for (let i = 0; i < n; i++) x[i] = 2 * rnd() - 1;
+    return x;
+  });
+  const make = () => {
+    const [q, k, v, dout] = vals.map((a) => tensor(a, { shape: qShape(c) }));
+    return { q, k, v, dout };
+  };
+
+  let a = make();
+  const ref = attentionForwardRef(vals[0], vals[1], vals[2], c, o);
+  let slow = attention.forward(slowQ, slowK, slowK);
+  const { out, lse } = attention.forward(a.q, a.k, a.v, o);
+  for (const x of [a.q, a.k, a.v, a.dout]) x.dispose();
+  near(tt, 'forward whose q, k, v were disposed while it was queued', await values(out), ref.out, TOL.f32);
+  for (const x of [slow.out, slow.lse, out, lse]) x.dispose();
+
+  a = make();
+  const gref = attentionBackwardRef(vals[3], vals[0], vals[1], vals[2], c, o);
+  const f = attention.forward(a.q, a.k, a.v, o);
+  await synchronize();
+  slow = attention.forward(slowQ, slowK, slowK);
+  const g = attention.backward(a.dout, a.q, a.k, a.v, f.out, f.lse, o);
+  for (const x of [a.q, a.k, a.v, a.dout, f.out, f.lse]) x.dispose();
+  near(tt, 'backward whose every input was disposed while it was queued: dq', await values(g.dq), gref.dq, TOL.f32);
+  near(tt, 'dk', await values(g.dk), gref.dk, TOL.f32);
+  near(tt, 'dv', await values(g.dv), gref.dv, TOL.f32);
+  for (const x of [slow.out, slow.lse, slowQ, slowK, g.dq, g.dk, g.dv]) x.dispose();
+});
+
 // ---------------------------------------------------------------- gradients by finite differences
 
 // L(q, k, v) = sum(out * w). For a random direction in one of q, k, v, compare the central

@@ -160,12 +160,17 @@ inline int key_limit(bool causal, int64_t diag, int64_t i, int sk) {
   return (int)std::max<int64_t>(0, std::min<int64_t>(diag + i + 1, sk));
 }
 
+inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
 // Where a tile sits in the attention matrix; n_visible(r) = keys of this tile row r may see.
+// Only the first ncols() = round_up(nk, VW) columns of a tile's scores are computed and read: a
+// short last tile (or a short sequence) costs what it holds, not a full BN.
 struct TilePos {
   bool causal;
   int64_t diag, i0;
   int j0, nk, sk;
   int n_visible(int r) const { return std::min(key_limit(causal, diag, i0 + r, sk) - j0, nk); }
+  int ncols() const { return round_up(nk, VW); }
 };
 
 // ---- tile kernels ----------------------------------------------------------------------------
@@ -210,16 +215,17 @@ template <class V>
 MB_AI void softmax_rows_t(float* S, int nq, const TilePos& tp, float scale, float* m, float* l,
                           float* O, int dp) {
   constexpr int W = lanes<V>();
+  const int nc = tp.ncols();
   for (int r = 0; r < nq; ++r) {
     float* srow = S + r * BN;
     const int n = tp.n_visible(r);
     if (n <= 0) {  // row sees nothing in this tile: P = 0, state unchanged
-      for (int c = 0; c < BN; c += W) vst<V>(srow + c, vsp<V>(0.f));
+      for (int c = 0; c < nc; c += W) vst<V>(srow + c, vsp<V>(0.f));
       continue;
     }
     const V vscale = vsp<V>(scale), vn = vsp<V>((float)n), ninf = vsp<V>(kNegInf);
     V mx = ninf;
-    for (int c = 0; c < BN; c += W) {
+    for (int c = 0; c < nc; c += W) {
       V s = vsel<V>(vlt<V>(viota<V>((float)c), vn), vld<V>(srow + c) * vscale, ninf);
       vst<V>(srow + c, s);
       mx = vsel<V>(vlt<V>(mx, s), s, mx);
@@ -230,7 +236,7 @@ MB_AI void softmax_rows_t(float* S, int nq, const TilePos& tp, float scale, floa
     const float alpha = std::exp(m[r] - ref);
     const V vref = vsp<V>(ref);
     V sum = vsp<V>(0.f);
-    for (int c = 0; c < BN; c += W) {
+    for (int c = 0; c < nc; c += W) {
       const V e = vexp(vld<V>(srow + c) - vref);
       vst<V>(srow + c, e);
       sum += e;
@@ -251,12 +257,13 @@ template <class V>
 MB_AI void probs_grads_t(float* S, float* dP, int nq, const TilePos& tp, float scale, const float* L,
                          const float* Dr) {
   constexpr int W = lanes<V>();
+  const int nc = tp.ncols();
   const V vscale = vsp<V>(scale), zero = vsp<V>(0.f);
   for (int r = 0; r < nq; ++r) {
     float* srow = S + r * BN;
     float* drow = dP + r * BN;
     const V vn = vsp<V>((float)tp.n_visible(r)), Lr = vsp<V>(L[r]), Dv = vsp<V>(Dr[r]);
-    for (int c = 0; c < BN; c += W) {
+    for (int c = 0; c < nc; c += W) {
       const auto vis = vlt<V>(viota<V>((float)c), vn);
       const V P = vsel<V>(vis, vexp(vld<V>(srow + c) * vscale - Lr), zero);
       vst<V>(srow + c, P);
@@ -336,8 +343,6 @@ const Kernels& kernels() {
 }
 
 // ---- scheduling, loading, validation --------------------------------------------------------
-
-inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
 // Runs task(t, scratch) for t in [0, ntasks) with dynamic scheduling: causal tiles differ a lot in
 // cost, and parallel_for hands out fixed contiguous chunks. Tasks are numbered heaviest first.
@@ -441,7 +446,8 @@ void fwd_impl(const AttnFwdParams& p) {
     const int kend = key_limit(p.causal, diag, i0 + nq - 1, sk);  // keys any row of the block sees
     for (int j0 = 0; j0 < kend; j0 += BN) {
       const int nk = std::min(BN, kend - j0);
-      for (int c = 0; c < BN; ++c) {
+      const TilePos tp{p.causal, diag, i0, j0, nk, sk};
+      for (int c = 0; c < tp.ncols(); ++c) {
         if (c < nk) {
           const int64_t j = j0 + c;
           load_col<D>(Kt + c, BN, kp + b * p.k_batch_stride + j * p.k_row_stride + hk * p.k_head_stride, d);
@@ -450,8 +456,7 @@ void fwd_impl(const AttnFwdParams& p) {
           for (int x = 0; x < d; ++x) Kt[x * BN + c] = 0.f;
         }
       }
-      const TilePos tp{p.causal, diag, i0, j0, nk, sk};
-      K.gemm(nq, BN, d, Q, dp, 1, Kt, BN, S, BN, false);  // S = Q K^T
+      K.gemm(nq, tp.ncols(), d, Q, dp, 1, Kt, BN, S, BN, false);  // S = Q K^T
       K.softmax_rows(S, nq, tp, p.scale, m, l, O, dp);
       K.gemm(nq, dp, nk, S, BN, 1, V, dp, O, dp, true);   // O += P V
     }
@@ -526,9 +531,9 @@ void bwd_impl(const AttnBwdParams& p) {
     sc.dp.assign((size_t)BM * BN, 0.f);
     return sc;
   };
-  // K^T and V^T of keys [j0, j0 + nk) of (b, hk); columns past nk zeroed.
+  // K^T and V^T of keys [j0, j0 + nk) of (b, hk); columns [nk, round_up(nk, VW)) zeroed.
   auto load_kv_t = [&](Scratch& sc, int b, int hk, int j0, int nk) {
-    for (int c = 0; c < BN; ++c) {
+    for (int c = 0; c < round_up(nk, VW); ++c) {
       if (c < nk) {
         load_col<D>(sc.kt.data() + c, BN, k_row(b, j0 + c, hk), d);
         load_col<D>(sc.vt.data() + c, BN, v_row(b, j0 + c, hk), d);
@@ -572,8 +577,8 @@ void bwd_impl(const AttnBwdParams& p) {
         load_kv_t(sc, b, hk, j0, nk);
         for (int c = 0; c < nk; ++c) load_row<D>(Kr + c * dp, k_row(b, j0 + c, hk), d);
         const TilePos tp{p.causal, diag, i0, j0, nk, sk};
-        K.gemm(nq, BN, d, Q, dp, 1, sc.kt.data(), BN, S, BN, false);     // S = Q K^T
-        K.gemm(nq, BN, d, dO, dp, 1, sc.vt.data(), BN, dPm, BN, false);  // dP = dO V^T
+        K.gemm(nq, tp.ncols(), d, Q, dp, 1, sc.kt.data(), BN, S, BN, false);     // S = Q K^T
+        K.gemm(nq, tp.ncols(), d, dO, dp, 1, sc.vt.data(), BN, dPm, BN, false);  // dP = dO V^T
         K.probs_grads(S, dPm, nq, tp, scale, Lr, Dv);
         K.gemm(nq, dp, nk, dPm, BN, 1, Kr, dp, dQ, dp, true);            // dQ += dS K
       }
@@ -617,8 +622,8 @@ void bwd_impl(const AttnBwdParams& p) {
             Dv[r] = Dr[ri];
           }
           const TilePos tp{p.causal, diag, i0, j0, nk, sk};
-          K.gemm(nq, BN, d, Q, dp, 1, sc.kt.data(), BN, S, BN, false);
-          K.gemm(nq, BN, d, dO, dp, 1, sc.vt.data(), BN, dPm, BN, false);
+          K.gemm(nq, tp.ncols(), d, Q, dp, 1, sc.kt.data(), BN, S, BN, false);
+          K.gemm(nq, tp.ncols(), d, dO, dp, 1, sc.vt.data(), BN, dPm, BN, false);
           K.probs_grads(S, dPm, nq, tp, scale, Lr, Dv);
           K.gemm(nk, dp, nq, S, 1, BN, dO, dp, dV, dp, true);    // dV += P^T dO
           K.gemm(nk, dp, nq, dPm, 1, BN, Q, dp, dK, dp, true);   // dK += dS^T Q
