@@ -38,7 +38,7 @@ union Pack {
   T v[N];
 };
 
-// Plain loads/stores: .cs (evict-first) hints measured 3-4% slower on an H200 (bench/NOTES-rope.md).
+// Plain loads/stores: .cs (evict-first) hints measured 3-4% slower on an H200 (bench/NOTES.md).
 template <typename V> __device__ __forceinline__ V ld_stream(const V* p) {
 #if defined(MEGABEAM_ROPE_CS_HINT)
   return __ldcs(p);
@@ -128,7 +128,7 @@ template <> struct DevElem<Dtype::F16> {
 
 __host__ __device__ constexpr int round_up4(int v) { return (v + 3) & ~3; }
 
-// Blocks per SM asked of the register allocator (bench/NOTES-rope.md): neox at 4 caps the 16-byte
+// Blocks per SM asked of the register allocator (bench/NOTES.md): neox at 4 caps the 16-byte
 // bf16/f16 kernels at 64 registers (70 otherwise, 3 blocks/SM); interleaved items are light and gain
 // from more warps (92% -> 96% of copy bandwidth at 6).
 #if !defined(MEGABEAM_ROPE_NEOX_MIN_BLOCKS)
