@@ -428,7 +428,7 @@ t.test('CLI: table, JSON and plot', async (t) => {
   t.equal(rc, 0, io.errText);
   for (const row of ['base lower bound, scan', 'base lower bound, fit', 'base ≥ scan lower bound', 'critical dim',
     'wavelength min / max', 'dims with wavelength > L', 'attention factor', 'angle error @ m=32767, fp32',
-    'angle error @ m=32767, bf16', 'megabeam exact', '≤ 1e-6 rad']) {
+    'angle error @ m=32767, bf16', 'megabeam exact', '≤ 1e-7 rad']) {
     t.match(io.outText, row, `row: ${row}`);
   }
   const bound = theta.baseLowerBound(32768, { headDim: 128 });
