@@ -91,11 +91,14 @@ export function fromNative(e: unknown): unknown {
   return e;
 }
 
-/** Runs a native call and rethrows its errors as MegabeamErrors. */
+/** Runs a native call and rethrows its errors (thrown, or rejections of a returned promise) as MegabeamErrors. */
 export function native<T>(fn: () => T): T {
+  let r: T;
   try {
-    return fn();
+    r = fn();
   } catch (e) {
     throw fromNative(e);
   }
+  if (r instanceof Promise) return r.catch((e: unknown) => { throw fromNative(e); }) as T;
+  return r;
 }

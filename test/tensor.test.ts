@@ -269,6 +269,21 @@ t.test('work runs off the event loop', async (t) => {
   x.dispose();
 });
 
+t.test('a failed queued CPU task surfaces at the next sync point, once', async (t) => {
+  const { native } = await import('../lib/native');
+  const x = randn([1000], { seed: 5 });
+  native().debugQueueError(-1, 'ERR_OOM', 'simulated failure in a queued task');
+  const y = x.clone();  // work queued after the failure still runs
+  await rejectsCode(t, () => synchronize('cpu'), 'ERR_OOM', 'synchronize rejects with the queued error');
+  await synchronize('cpu');
+  t.pass('the error is reported once, then cleared');
+  t.same(await y.toArray(), await x.toArray(), 'later work ran');
+  native().debugQueueError(-1, 'ERR_CUDA', 'another');
+  await rejectsCode(t, () => x.toArray(), 'ERR_CUDA', 'toArray is a sync point too');
+  t.equal((await x.toArray()).length, 1000);
+  x.dispose(); y.dispose();
+});
+
 t.test('using disposes at scope end', async (t) => {
   let keep: Tensor | undefined;
   {

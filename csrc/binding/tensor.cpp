@@ -348,6 +348,19 @@ Napi::Value SynchronizeSync(const Napi::CallbackInfo& info) {
 }
 MB_EXPORT("synchronizeSync", SynchronizeSync);
 
+// debugQueueError(device, code, message): queues a CPU task that fails, so tests can check that queued
+// errors surface at the next sync point and are cleared after. Test hook; not part of the public API.
+Napi::Value DebugQueueError(const Napi::CallbackInfo& info) {
+  int dev = device_arg(info[0], "device");
+  if (dev != kCpu) throw Error("ERR_UNSUPPORTED", "debugQueueError: CPU queue only");
+  if (!info[1].IsString() || !info[2].IsString()) throw Error("ERR_ARG", "debugQueueError: code and message must be strings");
+  std::string code = info[1].As<Napi::String>(), msg = info[2].As<Napi::String>();
+  if (code.rfind("ERR_", 0) != 0) throw Error("ERR_ARG", "debugQueueError: code must start with ERR_");
+  cpu_enqueue([code, msg]() { throw Error(code, msg); });
+  return info.Env().Undefined();
+}
+MB_EXPORT("debugQueueError", DebugQueueError);
+
 Napi::Value Memory(const Napi::CallbackInfo& info) {
   int dev = device_arg(info[0], "device");
   MemoryStats s = memory_stats(dev);
