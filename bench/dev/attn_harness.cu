@@ -3,6 +3,12 @@
 //   attn_harness bench [S ...]     timings (b=1, hq=32, hkv=8, d=128, causal, bf16) at the given lengths
 // Build: nvcc -O3 -std=c++17 -DMEGABEAM_CUDA -Icsrc -gencode arch=compute_90a,code=sm_90a \
 //          bench/dev/attn_harness.cu csrc/ops/attention/attention_fwd.cu csrc/ops/attention/attention_bwd.cu
+// With -DMB_ATTN_WGMMA (and bench/dev/attn_bwd_wgmma.cu linked in; attn_harness.sh does this for WGMMA=1), the
+// experimental wgmma backward is available too:
+//   attn_harness selftest              small cases (one tile first) for the wgmma backward, worst elements printed
+//   attn_harness check [quick] --wgmma the correctness matrix with the wgmma backward (d=128 cases; others skipped)
+//   attn_harness bench [S ...] --wgmma times the wgmma backward next to the current one, and (S <= 65536)
+//                                      compares their dq/dk/dv
 #include <cuda_runtime.h>
 #include <algorithm>
 #include <cmath>
@@ -13,6 +19,9 @@
 #include <vector>
 #include "ops/attention/attention.h"
 #include "common/error.h"
+#if defined(MB_ATTN_WGMMA)
+#include "attn_bwd_wgmma.cuh"
+#endif
 
 using namespace mb;
 
@@ -307,11 +316,78 @@ static void fill(uint16_t* p, int64_t n, uint64_t seed, float amp, bool bf16) {
 
 static uint64_t g_seed = 12345;
 
+// Backward under test: the library's (default) or, with --wgmma / selftest, the experimental wgmma one.
+static bool g_wgmma = false;
+static bool g_diag = false;  // print the worst elements of failing tensors (selftest)
+static size_t bwd_workspace(const AttnBwdParams& p) {
+#if defined(MB_ATTN_WGMMA)
+  if (g_wgmma) return attention_bwd_wgmma_workspace_bytes(p);
+#endif
+  return attention_bwd_workspace_bytes(p);
+}
+static void bwd_run(const AttnBwdParams& p, cudaStream_t s) {
+#if defined(MB_ATTN_WGMMA)
+  if (g_wgmma) { attention_bwd_cuda_wgmma(p, s); return; }
+#endif
+  attention_bwd_cuda(p, s);
+}
+
+// Host-side listing of the largest errors of a strided 16-bit tensor against a dense fp32 reference.
+static void diag_worst(const char* what, View x, const float* ref, int B, int S, int H, int D, bool bf16) {
+  const int64_t n = (int64_t)B * S * H * D;
+  if (n <= 0 || n > (int64_t)1 << 24) return;
+  // Extent of the strided buffer: enough to cover the last element.
+  const int64_t span = (int64_t)(B - 1) * x.bs + (int64_t)(S - 1) * x.rs + (int64_t)(H - 1) * x.hs + D;
+  std::vector<uint16_t> hx(span);
+  std::vector<float> hr(n);
+  CK(cudaMemcpy(hx.data(), x.p, span * 2, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(hr.data(), ref, n * 4, cudaMemcpyDeviceToHost));
+  std::vector<std::pair<float, int64_t>> errs;
+  errs.reserve(n);
+  for (int64_t i = 0; i < n; ++i) {
+    int d = i % D; int64_t rr = i / D; int h = rr % H; rr /= H; int s = rr % S; int b = rr / S;
+    uint16_t u = hx[b * x.bs + (int64_t)s * x.rs + h * x.hs + d];
+    float v = bf16 ? bf16_to_f32(u) : f16_to_f32(u);
+    float e = (v == v) ? fabsf(v - hr[i]) : INFINITY;
+    errs.push_back({e, i});
+  }
+  const int top = (int)std::min<int64_t>(8, n);
+  std::partial_sort(errs.begin(), errs.begin() + top, errs.end(),
+                    [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) { return a.first > b.first; });
+  printf("     %s worst elements (b, s, h, d): got / ref\n", what);
+  for (int k = 0; k < top; ++k) {
+    int64_t i = errs[k].second;
+    int d = i % D; int64_t rr = i / D; int h = rr % H; rr /= H; int s = rr % S; int b = rr / S;
+    uint16_t u = hx[b * x.bs + (int64_t)s * x.rs + h * x.hs + d];
+    printf("       (%d, %d, %d, %d): %.5g / %.5g\n", b, s, h, d, bf16 ? bf16_to_f32(u) : f16_to_f32(u), hr[i]);
+  }
+  // Rows that are entirely wrong vs scattered elements: count bad elements per d column and per row mod 64.
+  std::vector<int> col(D, 0), rowm(64, 0);
+  int64_t bad = 0;
+  for (const auto& e : errs) {
+    int64_t i = e.second;
+    if (!(e.first <= 0.05f * (fabsf(hr[i]) + 0.05f))) {
+      ++bad;
+      col[i % D]++;
+      rowm[(i / D / H) % S % 64]++;
+    }
+  }
+  printf("     %s: %lld elements off by > 5%%+0.0025; by d column:", what, (long long)bad);
+  for (int d = 0; d < D; ++d) printf(" %d", col[d]);
+  printf("\n     by row mod 64:");
+  for (int r = 0; r < 64; ++r) printf(" %d", rowm[r]);
+  printf("\n");
+}
+
 static void run_case(const Case& c) {
   const bool bf16 = c.dt == Dtype::BF16;
   const int B = c.B, SQ = c.SQ, SK = c.SK, HQ = c.HQ, HKV = c.HKV, D = c.D;
   printf("[%s] b=%d sq=%d sk=%d hq=%d hkv=%d d=%d %s causal=%d qoff=%lld koff=%lld strided=%d\n", c.name, B, SQ, SK, HQ,
          HKV, D, bf16 ? "bf16" : "f16", (int)c.causal, c.qoff, c.koff, (int)c.strided);
+  if (g_wgmma && D != 128) {
+    printf("   skip: the wgmma backward supports head_dim 128 only\n");
+    return;
+  }
   const int64_t nq = (int64_t)B * SQ * HQ * D, nk = (int64_t)B * SK * HKV * D;
   uint16_t *qkv = nullptr, *q, *k, *v, *out, *dout, *dq, *dk, *dv;
   AttnBwdParams p{};
@@ -366,11 +442,11 @@ static void run_case(const Case& c) {
   try {
     attention_fwd_cuda(p, 0);
     CK(cudaDeviceSynchronize());
-    ws_bytes = attention_bwd_workspace_bytes(p);
+    ws_bytes = bwd_workspace(p);
     CK(cudaMalloc(&ws, ws_bytes + 16));
     CK(cudaMemset(ws, 0xFF, ws_bytes));  // uninitialised in real use: make it garbage
     p.workspace = ws;
-    attention_bwd_cuda(p, 0);
+    bwd_run(p, 0);
     CK(cudaDeviceSynchronize());
   } catch (const Error& e) {
     printf("   THREW %s: %s\n", e.code.c_str(), e.what());
@@ -413,12 +489,20 @@ static void run_case(const Case& c) {
            ls.inf_mismatch, ls.n_inf, lok ? "ok" : "FAIL");
     ok &= lok;
   }
-  ok &= report("dq", compare(View{dq, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride}, rdq, B, SQ, HQ, D, bf16, rlse, true),
-               tol_grad(c.dt), nq);
-  ok &= report("dk", compare(View{dk, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride}, rdk, B, SK, HKV, D, bf16, nullptr, false),
-               tol_grad(c.dt), nk);
-  ok &= report("dv", compare(View{dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride}, rdv, B, SK, HKV, D, bf16, nullptr, false),
-               tol_grad(c.dt), nk);
+  {
+    const View vq{dq, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride};
+    const View vk{dk, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride};
+    const View vv{dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride};
+    const bool okq = report("dq", compare(vq, rdq, B, SQ, HQ, D, bf16, rlse, true), tol_grad(c.dt), nq);
+    const bool okk = report("dk", compare(vk, rdk, B, SK, HKV, D, bf16, nullptr, false), tol_grad(c.dt), nk);
+    const bool okv = report("dv", compare(vv, rdv, B, SK, HKV, D, bf16, nullptr, false), tol_grad(c.dt), nk);
+    if (g_diag) {
+      if (!okq) diag_worst("dq", vq, rdq, B, SQ, HQ, D, bf16);
+      if (!okk) diag_worst("dk", vk, rdk, B, SK, HKV, D, bf16);
+      if (!okv) diag_worst("dv", vv, rdv, B, SK, HKV, D, bf16);
+    }
+    ok &= okq && okk && okv;
+  }
 
   // Determinism of the forward: a second run must match bit for bit.
   {
@@ -450,7 +534,7 @@ static void run_case(const Case& c) {
 
 static void expect_throw(const char* what, const char* code, AttnBwdParams p, bool bwd) {
   try {
-    if (bwd) attention_bwd_cuda(p, 0); else attention_fwd_cuda(p, 0);
+    if (bwd) bwd_run(p, 0); else attention_fwd_cuda(p, 0);
     printf("[%s] no throw FAIL\n", what);
     ++g_fail;
   } catch (const Error& e) {
@@ -485,7 +569,12 @@ static int check(bool quick) {
       {"sq5000-sk3-causal", 1, 5000, 3, 2, 1, 128, FH, true, 0, 0, false},  // sk=1 would make dq exactly 0
       {"negative-offsets", 1, 700, 900, 4, 2, 64, FH, true, -1000, -1300, false},
   };
-  if (quick) cases.resize(3);
+  if (g_wgmma) {  // the wgmma backward is head_dim 128 only
+    const size_t n0 = cases.size();
+    cases.erase(std::remove_if(cases.begin(), cases.end(), [](const Case& c) { return c.D != 128; }), cases.end());
+    printf("wgmma backward: %zu head_dim-64 case(s) skipped\n", n0 - cases.size());
+  }
+  if (quick) cases.resize(std::min<size_t>(3, cases.size()));
   for (const Case& c : cases) run_case(c);
   if (!quick) {
     AttnBwdParams p{};
@@ -493,8 +582,35 @@ static int check(bool quick) {
     expect_throw("head_dim 96", "ERR_UNSUPPORTED", p, false);
     p.head_dim = 64; p.dtype = Dtype::F32;
     expect_throw("dtype f32", "ERR_UNSUPPORTED", p, true);
+    if (g_wgmma) {
+      p.dtype = Dtype::BF16;
+      expect_throw("wgmma head_dim 64", "ERR_UNSUPPORTED", p, true);
+    }
   }
   printf("CHECK %s: %d failing case(s)\n", g_fail ? "FAILED" : "PASSED", g_fail);
+  return g_fail ? 1 : 0;
+}
+
+// Small cases for a new backward kernel, smallest first: one CTA / one q block (64 x 128 keys), then the
+// mask, ragged edges, several q blocks and heads (double buffering, dQ flushes), f16, GQA with several
+// kv blocks. Stops at the first failing case: later ones only repeat its symptom.
+static int selftest() {
+  const Dtype BF = Dtype::BF16, FH = Dtype::F16;
+  std::vector<Case> cases = {
+      {"st1-one-tile", 1, 64, 128, 1, 1, 128, BF, false, 0, 0, false},
+      {"st2-one-tile-f16", 1, 64, 128, 1, 1, 128, FH, false, 0, 0, false},
+      {"st3-one-tile-causal-diag", 1, 64, 128, 1, 1, 128, BF, true, 64, 0, false},
+      {"st4-ragged-100x100-causal", 1, 100, 100, 1, 1, 128, BF, true, 0, 0, false},
+      {"st5-two-qblocks-two-heads", 1, 128, 128, 2, 1, 128, BF, false, 0, 0, false},
+      {"st6-gqa4-3kv-blocks-causal", 1, 384, 384, 8, 2, 128, BF, true, 0, 0, false},
+      {"st7-b2-strided-causal", 2, 513, 513, 4, 2, 128, BF, true, 0, 0, true},
+  };
+  for (const Case& c : cases) {
+    const int before = g_fail;
+    run_case(c);
+    if (g_fail != before) break;
+  }
+  printf("SELFTEST %s: %d failing case(s)\n", g_fail ? "FAILED" : "PASSED", g_fail);
   return g_fail ? 1 : 0;
 }
 
@@ -503,7 +619,11 @@ static float time_ms(cudaEvent_t a, cudaEvent_t b) { float ms; CK(cudaEventElaps
 
 static void bench(const std::vector<int>& lens) {
   const int B = 1, HQ = 32, HKV = 8, D = 128;
-  printf("\n%-8s %10s %10s %10s %10s %s\n", "S", "fwd_ms", "fwd_TF/s", "bwd_ms", "bwd_TF/s", "(b=1 hq=32 hkv=8 d=128 causal bf16; median)");
+  if (g_wgmma)
+    printf("\n%-8s %10s %10s %10s %10s %10s %10s %s\n", "S", "fwd_ms", "fwd_TF/s", "bwd_ms", "bwd_TF/s", "wg_bwd_ms", "wg_TF/s",
+           "(b=1 hq=32 hkv=8 d=128 causal bf16; median; wg = experimental wgmma backward)");
+  else
+    printf("\n%-8s %10s %10s %10s %10s %s\n", "S", "fwd_ms", "fwd_TF/s", "bwd_ms", "bwd_TF/s", "(b=1 hq=32 hkv=8 d=128 causal bf16; median)");
   for (int S : lens) {
     const int64_t nq = (int64_t)B * S * HQ * D, nk = (int64_t)B * S * HKV * D;
     uint16_t *q, *k, *v, *out, *dout, *dq, *dk, *dv;
@@ -525,12 +645,22 @@ static void bench(const std::vector<int>& lens) {
     p.scale = 1.0f / sqrtf((float)D); p.causal = true; p.dtype = Dtype::BF16;
     size_t ws = attention_bwd_workspace_bytes(p);
     CK(cudaMalloc(&p.workspace, ws));
+    // Experimental wgmma backward: its own outputs and workspace, timed after the library's in each rep.
+    AttnBwdParams p2 = p;
+    uint16_t *dq2 = nullptr, *dk2 = nullptr, *dv2 = nullptr;
+    if (g_wgmma) {
+#if defined(MB_ATTN_WGMMA)
+      CK(cudaMalloc(&dq2, nq * 2)); CK(cudaMalloc(&dk2, nk * 2)); CK(cudaMalloc(&dv2, nk * 2));
+      p2.dq = dq2; p2.dk = dk2; p2.dv = dv2;
+      CK(cudaMalloc(&p2.workspace, attention_bwd_wgmma_workspace_bytes(p2)));
+#endif
+    }
     const double fl_fwd = 4.0 * (double)S * S * D * HQ / 2.0, fl_bwd = 2.5 * fl_fwd;
     const int reps = S <= 16384 ? 10 : S <= 65536 ? 5 : S <= 131072 ? 3 : 1;
     const bool warm = S <= 131072;
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
-    std::vector<float> tf, tb;
+    std::vector<float> tf, tb, tw;
     for (int r = 0; r < reps + (warm ? 1 : 0); ++r) {
       CK(cudaEventRecord(e0));
       attention_fwd_cuda(p, 0);
@@ -543,11 +673,46 @@ static void bench(const std::vector<int>& lens) {
       CK(cudaEventSynchronize(e1));
       float bb = time_ms(e0, e1);
       if (r > 0 || !warm) { tf.push_back(a); tb.push_back(bb); }
+#if defined(MB_ATTN_WGMMA)
+      if (g_wgmma) {
+        CK(cudaEventRecord(e0));
+        attention_bwd_cuda_wgmma(p2, 0);
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaGetLastError());
+        float bw = time_ms(e0, e1);
+        if (r > 0 || !warm) tw.push_back(bw);
+      }
+#endif
     }
     std::sort(tf.begin(), tf.end()); std::sort(tb.begin(), tb.end());
     float mf = tf[tf.size() / 2], mbw = tb[tb.size() / 2];
-    printf("%-8d %10.2f %10.1f %10.2f %10.1f  (reps=%d, workspace %.1f MiB, fwd min/max %.2f/%.2f, bwd min/max %.2f/%.2f)\n", S, mf,
-           fl_fwd / mf / 1e9, mbw, fl_bwd / mbw / 1e9, reps, ws / 1048576.0, tf.front(), tf.back(), tb.front(), tb.back());
+    if (g_wgmma) {
+      std::sort(tw.begin(), tw.end());
+      const float mw = tw[tw.size() / 2];
+      printf("%-8d %10.2f %10.1f %10.2f %10.1f %10.2f %10.1f  (reps=%d, bwd min/max %.2f/%.2f, wg min/max %.2f/%.2f)\n", S, mf,
+             fl_fwd / mf / 1e9, mbw, fl_bwd / mbw / 1e9, mw, fl_bwd / mw / 1e9, reps, tb.front(), tb.back(), tw.front(), tw.back());
+      if (S <= 65536) {  // the two backwards must agree (both are bf16 from fp32 accumulation)
+        float* ref;
+        CK(cudaMalloc(&ref, nq * 4));
+        const struct { const char* n; const uint16_t *a, *b; int H; int64_t rs, hs, cnt; } t[3] = {
+            {"dq", dq, dq2, HQ, p.dq_row_stride, p.dq_head_stride, nq},
+            {"dk", dk, dk2, HKV, p.dk_row_stride, p.dk_head_stride, nk},
+            {"dv", dv, dv2, HKV, p.dv_row_stride, p.dv_head_stride, nk}};
+        for (const auto& x : t) {
+          k_to_f32<<<1024, 256>>>(View{x.a, x.cnt, x.rs, x.hs}, ref, B, S, x.H, D, true);
+          CK(cudaGetLastError());
+          char what[16];
+          snprintf(what, sizeof what, "wg-%s", x.n);
+          report(what, compare(View{x.b, x.cnt, x.rs, x.hs}, ref, B, S, x.H, D, true, nullptr, false), tol_grad(Dtype::BF16), x.cnt);
+        }
+        CK(cudaFree(ref));
+      }
+      for (void* x : {(void*)dq2, (void*)dk2, (void*)dv2, p2.workspace}) CK(cudaFree(x));
+    } else {
+      printf("%-8d %10.2f %10.1f %10.2f %10.1f  (reps=%d, workspace %.1f MiB, fwd min/max %.2f/%.2f, bwd min/max %.2f/%.2f)\n", S, mf,
+             fl_fwd / mf / 1e9, mbw, fl_bwd / mbw / 1e9, reps, ws / 1048576.0, tf.front(), tf.back(), tb.front(), tb.back());
+    }
     fflush(stdout);
     for (void* x : {(void*)q, (void*)k, (void*)v, (void*)out, (void*)dout, (void*)dq, (void*)dk, (void*)dv, (void*)lse, p.workspace})
       CK(cudaFree(x));
@@ -562,10 +727,27 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   printf("device: %s, %d SMs, %.0f MiB\n", prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1048576.0);
-  if (mode == "check") return check(argc > 2 && std::string(argv[2]) == "quick");
+  bool quick = false;
+  std::vector<int> lens;
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--wgmma") g_wgmma = true;
+    else if (a == "quick") quick = true;
+    else lens.push_back(atoi(argv[i]));
+  }
+#if !defined(MB_ATTN_WGMMA)
+  if (g_wgmma || mode == "selftest") {
+    fprintf(stderr, "built without -DMB_ATTN_WGMMA (attn_harness.sh: WGMMA=1)\n");
+    return 2;
+  }
+#endif
+  if (mode == "selftest") {
+    g_wgmma = true;
+    g_diag = true;
+    return selftest();
+  }
+  if (mode == "check") return check(quick);
   if (mode == "bench") {
-    std::vector<int> lens;
-    for (int i = 2; i < argc; ++i) lens.push_back(atoi(argv[i]));
     if (lens.empty()) lens = {16384, 65536, 131072};
     try {
       bench(lens);
@@ -575,6 +757,6 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
-  fprintf(stderr, "usage: %s check [quick] | bench [S ...]\n", argv[0]);
+  fprintf(stderr, "usage: %s check [quick] [--wgmma] | bench [S ...] [--wgmma] | selftest\n", argv[0]);
   return 2;
 }

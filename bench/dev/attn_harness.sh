@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Build and run the flash attention dev harness on a CUDA machine (no Node, no PyTorch).
-#   bench/dev/attn_harness.sh [all|check|bench]      LENS="16384 65536 131072" BIG=524288 to override
+#   bench/dev/attn_harness.sh [all|check|bench|wgmma] LENS="16384 65536 131072" BIG=524288 to override
+# WGMMA=1 also builds the experimental wgmma backward (bench/dev/attn_bwd_wgmma.cu, never part of the addon):
+#   all/check: + `selftest` (small cases, one tile first) and `check --wgmma` (the matrix, d=128 cases);
+#   all/bench: bench timings get wgmma columns (and a wgmma-vs-current comparison up to 64K);
+#   wgmma:     only the wgmma selftest, check and bench (skips the library's own check).
 # Logs go to $OUT (device tool) or bench/out/.
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
@@ -11,6 +15,11 @@ mkdir -p "$BUILD"
 ARCH=${ARCH:-"-gencode arch=compute_90a,code=sm_90a"}
 FLAGS="-O3 -std=c++17 -DMEGABEAM_CUDA -Icsrc $ARCH -Xptxas -v"
 MODE=${1:-all}
+WGMMA=${WGMMA:-}
+[ "$MODE" = wgmma ] && WGMMA=1
+HFLAGS=""
+WGOBJ=""
+if [ -n "$WGMMA" ]; then HFLAGS="-DMB_ATTN_WGMMA"; WGOBJ="$BUILD/wgmma.o"; fi
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv 2>&1 | tee "$OUTDIR/gpu.txt"
 
@@ -29,11 +38,16 @@ build_kernels() {  # $1 = output dir, $2 = extra flags
 build_kernels "$BUILD/main" ""
 i=0
 for v in $VARIANTS; do i=$((i + 1)); build_kernels "$BUILD/var$i" "${v//,/ }"; done  # commas join flags of one variant
-nvcc $FLAGS -c bench/dev/attn_harness.cu -o "$BUILD/harness.o" >"$BUILD/harness.log" 2>&1 &
+nvcc $FLAGS $HFLAGS -c bench/dev/attn_harness.cu -o "$BUILD/harness.o" >"$BUILD/harness.log" 2>&1 &
 pids+=($!)
+if [ -n "$WGMMA" ]; then
+  nvcc $FLAGS -c bench/dev/attn_bwd_wgmma.cu -o "$BUILD/wgmma.o" >"$BUILD/wgmma.log" 2>&1 &
+  pids+=($!)
+fi
 fail=0
 for p in "${pids[@]}"; do wait "$p" || fail=1; done
-cat "$BUILD"/main/attention_fwd.log "$BUILD"/main/attention_bwd.log | grep -E "error|warning|Compiling entry|registers|spill" >"$OUTDIR/ptxas.txt"
+cat "$BUILD"/main/attention_fwd.log "$BUILD"/main/attention_bwd.log ${WGMMA:+"$BUILD"/wgmma.log} |
+  grep -E "error|warning|Compiling entry|registers|spill|Potential" >"$OUTDIR/ptxas.txt"
 if [ $fail -ne 0 ]; then
   cat "$BUILD"/*.log "$BUILD"/*/*.log
   echo "BUILD FAILED"
@@ -41,11 +55,13 @@ if [ $fail -ne 0 ]; then
 fi
 for d in "$BUILD"/main "$BUILD"/var*; do
   [ -d "$d" ] || continue
-  nvcc $ARCH "$d"/attention_fwd.o "$d"/attention_bwd.o "$BUILD"/harness.o -o "$d/attn_harness" || { echo "LINK FAILED"; exit 1; }
+  nvcc $ARCH "$d"/attention_fwd.o "$d"/attention_bwd.o "$BUILD"/harness.o $WGOBJ -o "$d/attn_harness" || { echo "LINK FAILED"; exit 1; }
 done
 echo "build: $(( $(date +%s) - t0 )) s"
 grep -E "registers|spill" "$OUTDIR/ptxas.txt" | sort | uniq -c
+[ -n "$WGMMA" ] && grep -E -A3 "Compiling entry.*wgmma_kernel" "$BUILD/wgmma.log" | grep -E "registers|spill|Potential"
 H="$BUILD/main/attn_harness"
+WGFLAG=${WGMMA:+--wgmma}
 
 rc=0
 if [ "$MODE" = all ] || [ "$MODE" = check ]; then
@@ -59,13 +75,26 @@ if [ "$MODE" = all ] || [ "$MODE" = check ]; then
     fi
   fi
 fi
-if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
+if [ -n "$WGMMA" ] && { [ "$MODE" = all ] || [ "$MODE" = check ] || [ "$MODE" = wgmma ]; }; then
+  timeout "${WG_TIMEOUT:-300}" "$H" selftest 2>&1 | tee "$OUTDIR/wgmma_selftest.log"
+  src=${PIPESTATUS[0]}
+  if [ $src -ne 0 ]; then
+    rc=1
+    if command -v compute-sanitizer >/dev/null; then
+      timeout 180 compute-sanitizer --tool memcheck --print-limit 20 "$H" selftest >"$OUTDIR/wgmma_memcheck.log" 2>&1
+      tail -40 "$OUTDIR/wgmma_memcheck.log"
+    fi
+  fi
+  timeout "${WG_TIMEOUT:-300}" "$H" check --wgmma 2>&1 | tee "$OUTDIR/wgmma_check.log"
+  [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
+fi
+if [ "$MODE" = all ] || [ "$MODE" = bench ] || [ "$MODE" = wgmma ]; then
   t1=$(date +%s)
-  "$H" bench ${LENS:-16384 65536 131072} 2>&1 | tee "$OUTDIR/bench.log" || rc=1
+  "$H" bench ${LENS:-16384 65536 131072} $WGFLAG 2>&1 | tee "$OUTDIR/bench.log" || rc=1
   took=$(( $(date +%s) - t1 ))
   # The 512K point takes ~16x the 128K one; run it only when that fits comfortably.
   if [ -n "${BIG-524288}" ] && [ "$took" -lt "${BIG_IF_UNDER:-25}" ]; then
-    timeout "${BIG_TIMEOUT:-120}" "$H" bench ${BIG-524288} 2>&1 | tee -a "$OUTDIR/bench.log"
+    timeout "${BIG_TIMEOUT:-120}" "$H" bench ${BIG-524288} $WGFLAG 2>&1 | tee -a "$OUTDIR/bench.log"
   else
     echo "skipping 512K (smaller sizes took ${took} s)"
   fi
@@ -82,10 +111,13 @@ for v in $VARIANTS; do
 done
 # One profiled launch of each kernel at 16K (ncu reads counters on the Firecracker machines).
 if [ -n "${NCU:-}" ] && command -v ncu >/dev/null; then
-  timeout 90 ncu --clock-control none -k "regex:^attn_(fwd|bwd)_kernel" --launch-skip 0 --launch-count 2 \
+  NCU_K="regex:^attn_(fwd|bwd)_kernel"
+  NCU_N=2
+  if [ -n "$WGMMA" ]; then NCU_K="regex:^attn_(fwd|bwd)_kernel|attn_bwd_wgmma_kernel"; NCU_N=3; fi
+  timeout 90 ncu --clock-control none -k "$NCU_K" --launch-skip 0 --launch-count $NCU_N \
     --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
     --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats \
-    "$H" bench 16384 >"$OUTDIR/ncu.txt" 2>&1
+    "$H" bench 16384 $WGFLAG >"$OUTDIR/ncu.txt" 2>&1
   grep -E "attn_|Duration|Throughput|Stall|Warp Cycles|Issued|Eligible|Bank|Registers|Achieved Occupancy|Pipe" "$OUTDIR/ncu.txt" | head -80
 fi
 exit $rc
