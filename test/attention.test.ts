@@ -504,6 +504,66 @@ for (const c of cudaCases) {
   });
 }
 
+// The small backward configuration (64 keys per CTA, under 99 KB of shared memory; picked on its own where
+// the default one does not fit, e.g. sm_86/sm_89) forced on any GPU: the launcher reads
+// MEGABEAM_ATTN_BWD_CONFIG at every launch. fn must await the results so that every launch has happened
+// before the variable goes back to what it was.
+async function withSmallBwd<T>(fn: () => Promise<T>): Promise<T> {
+  const prev = process.env.MEGABEAM_ATTN_BWD_CONFIG;
+  process.env.MEGABEAM_ATTN_BWD_CONFIG = 'small';
+  try {
+    return await fn();
+  } finally {
+    if (prev === undefined) delete process.env.MEGABEAM_ATTN_BWD_CONFIG;
+    else process.env.MEGABEAM_ATTN_BWD_CONFIG = prev;
+  }
+}
+
+// Lengths around multiples of 64 (the small config's key block), several q blocks per head, GQA 1/4/8.
+const smallBwdCases: Case[] = [
+  base({ dtype: 'bf16', headDim: 128, batch: 2, seqQ: 133, seqK: 133, headsQ: 4, headsKv: 4, causal: true }),
+  base({ dtype: 'f16', headDim: 128, seqQ: 77, seqK: 301, headsQ: 8, headsKv: 2 }),
+  base({ dtype: 'bf16', headDim: 64, seqQ: 190, seqK: 129, headsQ: 8, headsKv: 1, causal: true, kOffset: 30 }),
+  base({ dtype: 'f16', headDim: 64, seqQ: 65, seqK: 250, headsQ: 8, headsKv: 2, causal: true, qOffset: 2 ** 33 + 185,
+    kOffset: 2 ** 33 }),
+  base({ dtype: 'f16', headDim: 128, seqQ: 257, seqK: 193, headsQ: 8, headsKv: 1, causal: true, qOffset: -7, kOffset: 60 }),
+  base({ dtype: 'bf16', headDim: 64, seqQ: 63, seqK: 65, headsQ: 4, headsKv: 1 }),
+  base({ dtype: 'bf16', headDim: 128, seqQ: randInt(1, 300), seqK: randInt(1, 300), headsQ: 8, headsKv: pick([1, 2, 8]),
+    causal: true, qOffset: randInt(-40, 40), kOffset: randInt(-40, 40) }),
+];
+for (const c of smallBwdCases) {
+  t.test(`cuda, small backward config (MEGABEAM_ATTN_BWD_CONFIG=small): ${describe(c)}`, gpu, async (tt) => {
+    await withSmallBwd(() => checkCase(tt, c, 'cuda', CUDA_TOL[c.dtype]));
+  });
+}
+
+t.test('cuda: the small backward config agrees with the default one on the same inputs', gpu, async (tt) => {
+  for (const c of [
+    base({ dtype: 'bf16', headDim: 128, seqQ: 203, seqK: 197, headsQ: 8, headsKv: 2, causal: true, qOffset: 5, kOffset: 11 }),
+    base({ dtype: 'f16', headDim: 64, seqQ: 150, seqK: 260, headsQ: 4, headsKv: 1 }),
+  ]) {
+    const inp = await makeInputs(c, 'cuda');
+    const o = optsOf(c);
+    const { out, lse } = attention.forward(inp.q.x, inp.k.x, inp.v.x, o);
+    const grads = async () => {
+      const g = attention.backward(inp.dout.x, inp.q.x, inp.k.x, inp.v.x, out, lse, o);
+      const r = await Promise.all([g.dq, g.dk, g.dv].map(values));
+      for (const x of [g.dq, g.dk, g.dv]) x.dispose();
+      return r;
+    };
+    const dflt = await grads();
+    const small = await withSmallBwd(grads);
+    // Same operands and summation order for dk/dv within a CTA; dq sums 64- instead of 128-key partials in
+    // fp32, so at most about one ulp of the stored dtype apart (2^-8 relative for bf16).
+    ['dq', 'dk', 'dv'].forEach((name, i) => {
+      const same = dflt[i].every((x, j) => Object.is(x, small[i][j]));
+      near(tt, `${describe(c)} ${name}: small vs default config (bit-identical: ${same})`, small[i], dflt[i], 4e-3);
+    });
+    for (const x of [out, lse]) x.dispose();
+    inp.dispose();
+  }
+});
+
 t.test('cuda: CPU and CUDA agree on the same bf16 inputs', gpu, async (tt) => {
   const c = base({ dtype: 'bf16', headDim: 128, seqQ: 150, seqK: 170, headsQ: 8, headsKv: 2, causal: true, kOffset: 7 });
   const inp = await makeInputs(c, 'cuda');

@@ -9,11 +9,15 @@
 //        3. dQ += dS K, warps 2 (32 q rows) x 4 (D/4 columns), added into an fp32 accumulator with
 //           vector atomics.
 //   3. attn_bwd_dq_kernel: dq = scale * dq_accum in the output dtype.
+// The warp counts above are those of the default ("big") tile configuration; a "small" one (64 keys per CTA,
+// 4 warps, < 99 KB of shared memory) runs where big does not fit: see BwdCfg.
 // dq_accum covers a chunk of (batch, kv head) units at a time, sized so the workspace stays near
 // 1.2 GiB even at 512K tokens; chunks run one after another on the same stream.
 #if defined(MEGABEAM_CUDA)
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include "attn_common.cuh"
 
 namespace mb {
@@ -29,19 +33,36 @@ struct BwdArgs {
   float scale_log2;
 };
 
-template <int D>
+// Two tile configurations of the same kernel. Every warp tile is 32 x 32 in phase 1, 32 keys x D/(BR/32) in
+// phase 2 and 32 q rows x D/(BC/32) in phase 3, so the warp count follows from BC and BR.
+//   big (SMALL = false; the default): BC 128, BR 64, 8 warps, Q/dO/lse/Dsum double-buffered, dQ staged in
+//     smem for bulk reductions on sm_90. d=128: 161 KB (+34 KB dQ tile on sm_90); d=64: 97 KB (+18 KB).
+//   small (SMALL = true): BC 64, BR 64, 4 warps, no bulk dQ tile (red.v4 / atomicAdd into dq_accum),
+//     Q/dO/lse/Dsum single-buffered at d=128 (80.5 KB; the next q block loads under phase 3) and
+//     double-buffered at d=64 (65 KB). For GPUs whose per-block opt-in limit is below big's needs
+//     (sm_86/sm_89: 99 KB, so d=128 there). Same workspace, same results up to fp32 summation order.
+// launch_bwd picks big when it fits in cudaDevAttrMaxSharedMemoryPerBlockOptin, else small; the environment
+// variable MEGABEAM_ATTN_BWD_CONFIG=small (read at every launch) forces small, to test it on big GPUs.
+template <int D, bool SMALL>
 struct BwdCfg {
-  static constexpr int NW = 8;
+  static constexpr int BC = SMALL ? 64 : 128;  // keys per CTA
+  static constexpr int BR = 64;                // q rows per step
+  static constexpr int KW = BC / 32;           // phases 1, 2: warps along keys; phase 3: warps along d
+  static constexpr int QW = BR / 32;           // phase 1: warps along q; phase 2: along d; phase 3: along q
+  static constexpr int NW = KW * QW;
   static constexpr int NT = NW * 32;
-  static constexpr int BC = 128;  // keys per CTA
-  static constexpr int BR = 64;   // q rows per step
-  static constexpr int SMEM = 2 * BC * D * 2      // K, V
-                              + 2 * 2 * BR * D * 2  // Q, dO double-buffered
-                              + 2 * BC * BR * 2     // P^T, dS^T
-                              + 2 * 2 * BR * 4;     // lse, Dsum double-buffered
+  static constexpr int STAGES = SMALL && D == 128 ? 1 : 2;  // buffers for Q, dO, lse, Dsum
+  static constexpr bool BULK = !SMALL;                      // bulk dQ reductions where the SASS is sm_90+
+  static constexpr int SMEM = 2 * BC * D * 2              // K, V
+                              + STAGES * 2 * BR * D * 2   // Q, dO
+                              + 2 * BC * BR * 2           // P^T, dS^T
+                              + STAGES * 2 * BR * 4;      // lse, Dsum
   // sm_90: fp32 dQ tile staged for bulk reductions; rows padded by 32 B so fragment stores take 2 wavefronts.
   static constexpr int QP = D * 4 + 32;
   static constexpr int SMEM_BULK = SMEM + BR * QP;
+  static_assert(BR == 64, "P^T / dS^T rows are 128 bytes (8 swizzled chunks)");
+  static_assert(NT >= 2 * BR, "lse and Dsum are loaded by one thread per row");
+  static_assert(!BULK || BR == NW * 8, "flush_dq: 8 rows per warp");
 };
 
 // sm_90+: dQ tiles leave through cp.reduce.async.bulk (the copy engine adds a shared-memory row into
@@ -105,28 +126,29 @@ __device__ __forceinline__ void red_tile(float* acc_rows, int64_t row_pitch, int
 #endif
 }
 
-template <bool BF16, int D>
-__global__ void __launch_bounds__(256, 1) attn_bwd_kernel(const BwdArgs a) {
-  using C = BwdCfg<D>;
-  constexpr int BC = C::BC, BR = C::BR, NT = C::NT;
+template <bool BF16, int D, bool SMALL>
+__global__ void __launch_bounds__(BwdCfg<D, SMALL>::NT, 1) attn_bwd_kernel(const BwdArgs a) {
+  using C = BwdCfg<D, SMALL>;
+  constexpr int BC = C::BC, BR = C::BR, NT = C::NT, KW = C::KW, QW = C::QW, ST = C::STAGES;
+  constexpr bool kBulk = MB_BULK_DQ && C::BULK;
   constexpr int ROWB = D * 2;    // bytes per K/V/Q/dO row
   constexpr int SROWB = BR * 2;  // bytes per P^T / dS^T row (128)
-  constexpr int DH = D / 2;      // dK/dV columns per warp (phase 2)
-  constexpr int DQ = D / 4;      // dQ columns per warp (phase 3)
+  constexpr int DH = D / QW;     // dK/dV columns per warp (phase 2)
+  constexpr int DQ = D / KW;     // dQ columns per warp (phase 3)
   const AttnBwdParams& p = a.p;
 
   extern __shared__ __align__(128) uint8_t smem[];
   const uint32_t sK = smem_u32(smem);
   const uint32_t sV = sK + BC * ROWB;
   const uint32_t sQ0 = sV + BC * ROWB;
-  const uint32_t sO0 = sQ0 + 2 * BR * ROWB;  // dO buffers
-  const uint32_t sP = sO0 + 2 * BR * ROWB;   // P^T  [key][q]
+  const uint32_t sO0 = sQ0 + ST * BR * ROWB;  // dO buffers
+  const uint32_t sP = sO0 + ST * BR * ROWB;   // P^T  [key][q]
   const uint32_t sS = sP + BC * SROWB;       // dS^T [key][q]
   uint8_t* const sPp = smem + (sP - sK);
   uint8_t* const sSp = smem + (sS - sK);
-  float* const sLse = (float*)(smem + (sS - sK) + BC * SROWB);  // [2][BR]
-  float* const sDs = sLse + 2 * BR;                              // [2][BR]
-  const uint32_t sDQ = sS + BC * SROWB + 2 * 2 * BR * 4;         // [BR][QP bytes], bulk path only
+  float* const sLse = (float*)(smem + (sS - sK) + BC * SROWB);  // [ST][BR]
+  float* const sDs = sLse + ST * BR;                             // [ST][BR]
+  const uint32_t sDQ = sS + BC * SROWB + ST * 2 * BR * 4;        // [BR][QP bytes], bulk path only
   constexpr int QP = C::QP;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -183,11 +205,14 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_kernel(const BwdArgs a) {
       for (int e = 0; e < 4; ++e) dk[mt][j][e] = dv[mt][j][e] = 0.f;
 
   const int l7 = lane & 7, hi8 = (lane >> 3) & 1, hi16 = lane >> 4;
-  const int kg = warp & 3;  // phases 1 and 2: keys kg*32 .. kg*32+31
-  const int qh = warp >> 2;  // phase 1: q columns qh*32 .. +31
-  const int dh = warp >> 2;  // phase 2: d columns dh*DH ..
-  const int qm = warp & 1;   // phase 3: q rows qm*32 .. +31
-  const int dn = warp >> 1;  // phase 3: d columns dn*DQ ..
+  // KW and QW are powers of two: masks and shifts.
+  constexpr int KWS = KW == 4 ? 2 : KW == 2 ? 1 : -1, QWS = QW == 2 ? 1 : -1;
+  static_assert(KWS > 0 && QWS > 0, "warp grid: KW in {2, 4}, QW = 2");
+  const int kg = warp & (KW - 1);  // phases 1 and 2: keys kg*32 .. kg*32+31
+  const int qh = warp >> KWS;      // phase 1: q columns qh*32 .. +31
+  const int dh = warp >> KWS;      // phase 2: d columns dh*DH ..
+  const int qm = warp & (QW - 1);  // phase 3: q rows qm*32 .. +31
+  const int dn = warp >> QWS;      // phase 3: d columns dn*DQ ..
   const uint32_t kA = sK + (kg * 32 + l7 + hi8 * 8) * ROWB;     // A rows (K, V; + mt*16 rows)
   const uint32_t vA = sV + (kg * 32 + l7 + hi8 * 8) * ROWB;
   const uint32_t bN = (qh * 32 + l7 + hi16 * 8) * ROWB;         // B rows, non-trans (Q, dO)
@@ -205,14 +230,18 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_kernel(const BwdArgs a) {
   };
 
   for (int t = 0; t < total; ++t) {
-    const int buf = t & 1;
+    const int buf = ST == 2 ? t & 1 : 0;
     const int g = t / nm, m = m_begin + t % nm;
     const int r0 = m * BR;
     cp_async_wait<0>();
     __syncthreads();  // tiles for t landed; every warp finished step t-1 (buffers, P^T, dS^T, dQ tile)
-    if (t + 1 < total) prefetch(t + 1, buf ^ 1);
-    cp_async_commit();
-    if (MB_BULK_DQ && t > 0) flush_dq(t - 1);
+    if constexpr (ST == 2) {
+      if (t + 1 < total) prefetch(t + 1, buf ^ 1);
+      cp_async_commit();
+    }
+    if constexpr (kBulk) {
+      if (t > 0) flush_dq(t - 1);
+    }
 
     const uint32_t sQ = sQ0 + buf * BR * ROWB, sO = sO0 + buf * BR * ROWB;
     // Phase 1: S^T = K Q^T, dP^T = V dO^T for 32 keys x 32 q rows per warp.
@@ -281,7 +310,7 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_kernel(const BwdArgs a) {
         }
       }
     }
-    if (MB_BULK_DQ) bulk_wait_read();  // the dQ tile of step t-1 has been read out before phase 3 rewrites it
+    if constexpr (kBulk) bulk_wait_read();  // the dQ tile of step t-1 has been read out before phase 3 rewrites it
     __syncthreads();  // P^T and dS^T complete
 
     // Phase 2: dV += P^T dO, dK += dS^T Q for 32 keys x DH columns per warp.
@@ -307,6 +336,12 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_kernel(const BwdArgs a) {
           mma16816<BF16>(dk[mt][2 * dp + 1], da[mt], qb[2], qb[3]);
         }
       }
+    }
+
+    if constexpr (ST == 1) {
+      __syncthreads();  // every warp is done with Q, dO, lse, Dsum of step t: load step t+1 under phase 3
+      if (t + 1 < total) prefetch(t + 1, 0);
+      cp_async_commit();
     }
 
     // Phase 3: dQ (BR x D) += dS K: 32 q rows x DQ columns per warp, added into dq_acc.
@@ -335,7 +370,7 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_kernel(const BwdArgs a) {
           }
         }
       }
-      if (MB_BULK_DQ) {
+      if constexpr (kBulk) {
         uint8_t* const tile = smem + (sDQ - sK);
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
@@ -355,7 +390,7 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_kernel(const BwdArgs a) {
       }
     }
   }
-  if (MB_BULK_DQ && total > 0) {
+  if (kBulk && total > 0) {
     __syncthreads();
     flush_dq(total - 1);
     bulk_wait_all();
@@ -453,29 +488,38 @@ static BwdPlan plan_bwd(const AttnBwdParams& p) {
   return pl;
 }
 
-template <bool BF16, int D>
-static void launch_bwd(const AttnBwdParams& p, cudaStream_t stream) {
+// Dynamic shared memory of one configuration as compiled for this GPU (the SASS that runs decides the
+// dQ path: bulk reductions exist from sm_90 on).
+template <bool BF16, int D, bool SMALL>
+static int bwd_smem() {
+  using C = BwdCfg<D, SMALL>;
+  if (!C::BULK) return C::SMEM;
+#if defined(MB_ATTN_NO_BULK_DQ)
+  return C::SMEM;
+#else
+  cudaFuncAttributes fa;
+  if (cudaFuncGetAttributes(&fa, attn_bwd_kernel<BF16, D, SMALL>) != cudaSuccess)
+    check_cuda("attention_bwd: cudaFuncGetAttributes");
+  return fa.binaryVersion >= 90 ? C::SMEM_BULK : C::SMEM;
+#endif
+}
+
+// MEGABEAM_ATTN_BWD_CONFIG=small forces the small configuration even where the big one fits (for testing
+// it on sm_80/sm_90); unset or any other value: big where it fits, else small. Read at every launch.
+static bool bwd_force_small() {
+  const char* e = std::getenv("MEGABEAM_ATTN_BWD_CONFIG");
+  return e && std::strcmp(e, "small") == 0;
+}
+
+template <bool BF16, int D, bool SMALL>
+static void launch_bwd_cfg(const AttnBwdParams& p, cudaStream_t stream, int smem) {
   const BwdPlan pl = plan_bwd(p);
   float* dsum = (float*)p.workspace;
   float* dq_acc = (float*)((char*)p.workspace + pl.dsum_bytes);
   const int group = p.heads_q / p.heads_kv;
 
-  using C = BwdCfg<D>;
-  auto kern = attn_bwd_kernel<BF16, D>;
-  // The SASS that runs decides the dQ path (bulk reductions exist from sm_90 on).
-  cudaFuncAttributes fa;
-  if (cudaFuncGetAttributes(&fa, kern) != cudaSuccess) check_cuda("attention_bwd: cudaFuncGetAttributes");
-#if defined(MB_ATTN_NO_BULK_DQ)
-  const int smem = C::SMEM;
-#else
-  const int smem = fa.binaryVersion >= 90 ? C::SMEM_BULK : C::SMEM;
-#endif
-  int dev = 0, optin = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  if (smem > optin)
-    throw Error("ERR_UNSUPPORTED", "attention_bwd_cuda: head_dim " + std::to_string(D) + " needs " + std::to_string(smem) +
-                                       " bytes of shared memory per block, this GPU allows " + std::to_string(optin));
+  using C = BwdCfg<D, SMALL>;
+  auto kern = attn_bwd_kernel<BF16, D, SMALL>;
   cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   check_cuda("attention_bwd: cudaFuncSetAttribute");
 
@@ -512,6 +556,23 @@ static void launch_bwd(const AttnBwdParams& p, cudaStream_t stream) {
       check_cuda("attention_bwd dq convert launch");
     }
   }
+}
+
+template <bool BF16, int D>
+static void launch_bwd(const AttnBwdParams& p, cudaStream_t stream) {
+  int dev = 0, optin = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  const bool force_small = bwd_force_small();
+  if (!force_small) {
+    const int smem = bwd_smem<BF16, D, false>();
+    if (smem <= optin) return launch_bwd_cfg<BF16, D, false>(p, stream, smem);
+  }
+  const int smem = bwd_smem<BF16, D, true>();
+  if (smem > optin)
+    throw Error("ERR_UNSUPPORTED", "attention_bwd_cuda: head_dim " + std::to_string(D) + " needs " + std::to_string(smem) +
+                                       " bytes of shared memory per block, this GPU allows " + std::to_string(optin));
+  launch_bwd_cfg<BF16, D, true>(p, stream, smem);
 }
 
 }  // namespace attn
