@@ -504,13 +504,14 @@ for (const c of cudaCases) {
   });
 }
 
-// The small backward configuration (64 keys per CTA, under 99 KB of shared memory; picked on its own where
-// the default one does not fit, e.g. sm_86/sm_89) forced on any GPU: the launcher reads
-// MEGABEAM_ATTN_BWD_CONFIG at every launch. fn must await the results so that every launch has happened
-// before the variable goes back to what it was.
-async function withSmallBwd<T>(fn: () => Promise<T>): Promise<T> {
+// The CUDA backward has three kernels: wgmma (the default on sm_90 for head_dim 128), the mma.sync one
+// (the default elsewhere) and its small-shared-memory configuration (64 keys per CTA, under 99 KB; picked
+// on its own where the default does not fit, e.g. sm_86/sm_89). MEGABEAM_ATTN_BWD_CONFIG=mma|small forces
+// the latter two on any GPU: the launcher reads it at every launch. fn must await the results so that
+// every launch has happened before the variable goes back to what it was.
+async function withBwdConfig<T>(config: 'mma' | 'small', fn: () => Promise<T>): Promise<T> {
   const prev = process.env.MEGABEAM_ATTN_BWD_CONFIG;
-  process.env.MEGABEAM_ATTN_BWD_CONFIG = 'small';
+  process.env.MEGABEAM_ATTN_BWD_CONFIG = config;
   try {
     return await fn();
   } finally {
@@ -531,13 +532,15 @@ const smallBwdCases: Case[] = [
   base({ dtype: 'bf16', headDim: 128, seqQ: randInt(1, 300), seqK: randInt(1, 300), headsQ: 8, headsKv: pick([1, 2, 8]),
     causal: true, qOffset: randInt(-40, 40), kOffset: randInt(-40, 40) }),
 ];
-for (const c of smallBwdCases) {
-  t.test(`cuda, small backward config (MEGABEAM_ATTN_BWD_CONFIG=small): ${describe(c)}`, gpu, async (tt) => {
-    await withSmallBwd(() => checkCase(tt, c, 'cuda', CUDA_TOL[c.dtype]));
-  });
+for (const config of ['small', 'mma'] as const) {
+  for (const c of smallBwdCases) {
+    t.test(`cuda, backward config ${config} (MEGABEAM_ATTN_BWD_CONFIG): ${describe(c)}`, gpu, async (tt) => {
+      await withBwdConfig(config, () => checkCase(tt, c, 'cuda', CUDA_TOL[c.dtype]));
+    });
+  }
 }
 
-t.test('cuda: the small backward config agrees with the default one on the same inputs', gpu, async (tt) => {
+t.test('cuda: the forced backward configs agree with the default one on the same inputs', gpu, async (tt) => {
   for (const c of [
     base({ dtype: 'bf16', headDim: 128, seqQ: 203, seqK: 197, headsQ: 8, headsKv: 2, causal: true, qOffset: 5, kOffset: 11 }),
     base({ dtype: 'f16', headDim: 64, seqQ: 150, seqK: 260, headsQ: 4, headsKv: 1 }),
@@ -552,13 +555,15 @@ t.test('cuda: the small backward config agrees with the default one on the same 
       return r;
     };
     const dflt = await grads();
-    const small = await withSmallBwd(grads);
-    // Same operands and summation order for dk/dv within a CTA; dq sums 64- instead of 128-key partials in
-    // fp32, so at most about one ulp of the stored dtype apart (2^-8 relative for bf16).
-    ['dq', 'dk', 'dv'].forEach((name, i) => {
-      const same = dflt[i].every((x, j) => Object.is(x, small[i][j]));
-      near(tt, `${describe(c)} ${name}: small vs default config (bit-identical: ${same})`, small[i], dflt[i], 4e-3);
-    });
+    // dq sums partials over different key blocks in fp32 (and arrives through atomics in any order), so the
+    // kernels agree to about one ulp of the stored dtype (2^-8 relative for bf16).
+    for (const config of ['small', 'mma'] as const) {
+      const other = await withBwdConfig(config, grads);
+      ['dq', 'dk', 'dv'].forEach((name, i) => {
+        const same = dflt[i].every((x, j) => Object.is(x, other[i][j]));
+        near(tt, `${describe(c)} ${name}: ${config} vs default config (bit-identical: ${same})`, other[i], dflt[i], 4e-3);
+      });
+    }
     for (const x of [out, lse]) x.dispose();
     inp.dispose();
   }

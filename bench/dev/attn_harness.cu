@@ -3,8 +3,8 @@
 //   attn_harness bench [S ...]     timings (b=1, hq=32, hkv=8, d=128, causal, bf16) at the given lengths
 // Build: nvcc -O3 -std=c++17 -DMEGABEAM_CUDA -Icsrc -gencode arch=compute_90a,code=sm_90a \
 //          bench/dev/attn_harness.cu csrc/ops/attention/attention_fwd.cu csrc/ops/attention/attention_bwd.cu
-// With -DMB_ATTN_WGMMA (and bench/dev/attn_bwd_wgmma.cu linked in; attn_harness.sh does this for WGMMA=1), the
-// experimental wgmma backward is available too:
+// With -DMB_ATTN_WGMMA (attn_harness.sh does this for WGMMA=1) the wgmma backward
+// (csrc/ops/attention/attention_bwd_wgmma.cu, the default on sm_90) is also called directly:
 //   attn_harness selftest              small cases (one tile first) for the wgmma backward, worst elements printed
 //   attn_harness check [quick] --wgmma the correctness matrix with the wgmma backward (d=128 cases; others skipped)
 //   attn_harness bench [S ...] --wgmma times the wgmma backward next to the current one, and (S <= 65536)
@@ -20,7 +20,7 @@
 #include "ops/attention/attention.h"
 #include "common/error.h"
 #if defined(MB_ATTN_WGMMA)
-#include "attn_bwd_wgmma.cuh"
+#include "ops/attention/attention_bwd_wgmma.cuh"
 #endif
 
 using namespace mb;
@@ -741,6 +741,9 @@ int main(int argc, char** argv) {
     return 2;
   }
 #endif
+  // With --wgmma the "library" columns are the mma.sync kernel and "wg" calls the wgmma one directly
+  // (attention_bwd_cuda itself now dispatches to wgmma on sm_90 for head_dim 128).
+  if (g_wgmma || mode == "selftest") setenv("MEGABEAM_ATTN_BWD_CONFIG", "mma", 1);
   if (mode == "selftest") {
     g_wgmma = true;
     g_diag = true;

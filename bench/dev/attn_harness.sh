@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build and run the flash attention dev harness on a CUDA machine (no Node, no PyTorch).
 #   bench/dev/attn_harness.sh [all|check|bench|wgmma] LENS="16384 65536 131072" BIG=524288 to override
-# WGMMA=1 also builds the experimental wgmma backward (bench/dev/attn_bwd_wgmma.cu, never part of the addon):
+# The library's backward is the wgmma kernel on sm_90 (MEGABEAM_ATTN_BWD_CONFIG=mma|small selects the mma.sync
+# ones). WGMMA=1 adds direct calls of the wgmma kernel next to the mma.sync one:
 #   all/check: + `selftest` (small cases, one tile first) and `check --wgmma` (the matrix, d=128 cases);
 #   all/bench: bench timings get wgmma columns (and a wgmma-vs-current comparison up to 64K);
 #   wgmma:     only the wgmma selftest, check and bench (skips the library's own check).
@@ -18,8 +19,7 @@ MODE=${1:-all}
 WGMMA=${WGMMA:-}
 [ "$MODE" = wgmma ] && WGMMA=1
 HFLAGS=""
-WGOBJ=""
-if [ -n "$WGMMA" ]; then HFLAGS="-DMB_ATTN_WGMMA"; WGOBJ="$BUILD/wgmma.o"; fi
+if [ -n "$WGMMA" ]; then HFLAGS="-DMB_ATTN_WGMMA"; fi
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv 2>&1 | tee "$OUTDIR/gpu.txt"
 
@@ -30,7 +30,7 @@ pids=()
 VARIANTS=${VARIANTS:-}
 build_kernels() {  # $1 = output dir, $2 = extra flags
   mkdir -p "$1"
-  for f in attention_fwd attention_bwd; do
+  for f in attention_fwd attention_bwd attention_bwd_wgmma; do
     nvcc $FLAGS $2 -c csrc/ops/attention/$f.cu -o "$1/$f.o" >"$1/$f.log" 2>&1 &
     pids+=($!)
   done
@@ -40,13 +40,9 @@ i=0
 for v in $VARIANTS; do i=$((i + 1)); build_kernels "$BUILD/var$i" "${v//,/ }"; done  # commas join flags of one variant
 nvcc $FLAGS $HFLAGS -c bench/dev/attn_harness.cu -o "$BUILD/harness.o" >"$BUILD/harness.log" 2>&1 &
 pids+=($!)
-if [ -n "$WGMMA" ]; then
-  nvcc $FLAGS -c bench/dev/attn_bwd_wgmma.cu -o "$BUILD/wgmma.o" >"$BUILD/wgmma.log" 2>&1 &
-  pids+=($!)
-fi
 fail=0
 for p in "${pids[@]}"; do wait "$p" || fail=1; done
-cat "$BUILD"/main/attention_fwd.log "$BUILD"/main/attention_bwd.log ${WGMMA:+"$BUILD"/wgmma.log} |
+cat "$BUILD"/main/attention_fwd.log "$BUILD"/main/attention_bwd.log "$BUILD"/main/attention_bwd_wgmma.log |
   grep -E "error|warning|Compiling entry|registers|spill|Potential" >"$OUTDIR/ptxas.txt"
 if [ $fail -ne 0 ]; then
   cat "$BUILD"/*.log "$BUILD"/*/*.log
@@ -55,11 +51,11 @@ if [ $fail -ne 0 ]; then
 fi
 for d in "$BUILD"/main "$BUILD"/var*; do
   [ -d "$d" ] || continue
-  nvcc $ARCH "$d"/attention_fwd.o "$d"/attention_bwd.o "$BUILD"/harness.o $WGOBJ -o "$d/attn_harness" || { echo "LINK FAILED"; exit 1; }
+  nvcc $ARCH "$d"/attention_fwd.o "$d"/attention_bwd.o "$d"/attention_bwd_wgmma.o "$BUILD"/harness.o -o "$d/attn_harness" || { echo "LINK FAILED"; exit 1; }
 done
 echo "build: $(( $(date +%s) - t0 )) s"
 grep -E "registers|spill" "$OUTDIR/ptxas.txt" | sort | uniq -c
-[ -n "$WGMMA" ] && grep -E -A3 "Compiling entry.*wgmma_kernel" "$BUILD/wgmma.log" | grep -E "registers|spill|Potential"
+grep -E -A3 "Compiling entry.*wgmma_kernel" "$BUILD/main/attention_bwd_wgmma.log" | grep -E "registers|spill|Potential"
 H="$BUILD/main/attn_harness"
 WGFLAG=${WGMMA:+--wgmma}
 

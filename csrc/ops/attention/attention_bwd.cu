@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include "attn_common.cuh"
+#include "attention_bwd_wgmma.cuh"
 
 namespace mb {
 namespace attn {
@@ -511,6 +512,14 @@ static bool bwd_force_small() {
   return e && std::strcmp(e, "small") == 0;
 }
 
+// The wgmma kernel (attention_bwd_wgmma.cu) is the default where it runs (sm_90a, head_dim 128);
+// MEGABEAM_ATTN_BWD_CONFIG=mma (or =small) keeps the mma.sync kernels, for comparison and tests.
+static bool bwd_use_wgmma(const AttnBwdParams& p) {
+  const char* e = std::getenv("MEGABEAM_ATTN_BWD_CONFIG");
+  if (e && (std::strcmp(e, "mma") == 0 || std::strcmp(e, "small") == 0)) return false;
+  return attention_bwd_wgmma_usable(p);
+}
+
 template <bool BF16, int D, bool SMALL>
 static void launch_bwd_cfg(const AttnBwdParams& p, cudaStream_t stream, int smem) {
   const BwdPlan pl = plan_bwd(p);
@@ -579,6 +588,7 @@ static void launch_bwd(const AttnBwdParams& p, cudaStream_t stream) {
 
 size_t attention_bwd_workspace_bytes(const AttnBwdParams& p) {
   attn::check_common(p, "attention_bwd_workspace_bytes");
+  if (attn::bwd_use_wgmma(p)) return attention_bwd_wgmma_workspace_bytes(p);
   return attn::plan_bwd(p).total;
 }
 
@@ -587,6 +597,10 @@ void attention_bwd_cuda(const AttnBwdParams& p, cudaStream_t stream) {
   const char* who = "attention_bwd_cuda";
   check_common(p, who);
   if (p.batch == 0) return;
+  if (bwd_use_wgmma(p)) {
+    attention_bwd_cuda_wgmma(p, stream);
+    return;
+  }
   check_rows(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride, who, "q");
   check_rows(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, who, "k");
   check_rows(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, who, "v");

@@ -1,6 +1,7 @@
-// EXPERIMENTAL flash attention backward with Hopper wgmma (sm_90a). Dev-only: compiled into
-// bench/dev/attn_harness with WGMMA=1, never into the addon. UNTESTED on a GPU when written: the harness's
-// `selftest` and `check --wgmma` modes are the first things to run (bench/NOTES.md says how).
+// Flash attention backward with Hopper wgmma (sm_90a): the default backward on sm_90 GPUs for head_dim 128
+// (attention_bwd_cuda dispatches here; MEGABEAM_ATTN_BWD_CONFIG=mma or =small selects the mma.sync
+// kernels instead). Checked on an H200 against the naive GPU reference over the harness's whole matrix;
+// dk/dv bit-identical to the mma.sync kernel. bench/NOTES.md has the design notes and numbers.
 //
 // Same interface and semantics as attention_bwd_cuda (csrc/ops/attention/attention_bwd.cu): dq/dk/dv,
 // GQA sums, causal with q/k offsets, any lengths, fully masked rows -> zero grads, fp32 dq accumulation in
@@ -31,7 +32,7 @@
 #include <cmath>
 #include <string>
 #define MB_WGMMA_WRAPPERS 1
-#include "attn_bwd_wgmma.cuh"
+#include "attention_bwd_wgmma.cuh"
 #include "ops/attention/attn_common.cuh"
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -527,6 +528,23 @@ static void launch(const AttnBwdParams& p, cudaStream_t stream) {
 }
 
 }  // namespace attn_wg
+
+bool attention_bwd_wgmma_usable(const AttnBwdParams& p) {
+  if (p.head_dim != 128 || (p.dtype != Dtype::BF16 && p.dtype != Dtype::F16)) return false;
+  int dev = 0, major = 0, minor = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) { cudaGetLastError(); return false; }
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (major != 9 || minor != 0 || attn_wg::Cfg<128>::SMEM > optin) return false;
+  cudaFuncAttributes fa;
+  // sm_90a SASS must be in the binary (a build for other architectures has an empty kernel body).
+  if (cudaFuncGetAttributes(&fa, attn_wg::attn_bwd_wgmma_kernel<true, 128>) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return fa.binaryVersion == 90;
+}
 
 size_t attention_bwd_wgmma_workspace_bytes(const AttnBwdParams& p) {
   attn_wg::check_supported(p, "attention_bwd_wgmma_workspace_bytes");

@@ -1,13 +1,14 @@
-// EXPERIMENTAL (never run on a GPU yet): wgmma (sm_90a) flash attention backward, dev-only.
-// Not part of the addon (lives under bench/dev, scripts/sources.js globs csrc/** only).
+// wgmma (sm_90a) flash attention backward: what attention_bwd_cuda runs on sm_90 GPUs for head_dim 128.
 // Same semantics as mb::attention_bwd_cuda / attention_bwd_workspace_bytes; head_dim 128, bf16/f16,
-// sm_90a only (everything else throws ERR_UNSUPPORTED). See bench/NOTES.md, "Experimental wgmma backward".
+// sm_90a only (everything else throws ERR_UNSUPPORTED). See bench/NOTES.md.
 #pragma once
 #include <cstddef>
 #include <cuda_runtime.h>
 #include "ops/attention/attention.h"
 
 namespace mb {
+// Whether the wgmma kernel can run this problem on the current device (never throws).
+bool attention_bwd_wgmma_usable(const AttnBwdParams& p);
 size_t attention_bwd_wgmma_workspace_bytes(const AttnBwdParams& p);
 void attention_bwd_cuda_wgmma(const AttnBwdParams& p, cudaStream_t s);
 }  // namespace mb
