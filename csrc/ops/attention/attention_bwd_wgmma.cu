@@ -34,6 +34,7 @@
 #define MB_WGMMA_WRAPPERS 1
 #include "attention_bwd_wgmma.cuh"
 #include "ops/attention/attn_common.cuh"
+#include "ops/attention/attn_bwd_common.cuh"
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define MB_WG_ENABLED 1
@@ -392,77 +393,6 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_wgmma_kernel(const Args a) {
 #endif
 }
 
-// Dsum[b, h, i] = sum_d dout * out (fp32), one warp per row (copy of attn_bwd_dot_kernel).
-template <bool BF16, int D>
-__global__ void dot_kernel(const AttnBwdParams p, float* dsum) {
-  const int lane = threadIdx.x & 31;
-  const int64_t rows = (int64_t)p.batch * p.seqlen_q * p.heads_q;
-  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
-  for (int64_t w = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); w < rows; w += warps) {
-    const int h = (int)(w % p.heads_q);
-    const int64_t bi = w / p.heads_q;
-    const int i = (int)(bi % p.seqlen_q);
-    const int b = (int)(bi / p.seqlen_q);
-    const uint16_t* o = (const uint16_t*)p.out + b * p.o_batch_stride + (int64_t)i * p.o_row_stride + h * p.o_head_stride;
-    const uint16_t* d = (const uint16_t*)p.dout + b * p.do_batch_stride + (int64_t)i * p.do_row_stride + h * p.do_head_stride;
-    float acc = 0.f;
-#pragma unroll
-    for (int c = lane * 2; c < D; c += 64) {
-      const float2 x = unpack2<BF16>(*(const uint32_t*)(o + c));
-      const float2 y = unpack2<BF16>(*(const uint32_t*)(d + c));
-      acc += x.x * y.x + x.y * y.y;
-    }
-#pragma unroll
-    for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
-    if (lane == 0) dsum[((int64_t)b * p.heads_q + h) * p.seqlen_q + i] = acc;
-  }
-}
-
-// dq = scale * dq_acc for units [unit0, unit0 + nu) (copy of attn_bwd_dq_kernel).
-template <bool BF16, int D>
-__global__ void dq_kernel(const AttnBwdParams p, const float* __restrict__ acc, int unit0, int nu, int group) {
-  const int64_t total4 = (int64_t)nu * p.seqlen_q * group * (D / 4);
-  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total4; idx += stride) {
-    const int c = (int)(idx % (D / 4)) * 4;
-    int64_t r = idx / (D / 4);
-    const int i = (int)(r % p.seqlen_q);
-    r /= p.seqlen_q;
-    const int g = (int)(r % group);
-    const int ul = (int)(r / group);
-    const int unit = unit0 + ul;
-    const int b = unit / p.heads_kv, h = (unit % p.heads_kv) * group + g;
-    const float4 v = *(const float4*)(acc + idx * 4);
-    uint16_t* dst = (uint16_t*)p.dq + b * p.dq_batch_stride + (int64_t)i * p.dq_row_stride + h * p.dq_head_stride + c;
-    uint2 o;
-    o.x = pack2<BF16>(v.x * p.scale, v.y * p.scale);
-    o.y = pack2<BF16>(v.z * p.scale, v.w * p.scale);
-    *(uint2*)dst = o;
-  }
-}
-
-// Workspace plan (same as attention_bwd.cu's plan_bwd): Dsum, then dq_acc for a chunk of units.
-struct Plan {
-  size_t dsum_bytes, unit_bytes, total;
-  int units_total, units_per_chunk;
-};
-static constexpr size_t kWorkspaceCap = (size_t)1288490188;  // 1.2 GiB
-
-static Plan plan(const AttnBwdParams& p) {
-  Plan pl;
-  pl.dsum_bytes = (((size_t)p.batch * p.heads_q * p.seqlen_q * 4) + 255) & ~(size_t)255;
-  pl.unit_bytes = (size_t)p.seqlen_q * (p.heads_q / p.heads_kv) * p.head_dim * 4;
-  pl.units_total = p.batch * p.heads_kv;
-  size_t room = kWorkspaceCap > pl.dsum_bytes ? kWorkspaceCap - pl.dsum_bytes : 0;
-  size_t n = pl.unit_bytes ? room / pl.unit_bytes : (size_t)pl.units_total;
-  if (n < 1) n = 1;
-  if (n > (size_t)pl.units_total) n = (size_t)pl.units_total;
-  if (n > 65535) n = 65535;
-  pl.units_per_chunk = (int)n;
-  pl.total = pl.dsum_bytes + n * pl.unit_bytes;
-  return pl;
-}
-
 static void check_supported(const AttnBwdParams& p, const char* who) {
   attn::check_common(p, who);
   if (p.head_dim != 128)
@@ -473,7 +403,7 @@ static void check_supported(const AttnBwdParams& p, const char* who) {
 template <bool BF16, int D>
 static void launch(const AttnBwdParams& p, cudaStream_t stream) {
   using C = Cfg<D>;
-  const Plan pl = plan(p);
+  const attn::BwdPlan pl = attn::plan_bwd(p);
   float* dsum = (float*)p.workspace;
   float* dq_acc = (float*)((char*)p.workspace + pl.dsum_bytes);
   const int group = p.heads_q / p.heads_kv;
@@ -498,7 +428,7 @@ static void launch(const AttnBwdParams& p, cudaStream_t stream) {
   if (p.seqlen_q > 0) {
     const int64_t rows = (int64_t)p.batch * p.seqlen_q * p.heads_q;
     const int64_t blocks = std::min<int64_t>((rows + 7) / 8, 132 * 64);
-    dot_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dsum);
+    attn::attn_bwd_dot_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dsum);
     attn::check_cuda("attention_bwd_wgmma preprocess launch");
   }
   Args a;
@@ -521,7 +451,7 @@ static void launch(const AttnBwdParams& p, cudaStream_t stream) {
     if (acc_bytes) {
       const int64_t total4 = (int64_t)nu * p.seqlen_q * group * (D / 4);
       const int64_t blocks = std::min<int64_t>((total4 + 255) / 256, 132 * 32);
-      dq_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dq_acc, u0, nu, group);
+      attn::attn_bwd_dq_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dq_acc, u0, nu, group);
       attn::check_cuda("attention_bwd_wgmma dq convert launch");
     }
   }
@@ -548,7 +478,7 @@ bool attention_bwd_wgmma_usable(const AttnBwdParams& p) {
 
 size_t attention_bwd_wgmma_workspace_bytes(const AttnBwdParams& p) {
   attn_wg::check_supported(p, "attention_bwd_wgmma_workspace_bytes");
-  return attn_wg::plan(p).total;
+  return attn::plan_bwd(p).total;
 }
 
 void attention_bwd_cuda_wgmma(const AttnBwdParams& p, cudaStream_t stream) {

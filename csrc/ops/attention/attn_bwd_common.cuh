@@ -1,0 +1,81 @@
+// Pieces shared by the two CUDA backward implementations (attention_bwd.cu: mma.sync; attention_bwd_wgmma.cu:
+// wgmma): the Dsum preprocess, the fp32 dq accumulator -> output conversion, and the workspace plan.
+#pragma once
+#include "attn_common.cuh"
+
+namespace mb {
+namespace attn {
+
+// Dsum[b, h, i] = sum_d dout * out (fp32), one warp per row.
+template <bool BF16, int D>
+__global__ void attn_bwd_dot_kernel(const AttnBwdParams p, float* dsum) {
+  const int lane = threadIdx.x & 31;
+  const int64_t rows = (int64_t)p.batch * p.seqlen_q * p.heads_q;
+  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  for (int64_t w = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); w < rows; w += warps) {
+    const int h = (int)(w % p.heads_q);
+    const int64_t bi = w / p.heads_q;
+    const int i = (int)(bi % p.seqlen_q);
+    const int b = (int)(bi / p.seqlen_q);
+    const uint16_t* o = (const uint16_t*)p.out + b * p.o_batch_stride + (int64_t)i * p.o_row_stride + h * p.o_head_stride;
+    const uint16_t* d = (const uint16_t*)p.dout + b * p.do_batch_stride + (int64_t)i * p.do_row_stride + h * p.do_head_stride;
+    float acc = 0.f;
+#pragma unroll
+    for (int c = lane * 2; c < D; c += 64) {
+      const float2 x = unpack2<BF16>(*(const uint32_t*)(o + c));
+      const float2 y = unpack2<BF16>(*(const uint32_t*)(d + c));
+      acc += x.x * y.x + x.y * y.y;
+    }
+#pragma unroll
+    for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
+    if (lane == 0) dsum[((int64_t)b * p.heads_q + h) * p.seqlen_q + i] = acc;
+  }
+}
+
+// dq = scale * dq_acc for the units [unit0, unit0 + nu); 4 elements per thread.
+template <bool BF16, int D>
+__global__ void attn_bwd_dq_kernel(const AttnBwdParams p, const float* __restrict__ acc, int unit0, int nu, int group) {
+  const int64_t total4 = (int64_t)nu * p.seqlen_q * group * (D / 4);
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total4; idx += stride) {
+    const int c = (int)(idx % (D / 4)) * 4;
+    int64_t r = idx / (D / 4);
+    const int i = (int)(r % p.seqlen_q);
+    r /= p.seqlen_q;
+    const int g = (int)(r % group);
+    const int ul = (int)(r / group);
+    const int unit = unit0 + ul;
+    const int b = unit / p.heads_kv, h = (unit % p.heads_kv) * group + g;
+    const float4 v = *(const float4*)(acc + idx * 4);
+    uint16_t* dst = (uint16_t*)p.dq + b * p.dq_batch_stride + (int64_t)i * p.dq_row_stride + h * p.dq_head_stride + c;
+    uint2 o;
+    o.x = pack2<BF16>(v.x * p.scale, v.y * p.scale);
+    o.y = pack2<BF16>(v.z * p.scale, v.w * p.scale);
+    *(uint2*)dst = o;
+  }
+}
+
+// Workspace plan: Dsum, then dq_acc for `units` (batch, kv head) units at a time.
+struct BwdPlan {
+  size_t dsum_bytes, unit_bytes, total;
+  int units_total, units_per_chunk;
+};
+inline constexpr size_t kWorkspaceCap = (size_t)1288490188;  // 1.2 GiB
+
+inline BwdPlan plan_bwd(const AttnBwdParams& p) {
+  BwdPlan pl;
+  pl.dsum_bytes = (((size_t)p.batch * p.heads_q * p.seqlen_q * 4) + 255) & ~(size_t)255;
+  pl.unit_bytes = (size_t)p.seqlen_q * (p.heads_q / p.heads_kv) * p.head_dim * 4;
+  pl.units_total = p.batch * p.heads_kv;
+  size_t room = kWorkspaceCap > pl.dsum_bytes ? kWorkspaceCap - pl.dsum_bytes : 0;
+  size_t n = pl.unit_bytes ? room / pl.unit_bytes : (size_t)pl.units_total;
+  if (n < 1) n = 1;  // one unit is the minimum: beyond the cap only for a huge group or sequence
+  if (n > (size_t)pl.units_total) n = (size_t)pl.units_total;
+  if (n > 65535) n = 65535;  // units go on grid.y
+  pl.units_per_chunk = (int)n;
+  pl.total = pl.dsum_bytes + n * pl.unit_bytes;
+  return pl;
+}
+
+}  // namespace attn
+}  // namespace mb
