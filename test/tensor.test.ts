@@ -274,10 +274,13 @@ t.test('a failed queued CPU task surfaces at the next sync point, once', async (
   const x = randn([1000], { seed: 5 });
   native().debugQueueError(-1, 'ERR_OOM', 'simulated failure in a queued task');
   const y = x.clone();  // work queued after the failure still runs
+  const z = tensor([1, 2, 3]);  // creating a tensor is not a sync point: it neither waits nor takes the error
   await rejectsCode(t, () => synchronize('cpu'), 'ERR_OOM', 'synchronize rejects with the queued error');
   await synchronize('cpu');
   t.pass('the error is reported once, then cleared');
   t.same(await y.toArray(), await x.toArray(), 'later work ran');
+  t.same(Array.from(await z.toArray()), [1, 2, 3], 'data written in issue order');
+  z.dispose();
   native().debugQueueError(-1, 'ERR_CUDA', 'another');
   await rejectsCode(t, () => x.toArray(), 'ERR_CUDA', 'toArray is a sync point too');
   t.equal((await x.toArray()).length, 1000);

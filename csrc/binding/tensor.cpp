@@ -92,7 +92,7 @@ Napi::Value View(const Napi::CallbackInfo& info) {
 }
 MB_EXPORT("view", View);
 
-// write(handle, typedArray): fills a freshly created tensor from host data. Float32Array/Float64Array
+// write(handle, typedArray): fills a tensor from host data, in issue order on its device. Float32Array/Float64Array
 // for float dtypes (rounded to nearest even), Int32Array for i32, Uint16Array raw bits for f16/bf16.
 Napi::Value Write(const Napi::CallbackInfo& info) {
   TensorImpl* t = tensor_arg(info[0], "tensor");
@@ -104,15 +104,10 @@ Napi::Value Write(const Napi::CallbackInfo& info) {
   const uint8_t* src = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
   napi_typedarray_type tt = ta.TypedArrayType();
   std::vector<uint8_t> staged;
-  void* host = nullptr;
-  if (t->device == kCpu) {
-    // The storage is fresh: no queued task can touch it yet, so write it here.
-    throw_cpu_pending_error();
-    host = t->data();
-  } else {
-    staged.resize(t->nbytes());
-    host = staged.data();
-  }
+  // Convert into a staging buffer here (the JS array may change after we return), then write it in
+  // issue order on the tensor's device: no wait for queued work, so creation never blocks the event loop.
+  staged.resize(t->nbytes());
+  void* host = staged.data();
   if (tt == napi_float32_array && t->dtype != Dtype::I32) {
     if (t->dtype == Dtype::F32) std::memcpy(host, src, n * 4);
     else parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {
@@ -129,8 +124,14 @@ Napi::Value Write(const Napi::CallbackInfo& info) {
   } else {
     throw Error("ERR_DTYPE", std::string("cannot write this typed array into a ") + dtype_name(t->dtype) + " tensor");
   }
+  if (t->device == kCpu) {
+    auto buf = std::make_shared<std::vector<uint8_t>>(std::move(staged));
+    void* dst = t->data();
+    cpu_enqueue([st = t->storage, buf, dst]() { std::memcpy(dst, buf->data(), buf->size()); });
+    return info.Env().Undefined();
+  }
 #if defined(MEGABEAM_CUDA)
-  if (t->device != kCpu) {
+  {
     CudaDeviceGuard g(t->device);
     // From pageable memory this returns once the data is staged, so `staged` may go.
     cuda_check(cudaMemcpyAsync(t->data(), host, t->nbytes(), cudaMemcpyHostToDevice, cuda_stream(t->device)),
