@@ -10,7 +10,10 @@ export type ErrorCode =
   | 'ERR_OOM'
   | 'ERR_NO_CUDA'
   | 'ERR_CUDA'
-  | 'ERR_NO_NCCL'
+  | 'ERR_NO_NCCL'      // NCCL (libnccl.so.2) could not be loaded
+  | 'ERR_NCCL'         // an NCCL call failed, or its communicator was aborted
+  | 'ERR_COMM'         // a process group failed: a peer died, calls did not match, the group was aborted
+  | 'ERR_TIMEOUT'      // a wait ran past its timeout (the group is aborted)
   | 'ERR_UNSUPPORTED'
   | 'ERR_ROPE_CONFIG'
   | 'ERR_NATIVE';      // the addon could not be loaded
@@ -45,8 +48,17 @@ export class OutOfMemoryError extends MegabeamError {
 export class CudaError extends MegabeamError {
   constructor(message: string) { super('ERR_CUDA', message); }
 }
-export class NcclError extends MegabeamError {
+export class NcclUnavailableError extends MegabeamError {
   constructor(message: string) { super('ERR_NO_NCCL', message); }
+}
+export class NcclError extends MegabeamError {
+  constructor(message: string) { super('ERR_NCCL', message); }
+}
+export class CommError extends MegabeamError {
+  constructor(message: string) { super('ERR_COMM', message); }
+}
+export class TimeoutError extends MegabeamError {
+  constructor(message: string) { super('ERR_TIMEOUT', message); }
 }
 export class UnsupportedError extends MegabeamError {
   constructor(message: string) { super('ERR_UNSUPPORTED', message); }
@@ -71,7 +83,10 @@ const byCode: Record<string, (m: string) => MegabeamError> = {
   ERR_DISPOSED: (m) => new DisposedError(m),
   ERR_OOM: (m) => new OutOfMemoryError(m),
   ERR_CUDA: (m) => new CudaError(m),
-  ERR_NO_NCCL: (m) => new NcclError(m),
+  ERR_NO_NCCL: (m) => new NcclUnavailableError(m),
+  ERR_NCCL: (m) => new NcclError(m),
+  ERR_COMM: (m) => new CommError(m),
+  ERR_TIMEOUT: (m) => new TimeoutError(m),
   ERR_UNSUPPORTED: (m) => new UnsupportedError(m),
   ERR_NATIVE: (m) => new NativeLoadError(m),
   // native messages read "<parameter>: <what is wrong>"

@@ -9,3 +9,4 @@ export {
 export * as theta from './theta';
 export { rope, RopeOptions, RopeStyle, RopePrecision } from './rope';
 export { attention, AttentionOptions, AttentionForwardResult, AttentionBackwardResult } from './attention';
+export { add, scale, AxpbyOptions } from './elementwise';
