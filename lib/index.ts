@@ -11,3 +11,4 @@ export { rope, RopeOptions, RopeStyle, RopePrecision } from './rope';
 export { attention, AttentionOptions, AttentionForwardResult, AttentionBackwardResult } from './attention';
 export { add, scale, AxpbyOptions } from './elementwise';
 export { AdamW, AdamWOptions, ParamEntry, gradNorm, schedules, Schedule } from './optim';
+export { tokens, TokenFile, Sampler, SamplerState, Batch, TokenWidth, TextTokenizer } from './data';
