@@ -188,7 +188,7 @@ export function positions(seqLen: number, rank: number, world: number, layout: R
 // ---------------------------------------------------------------------------------------------------------
 // Options, shapes, plan
 
-interface Ctx {
+export interface Ctx {
   W: number;
   rank: number;
   B: number;
@@ -376,7 +376,7 @@ export class ForwardBlocks {
 }
 
 /** fp32 dK/dV accumulators of one rank's shard, one pair per run (they travel around the ring). */
-interface KvGrad { runs: Chunk[]; dk: Tensor[]; dv: Tensor[] }
+export interface KvGrad { runs: Chunk[]; dk: Tensor[]; dv: Tensor[] }
 function kvGrad(ctx: Ctx, rank: number, zero: boolean): KvGrad {
   const runs = localChunks(ctx, rank);
   const mk = (c: Chunk) => (zero ? zeros : empty)([ctx.B, c.length, ctx.Hkv, ctx.D], { dtype: 'f32', device: ctx.device });
@@ -466,6 +466,17 @@ function gradOut(ctx: Ctx, g: KvGrad): { dk: Tensor; dv: Tensor } {
     row += c.length;
   });
   return { dk, dv };
+}
+
+/** @internal rank `rank` of `world`'s context for these shards, without a group (the bench times one rank). */
+export function rankContext(rank: number, world: number, q: Tensor, k: Tensor, v: Tensor, opts?: RingOptions): Ctx {
+  checkWorld('ring', rank, world);
+  return resolve('ring', { rank, worldSize: world, device: q.device } as Group, q, k, v, opts);
+}
+/** @internal zeroed fp32 dK/dV accumulators shaped for ctx's shards. */
+export function kvGradAccumulators(ctx: Ctx): { acc: KvGrad; dispose: () => void } {
+  const acc = kvGrad(ctx, ctx.rank, true);
+  return { acc, dispose: () => disposeGrad(acc) };
 }
 
 // ---------------------------------------------------------------------------------------------------------
