@@ -68,12 +68,24 @@ void ring_merge_cuda(const RingMergeParams& p, cudaStream_t s) {
 void row_copy_cuda(const RowCopyParams& p, cudaStream_t s) {
   if (p.rows == 0 || p.inner == 0 || p.outer == 0) return;
   if (p.src_dtype == p.dst_dtype) {
-    // A strided 2-D copy: one row of the copy per outer index.
     const size_t es = dtype_size(p.src_dtype);
-    cudaError_t e = cudaMemcpy2DAsync(
-        static_cast<char*>(p.dst) + (size_t)(p.dst_row0 * p.inner) * es, (size_t)(p.dst_rows * p.inner) * es,
-        static_cast<const char*>(p.src) + (size_t)(p.src_row0 * p.inner) * es, (size_t)(p.src_rows * p.inner) * es,
-        (size_t)(p.rows * p.inner) * es, (size_t)p.outer, cudaMemcpyDeviceToDevice, s);
+    const size_t width = (size_t)(p.rows * p.inner) * es;
+    const size_t spitch = (size_t)(p.src_rows * p.inner) * es, dpitch = (size_t)(p.dst_rows * p.inner) * es;
+    const char* src = static_cast<const char*>(p.src) + (size_t)(p.src_row0 * p.inner) * es;
+    char* dst = static_cast<char*>(p.dst) + (size_t)(p.dst_row0 * p.inner) * es;
+    cudaError_t e = cudaSuccess;
+    // cudaMemcpy2D rejects pitches above cudaDevAttrMaxPitch (2^31 − 1 bytes): a 512K-token
+    // [1, S, 32, 128] bf16 tensor is 4 GiB, so one outer index is a plain copy, and huge pitches
+    // are copied row block by row block.
+    constexpr size_t kMaxPitch = 2147483647u;
+    if (p.outer == 1) {
+      e = cudaMemcpyAsync(dst, src, width, cudaMemcpyDeviceToDevice, s);
+    } else if (spitch <= kMaxPitch && dpitch <= kMaxPitch) {
+      e = cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, (size_t)p.outer, cudaMemcpyDeviceToDevice, s);
+    } else {
+      for (int64_t o = 0; o < p.outer && e == cudaSuccess; ++o)
+        e = cudaMemcpyAsync(dst + o * dpitch, src + o * spitch, width, cudaMemcpyDeviceToDevice, s);
+    }
     if (e != cudaSuccess) throw Error("ERR_CUDA", std::string("row copy: ") + cudaGetErrorString(e));
     return;
   }
