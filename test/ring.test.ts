@@ -43,6 +43,12 @@ function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   }
   return m;
 }
+/** Root-mean-square of (a − b) over the root-mean-square of b: steadier than the max for trends. */
+function rmsRel(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let e = 0, m = 0;
+  for (let i = 0; i < a.length; i++) { e += (a[i] - b[i]) ** 2; m += b[i] ** 2; }
+  return Math.sqrt(e / m);
+}
 function maxAbs(a: ArrayLike<number>): number {
   let m = 0;
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
@@ -161,20 +167,29 @@ t.test('bf16: the error vs float64 does not grow with W (ring and all-gather, zi
   for (const algorithm of ['ring', 'allgather'] as const) {
     for (const layout of ['zigzag', 'contiguous'] as const) {
       const errs: Record<string, number[]> = { out: [], dq: [], dk: [], dv: [] };
+      const rms: Record<string, number[]> = { out: [], dq: [], dk: [], dv: [] };
       for (const W of [1, 2, 4, 8]) {
         const r = await runRing({ ...base, W, layout, algorithm }, f);
-        errs.out.push(maxAbsDiff(await vals(r.out), ref.out) / scale.out);
-        errs.dq.push(maxAbsDiff(await vals(r.dq), gref.dq) / scale.dq);
-        errs.dk.push(maxAbsDiff(await vals(r.dk), gref.dk) / scale.dk);
-        errs.dv.push(maxAbsDiff(await vals(r.dv), gref.dv) / scale.dv);
+        for (const [what, want] of [['out', ref.out], ['dq', gref.dq], ['dk', gref.dk], ['dv', gref.dv]] as const) {
+          const got = await vals(r[what]);
+          errs[what].push(maxAbsDiff(got, want) / scale[what]);
+          rms[what].push(rmsRel(got, want));
+        }
         for (const x of Object.values(r)) x.dispose();
       }
-      for (const [what, e] of Object.entries(errs)) {
-        t.comment(`${algorithm} ${layout} ${what}: relative max error W=1,2,4,8: ${e.map((x) => x.toExponential(2)).join(' ')}`);
+      for (const what of Object.keys(errs)) {
+        const e = errs[what], m = rms[what];
+        t.comment(`${algorithm} ${layout} ${what}: W=1,2,4,8 max ${e.map((x) => x.toExponential(2)).join(' ')}; ` +
+          `rms ${m.map((x) => x.toExponential(2)).join(' ')}`);
         t.ok(e.every((x) => x < 2e-2), `${algorithm} ${layout} ${what}: within bf16 accuracy`);
-        // W = 1 has one rounding of the result; the fp32 merge adds at most one bf16 rounding of each
-        // block (a convex combination), so W = 8 stays within a small constant of W = 1.
-        t.ok(e[3] <= 3 * e[0] + 2 ** -9, `${algorithm} ${layout} ${what}: W=8 error ${e[3].toExponential(2)} <= 3 × W=1 ${e[0].toExponential(2)}`);
+        // W = 1 rounds the result once. From W = 2 on, each block's partial result (out, or dk/dv/dq of one
+        // block) is also rounded to bf16 by attention before the fp32 merge / accumulation: one extra
+        // rounding whose size does not depend on W (a convex combination for out, partial sums for the
+        // gradients). So: W = 8 within 2x of W = 1 and within 1.35x of W = 2 (rms). Measured here:
+        // healthy <= 1.65x and <= 1.1x; with bf16 dK/dV accumulators 2.1-4.2x and 1.5-2.3x (caught).
+        t.ok(m[3] <= 2 * m[0], `${algorithm} ${layout} ${what}: W=8 rms error ${m[3].toExponential(2)} <= 2 × W=1 ${m[0].toExponential(2)}`);
+        t.ok(m[3] <= 1.35 * m[1], `${algorithm} ${layout} ${what}: W=8 rms error ${m[3].toExponential(2)} <= 1.35 × W=2 ${m[1].toExponential(2)}`);
+        t.ok(e[3] <= 3.5 * e[0], `${algorithm} ${layout} ${what}: W=8 max error ${e[3].toExponential(2)} <= 3.5 × W=1 ${e[0].toExponential(2)}`);
       }
     }
   }
