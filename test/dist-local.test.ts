@@ -5,6 +5,7 @@ import { dist, tensor, Tensor, Dtype } from '../lib/index';
 import type { Group } from '../lib/dist';
 import { rejectsCode } from './helpers/assert';
 import { mulberry32, randomNormal, testSeed } from './helpers/rng';
+import { gpu } from './helpers/devices';
 
 const seed = testSeed();
 t.comment(`seed ${seed} (TEST_SEED=${seed} replays)`);
@@ -213,4 +214,32 @@ t.test('argument errors', async (t) => {
   await g[0].destroy();
   await rejectsCode(t, g[0].barrier(), 'ERR_COMM', 'destroyed');
   x.dispose();
+});
+
+t.test('CUDA: collectives and a ring exchange of 4 virtual ranks on one GPU', gpu, async (t) => {
+  const W = 4, n = 1000;
+  const g = dist.localGroups(W, { device: 'cuda' });
+  t.equal(g[0].device, 'cuda:0');
+  const host = Array.from({ length: W }, () => randomNormal(n, rnd));
+  const xs = host.map((h) => tensor(h, { dtype: 'bf16', device: 'cuda' }));
+  const v = await values(xs);
+  await Promise.all(g.map((x, r) => x.allReduce(xs[r])));
+  const want = new Float64Array(n), mag = new Float64Array(n);
+  for (let i = 0; i < n; i++) for (let r = 0; r < W; r++) { want[i] += v[r][i]; mag[i] += Math.abs(v[r][i]); }
+  for (let r = 0; r < W; r++) t.equal(close(await xs[r].toArray(), want, mag, 'bf16'), null, `allReduce sum bf16 rank ${r}`);
+  const ys = host.map((h) => tensor(h, { device: 'cuda' }));
+  const got = g.map(() => tensor(new Float64Array(n), { device: 'cuda' }));
+  await Promise.all(g.map((x, r) => x.batchSendRecv([{ op: 'send', tensor: ys[r], peer: (r + 1) % W },
+    { op: 'recv', tensor: got[r], peer: (r + W - 1) % W }])));
+  for (let r = 0; r < W; r++)
+    t.same(Float64Array.from(await got[r].toArray()), Float64Array.from(host[(r + W - 1) % W], (x) => Math.fround(x)), `ring exchange rank ${r}`);
+  const outs = g.map(() => tensor(new Float64Array(W * n), { device: 'cuda' }));
+  await Promise.all(g.map((x, r) => x.allGather(outs[r], ys[r])));
+  const all = await outs[2].toArray();
+  t.ok(host.every((h, p) => h.every((x, i) => all[p * n + i] === Math.fround(x))), 'allGather');
+  const mx = host.map((h) => tensor(h, { device: 'cuda' }));
+  await Promise.all(g.map((x, r) => x.allReduce(mx[r], { op: 'max' })));
+  const m = await mx[1].toArray();
+  t.ok(Array.from(m).every((x, i) => x === Math.max(...host.map((h) => Math.fround(h[i])))), 'allReduce max (CUDA maximum kernel)');
+  disposeAll(xs, ys, got, outs, mx);
 });

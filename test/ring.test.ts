@@ -5,7 +5,9 @@
 import t, { Test } from 'tap';
 import { attention, dist, ring, rope, tensor, Tensor, randn, synchronize } from '../lib/index';
 import type { RingLayout, RingOptions } from '../lib/ring';
-import { rejectsCode } from './helpers/assert';
+import { rejectsCode, throwsCode } from './helpers/assert';
+import { native } from '../lib/native';
+import { native as mapped } from '../lib/errors';
 import { gpu } from './helpers/devices';
 import { mulberry32, randomNormal, testSeed } from './helpers/rng';
 import { attentionBackwardRef, attentionForwardRef } from './ref/attention';
@@ -254,6 +256,22 @@ t.test('errors', async (t) => {
   // a rank that never calls: the others time out instead of hanging
   await rejectsCode(t, ring.forward(a, q, k, k, { algorithm: 'ring', timeoutMs: 50 }), 'ERR_TIMEOUT', 'missing peer times out');
   void b;
+  // the native helpers decide validity themselves
+  const raw = native();
+  const n = new Proxy(raw, { get: (o, k) => (arg: unknown) => mapped(() => (o as Record<string | symbol, (a: unknown) => unknown>)[k](arg)) });
+  const f32 = (shape: number[]) => randn(shape), i32 = tensor(new Int32Array(8), { shape: [1, 2, 1, 4] });
+  throwsCode(t, () => n.ringMerge({ outAcc: f32([1, 2, 1, 4]).handle(), lseAcc: f32([1, 1, 2]).handle(), out: i32.handle(),
+    lse: f32([1, 1, 2]).handle() }), 'ERR_DTYPE', 'ringMerge: i32 block');
+  throwsCode(t, () => n.ringMerge({ outAcc: f32([1, 2, 1, 4]).handle(), lseAcc: f32([1, 1, 3]).handle(), out: f32([1, 2, 1, 4]).handle(),
+    lse: f32([1, 1, 2]).handle() }), 'ERR_SHAPE', 'ringMerge: lseAcc shape');
+  const acc = f32([1, 2, 1, 4]);
+  throwsCode(t, () => n.ringMerge({ outAcc: acc.handle(), lseAcc: f32([1, 1, 2]).handle(), out: acc.handle(),
+    lse: f32([1, 1, 2]).handle() }), 'ERR_ARG', 'ringMerge: block aliases the accumulator');
+  throwsCode(t, () => n.rowCopy({ src: f32([2, 4, 3]).handle(), dst: f32([2, 2, 3]).handle(), outer: 2, inner: 3, srcRows: 4, dstRows: 2,
+    srcRow: 3, dstRow: 0, rows: 2 }), 'ERR_SHAPE', 'rowCopy: rows past the end');
+  throwsCode(t, () => n.rowCopy({ src: f32([2, 4, 3]).handle(), dst: f32([2, 2, 3]).handle(), outer: 2, inner: 3, srcRows: 4, dstRows: 2,
+    rows: 2, extra: 1 }), 'ERR_ARG', 'rowCopy: unknown key');
+  throwsCode(t, () => n.maximum({ a: i32.handle(), b: i32.handle(), out: i32.handle() }), 'ERR_DTYPE', 'maximum: i32');
   t.equal(ring.chooseAlgorithm({ world: 8, batch: 1, shardLen: 65536, headsKv: 8, headDim: 128, dtypeBytes: 2 }), 'ring', 'auto: long shards ring');
   t.equal(ring.chooseAlgorithm({ world: 4, batch: 1, shardLen: 1024, headsKv: 8, headDim: 128, dtypeBytes: 2 }), 'allgather', 'auto: short shards gather');
 });
