@@ -22,7 +22,7 @@
 // - 'auto' (default): see chooseAlgorithm below.
 import { attention, AttentionOptions } from './attention';
 import { add } from './elementwise';
-import { ArgumentError, DeviceError, ShapeError, native as call } from './errors';
+import { ArgumentError, DeviceError, DtypeError, ShapeError, native as call } from './errors';
 import { native } from './native';
 import type { DeviceLike } from './device';
 import { RopeOptions, rope } from './rope';
@@ -267,6 +267,21 @@ function resolve(op: string, group: Group | null | undefined, q: Tensor, k: Tens
     if (typeof x !== 'number' || !Number.isSafeInteger(x)) throw new ArgumentError(`${op}: ${name} must be a safe integer`);
     return x;
   };
+  // Checked here too (attention would only see it at the first block, after the first transfer was issued).
+  if (o.scale !== undefined && (typeof o.scale !== 'number' || !Number.isFinite(o.scale) || !(o.scale > 0)))
+    throw new ArgumentError(`${op}: scale must be a finite number > 0, got ${String(o.scale)}`);
+  if (o.timeoutMs !== undefined && (typeof o.timeoutMs !== 'number' || !(o.timeoutMs > 0)))
+    throw new ArgumentError(`${op}: timeoutMs must be a number > 0`);
+  if (o.allgatherMaxBytes !== undefined && (typeof o.allgatherMaxBytes !== 'number' || !(o.allgatherMaxBytes >= 0)))
+    throw new ArgumentError(`${op}: allgatherMaxBytes must be a number >= 0`);
+  for (const [t, n] of [[k, 'k'], [v, 'v']] as const) {
+    if (t.dtype !== q.dtype) throw new DtypeError(`${op}: ${n} is ${t.dtype}, q is ${q.dtype}`);
+    if (t.device !== q.device) throw new DeviceError(`${op}: ${n} is on ${t.device}, q on ${q.device}`);
+  }
+  if (q.shape[0] !== k.shape[0] || q.shape[3] !== k.shape[3] || v.shape.some((x, i) => x !== k.shape[i]))
+    throw new ShapeError(`${op}: q [${q.shape}], k [${k.shape}], v [${v.shape}] must share batch and headDim, and v k's shape`);
+  if (k.shape[2] < 1 || q.shape[2] % k.shape[2] !== 0)
+    throw new ShapeError(`${op}: q heads (${q.shape[2]}) must be a multiple of kv heads (${k.shape[2]})`);
   const algorithm = o.algorithm ?? 'auto';
   if (typeof algorithm !== 'string' || !ALGORITHMS.has(algorithm))
     throw new ArgumentError(`${op}: algorithm must be 'ring', 'allgather' or 'auto', got ${String(algorithm)}`);

@@ -191,7 +191,10 @@ t.test('bf16: the error vs float64 does not grow with W (ring and all-gather, zi
         // healthy <= 1.65x and <= 1.1x; with bf16 dK/dV accumulators 2.1-4.2x and 1.5-2.3x (caught).
         t.ok(m[3] <= 2 * m[0], `${algorithm} ${layout} ${what}: W=8 rms error ${m[3].toExponential(2)} <= 2 × W=1 ${m[0].toExponential(2)}`);
         t.ok(m[3] <= 1.35 * m[1], `${algorithm} ${layout} ${what}: W=8 rms error ${m[3].toExponential(2)} <= 1.35 × W=2 ${m[1].toExponential(2)}`);
-        t.ok(e[3] <= 3.5 * e[0], `${algorithm} ${layout} ${what}: W=8 max error ${e[3].toExponential(2)} <= 3.5 × W=1 ${e[0].toExponential(2)}`);
+        // The max is noisier: W = 1's max error is floored at half a bf16 ulp of the largest value (2^-9
+        // relative), which a single rounding may undercut by luck.
+        t.ok(e[3] <= 4 * Math.max(e[0], 2 ** -9),
+          `${algorithm} ${layout} ${what}: W=8 max error ${e[3].toExponential(2)} <= 4 × max(W=1 ${e[0].toExponential(2)}, 2^-9)`);
       }
     }
   }
@@ -253,6 +256,10 @@ t.test('errors', async (t) => {
   await rejectsCode(t, ring.forward(a, q, k, k, { algorithm: 'tree' as never }), 'ERR_ARG', 'unknown algorithm');
   await rejectsCode(t, ring.forward(a, q, k, k, { bogus: 1 } as never), 'ERR_ARG', 'unknown option');
   await rejectsCode(t, ring.forward(a, q, randn([1, 4, 1, 4]), randn([1, 4, 1, 4])), 'ERR_SHAPE', 'shard lengths differ');
+  await rejectsCode(t, ring.forward(a, q, k.to('bf16'), k, {}), 'ERR_DTYPE', 'k dtype differs');
+  await rejectsCode(t, ring.forward(a, randn([1, 4, 3, 4]), randn([1, 4, 2, 4]), randn([1, 4, 2, 4])), 'ERR_SHAPE', 'GQA heads');
+  await rejectsCode(t, ring.forward(a, q, k, k, { scale: -1 }), 'ERR_ARG', 'scale');
+  await rejectsCode(t, ring.attentionLayer.forward(a, q, k, k, {} as never), 'ERR_ARG', 'layer without rope options');
   // a rank that never calls: the others time out instead of hanging
   await rejectsCode(t, ring.forward(a, q, k, k, { algorithm: 'ring', timeoutMs: 50 }), 'ERR_TIMEOUT', 'missing peer times out');
   void b;
