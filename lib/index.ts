@@ -12,3 +12,8 @@ export { attention, AttentionOptions, AttentionForwardResult, AttentionBackwardR
 export { add, scale, AxpbyOptions } from './elementwise';
 export { AdamW, AdamWOptions, ParamEntry, gradNorm, schedules, Schedule } from './optim';
 export { tokens, TokenFile, Sampler, SamplerState, Batch, TokenWidth, TextTokenizer } from './data';
+export * as dist from './dist';
+export {
+  ring, RingOptions, RingLayout, RingAlgorithm, RingForwardResult, RingBackwardResult, Chunk as RingChunk, ShardOptions,
+  AttentionLayerOptions,
+} from './ring';
