@@ -1,7 +1,7 @@
 import t from 'tap';
 import { execFileSync } from 'child_process';
 import * as path from 'path';
-import { matmul, linear, gemmInfo, randn, empty, zeros, tensor, synchronize, Tensor, Dtype } from '../lib/index';
+import { matmul, linear, gemmInfo, randn, empty, zeros, tensor, synchronize, Tensor, Dtype, DeviceLike } from '../lib/index';
 import { native } from '../lib/native';
 import { throwsCode } from './helpers/assert';
 import { gpu, hasCuda, testDevices } from './helpers/devices';
@@ -11,7 +11,7 @@ import { matmulRef, matmulRefAt } from './ref/matmul';
 const seed = testSeed();
 t.comment(`seed ${seed} (replay with TEST_SEED=${seed})`);
 let seq = 0;
-const rnd = (shape: number[], dtype: Dtype, device: string): Tensor => randn(shape, { dtype, device, seed: seed + ++seq });
+const rnd = (shape: number[], dtype: Dtype, device: DeviceLike): Tensor => randn(shape, { dtype, device, seed: seed + ++seq });
 
 // Rounding of one output element to its dtype (relative), plus f32 accumulation error (scaled by Σ|a·b|).
 const outRel: Record<string, number> = { f32: 0, bf16: 2 ** -8, f16: 2 ** -10 };
@@ -29,7 +29,7 @@ function compare(got: ArrayLike<number>, ref: { out: Float64Array; absSum: Float
 }
 
 type Backend = 'auto' | 'builtin' | 'cublaslt';
-function backendsFor(device: string): Backend[] {
+function backendsFor(device: DeviceLike): Backend[] {
   if (device === 'cpu') return ['auto'];
   return gemmInfo().found ? ['cublaslt', 'builtin'] : ['builtin'];
 }
