@@ -57,8 +57,8 @@ void gemm_cpu(const GemmParams& p);
 void gemm_cuda(const GemmParams& p, cudaStream_t s);  // cuBLASLt or builtin (see gemm_backend)
 void gemm_builtin_cuda(const GemmParams& p, cudaStream_t s);
 // cuBLASLt (gemm_cublaslt.cu). gemm_cublaslt returns false when it cannot take this problem (then the
-// caller falls back to the builtin); errors from the library throw ERR_CUDA.
-bool gemm_cublaslt(const GemmParams& p, cudaStream_t s);
+// caller falls back to the builtin, or reports `why` when cuBLASLt was forced).
+bool gemm_cublaslt(const GemmParams& p, cudaStream_t s, std::string* why = nullptr);
 #endif
 
 struct GemmInfo {

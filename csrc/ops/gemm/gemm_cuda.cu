@@ -340,8 +340,8 @@ void gemm_cuda(const GemmParams& p0, cudaStream_t s) {
   if (p.m == 0 || p.n == 0 || p.batch == 0) return;
   static const bool use_lt = gemm_info().backend == "cublaslt";  // MEGABEAM_GEMM is read once
   if (p.backend == GemmBackend::CublasLt) {
-    if (!gemm_info().found) throw Error("ERR_UNSUPPORTED", "gemm: cuBLASLt is not available: " + gemm_info().error);
-    if (!gemm_cublaslt(p, s)) throw Error("ERR_UNSUPPORTED", "gemm: cuBLASLt cannot take this problem (dtypes/sizes)");
+    std::string why;
+    if (!gemm_cublaslt(p, s, &why)) throw Error("ERR_UNSUPPORTED", "gemm: backend 'cublaslt': " + why);
     return;
   }
   if (p.backend == GemmBackend::Auto && use_lt && gemm_cublaslt(p, s)) return;
