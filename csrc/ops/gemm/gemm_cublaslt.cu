@@ -134,7 +134,6 @@ bool try_open(const std::string& path, Loaded& L, std::string& err) {
 std::vector<std::string> candidates() {
   std::vector<std::string> out;
   const char* sonames[] = {"libcublasLt.so.13", "libcublasLt.so.12"};
-  for (const char* s : sonames) out.push_back(s);  // LD_LIBRARY_PATH, rpath, the ldconfig cache
   std::vector<std::string> dirs;
   for (const char* env : {"CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"})
     if (const char* d = std::getenv(env)) dirs.push_back(std::string(d) + "/lib64");
@@ -171,8 +170,11 @@ std::vector<std::string> candidates() {
       for (size_t i = 0; i < g.gl_pathc; ++i) dirs.push_back(g.gl_pathv[i]);
     globfree(&g);
   }
-  for (const std::string& d : dirs)
-    for (const char* s : sonames) out.push_back(d + "/" + s);
+  // .13 anywhere before .12 anywhere; the plain name first (LD_LIBRARY_PATH, rpath, the ldconfig cache).
+  for (const char* s : sonames) {
+    out.push_back(s);
+    for (const std::string& d : dirs) out.push_back(d + "/" + s);
+  }
   return out;
 }
 
