@@ -13,6 +13,7 @@
 // sees "A" = our B and "B" = our A with the same transpose flags and m/n exchanged.
 #include <dlfcn.h>
 #include <glob.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -83,9 +84,12 @@ struct Loaded {
   bool ok = false;
 };
 
-bool try_open(const std::string& path, Loaded& L, std::string& err) {
+bool try_open(const std::string& path, Loaded& L, std::string& err, bool quiet_missing) {
+  // Search candidates that do not exist are not worth reporting; files that fail to load are.
+  if (quiet_missing && path.find('/') != std::string::npos && access(path.c_str(), F_OK) != 0) return false;
   void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!h) {
+    if (quiet_missing && path.find('/') == std::string::npos) return false;  // plain soname: not installed
     const char* e = dlerror();
     if (!err.empty()) err += "; ";
     err += e ? e : path + ": dlopen failed";
@@ -183,11 +187,12 @@ Loaded& loaded() {
     Loaded L;
     std::string err;
     if (const char* over = std::getenv("MEGABEAM_CUBLASLT"); over && *over) {
-      try_open(over, L, err);  // an explicit path is the only one tried
+      try_open(over, L, err, false);  // an explicit path is the only one tried
     } else {
       for (const std::string& c : candidates())
-        if (try_open(c, L, err)) break;
-      if (!L.ok) err = "libcublasLt.so.13/.12 not found (set MEGABEAM_CUBLASLT to its path)";
+        if (try_open(c, L, err, true)) break;
+      if (!L.ok)
+        err = "libcublasLt.so.13/.12 not found (set MEGABEAM_CUBLASLT to its path)" + (err.empty() ? "" : ": " + err);
     }
     const char* force = std::getenv("MEGABEAM_GEMM");
     const bool builtin = force && std::strcmp(force, "builtin") == 0;
