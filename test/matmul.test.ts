@@ -34,7 +34,8 @@ function backendsFor(device: DeviceLike): Backend[] {
   return gemmInfo().found ? ['cublaslt', 'builtin'] : ['builtin'];
 }
 
-const SIZES: [number, number, number][] = [[1, 1, 1], [3, 17, 65], [17, 3, 129], [65, 129, 17], [129, 65, 40]];
+// The last crosses every CPU block boundary (MC 96, NC 256, KC 256) and the CUDA 128-tiles.
+const SIZES: [number, number, number][] = [[1, 1, 1], [3, 17, 65], [17, 3, 129], [65, 129, 17], [129, 65, 40], [197, 300, 600]];
 
 for (const device of testDevices) {
   for (const backend of backendsFor(device)) {
