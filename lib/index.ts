@@ -17,3 +17,4 @@ export {
   ring, RingOptions, RingLayout, RingAlgorithm, RingForwardResult, RingBackwardResult, Chunk as RingChunk, ShardOptions,
   AttentionLayerOptions,
 } from './ring';
+export { matmul, linear, gemmInfo, MatmulOptions, LinearOptions, GemmInfo } from './matmul';
