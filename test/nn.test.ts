@@ -342,13 +342,18 @@ for (const dtype of ['f32', 'bf16'] as FDtype[]) {
     const ref2 = lmHeadLossRef(hv, wv, labelsArr, N, V, H, -100, 4);
     t.ok(Math.abs((await o2.loss.toArray())[0] - ref2.loss) <= (dtype === 'f32' ? 1e-5 : 2e-2) * ref2.loss, 'loss / divisor');
     close(t, await arr(dw), ref2.dw.map((v, i) => v + dw0[i]), 'dweight += with divisor', dtype === 'f32' ? scaled(20, 'f32') : scaled(4, 'bf16'));
+    // f32 logits from bf16/f32 inputs: closer to the float64 reference
+    const o4 = nn.lmHeadLoss(h, w, labels, { chunkTokens: 4, logitsDtype: 'f32' });
+    t.ok(Math.abs((await o4.loss.toArray())[0] - ref.loss) <= 1e-5 * ref.loss, 'f32 logits: loss within 1e-5');
+    close(t, await arr(o4.dhidden), ref.dh, 'f32 logits: dhidden', scaled(20, dtype === 'f32' ? 'f32' : 'bf16'));
+    close(t, await arr(o4.dweight), ref.dw, 'f32 logits: dweight', scaled(20, 'f32'));
     // all tokens ignored: loss 0, zero gradients
     const none = tensor(new Int32Array(N).fill(-100));
     const o3 = nn.lmHeadLoss(h, w, none);
     t.same(Array.from(await o3.loss.toArray()), [0], 'all ignored -> loss 0');
     t.ok((await o3.dhidden.toArray()).every((v) => v === 0), 'all ignored -> dhidden 0');
     t.ok((await o3.dweight.toArray()).every((v) => v === 0), 'all ignored -> dweight 0');
-    for (const o of [...results, o2, o3]) for (const z of [o.loss, o.count, o.dhidden, o.dweight]) z.dispose();
+    for (const o of [...results, o2, o3, o4]) for (const z of [o.loss, o.count, o.dhidden, o.dweight]) z.dispose();
     for (const z of [h, w, labels, dw, none]) z.dispose();
   });
 }

@@ -55,6 +55,12 @@ export interface LmHeadLossOptions {
    * device (no host sync).
    */
   divisor?: number;
+  /**
+   * dtype of the logits chunk (and so of the softmax input and dlogits): default hidden's, as PyTorch
+   * computes a bf16 model's logits; 'f32' keeps them unrounded at twice the chunk memory (the GEMMs then
+   * mix f32 and hidden's dtype).
+   */
+  logitsDtype?: 'f32' | 'f16' | 'bf16';
 }
 
 export interface LmHeadLossResult {
@@ -89,7 +95,9 @@ export function lmHeadLoss(hidden: Tensor, weight: Tensor, labels: Tensor, optio
   if (weight.dtype !== hidden.dtype) throw new DtypeError(`lmHeadLoss: weight (${weight.dtype}) and hidden (${hidden.dtype}) dtypes differ`);
   if (o.divisor !== undefined && !(typeof o.divisor === 'number' && o.divisor > 0 && Number.isFinite(o.divisor)))
     throw new ArgumentError('lmHeadLoss: divisor must be a finite number > 0');
-  let T = o.chunkTokens ?? Math.max(1, Math.floor((512 * 2 ** 20) / (Math.max(V, 1) * (hidden.dtype === 'f32' ? 4 : 2))));
+  const ldt = o.logitsDtype ?? hidden.dtype;
+  if (ldt !== 'f32' && ldt !== 'f16' && ldt !== 'bf16') throw new DtypeError(`lmHeadLoss: logitsDtype must be f32, f16 or bf16, got ${String(ldt)}`);
+  let T = o.chunkTokens ?? Math.max(1, Math.floor((512 * 2 ** 20) / (Math.max(V, 1) * (ldt === 'f32' ? 4 : 2))));
   if (!Number.isSafeInteger(T) || T < 1) throw new ArgumentError('lmHeadLoss: chunkTokens must be a positive integer');
   T = Math.min(T, Math.max(N, 1));
   const device = hidden.device;
@@ -111,7 +119,7 @@ export function lmHeadLoss(hidden: Tensor, weight: Tensor, labels: Tensor, optio
     const dhidden = t(empty(hidden.shape, { dtype: hidden.dtype, device }), made);
     const dh2 = t(dhidden.reshape([N, H]));
     const dweight = o.dweight ?? t(zeros([V, H], { dtype: 'f32', device }), made);
-    const buf = t(empty([T, V], { dtype: hidden.dtype, device }));
+    const buf = t(empty([T, V], { dtype: ldt, device }));
     const gradScale = o.divisor === undefined ? 1 : 1 / o.divisor;
     for (let t0 = 0; t0 < N; t0 += T) {
       const n = Math.min(T, N - t0);

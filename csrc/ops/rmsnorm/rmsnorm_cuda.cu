@@ -126,7 +126,7 @@ void bwd_launch(const RmsNormBwdParams& p, cudaStream_t s) {
   const int64_t nb = rmsnorm_bwd_blocks(p.rows);
   const size_t smem = (size_t)p.hidden * sizeof(float);
   auto k = rmsnorm_bwd_kernel<X, Wt, DX, W, ACC>;
-  if (smem > 48 * 1024) {
+  if (smem + 256 > 48 * 1024) {  // static scratch + dynamic must fit the default 48 KiB
     cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) throw Error("ERR_UNSUPPORTED", "rmsNormBackward: hidden size too large for shared memory");
   }
