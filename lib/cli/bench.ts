@@ -6,12 +6,14 @@ export async function benchCli(argv: string[], io: IO): Promise<number> {
   switch (name) {
     case 'attention':
       return (await import('../bench/attention')).benchAttention(rest, io);
+    case 'gemm':
+      return (await import('../bench/gemm')).benchGemm(rest, io);
     case 'rope':
       return (await import('../bench/rope')).benchRope(rest, io);
     case 'nn':
       return (await import('../bench/nn')).benchNn(rest, io);
     default:
-      io.err('usage: megabeam bench attention|rope|nn [--help]');
+      io.err('usage: megabeam bench attention|gemm|rope|nn [--help]');
       return 2;
   }
 }
