@@ -541,9 +541,11 @@ t.test('CUDA lmHeadLoss vs float64 (bf16, V=32000)', { ...gpu }, async (t) => {
 
 t.test('CUDA dtype / path matrix vs float64 (every kernel instantiation family)', { ...gpu }, async (t) => {
   for (const dtype of FLOATS) {
-    for (const H of [512, 200]) {          // vector path and scalar path
+    // vector / scalar path with the row in registers (512, 200), and rows too long for registers
+    // (20480: vector, 3001: scalar) that the forward re-reads
+    for (const [H, rows] of [[512, 300], [200, 300], [20480, 16], [3001, 16]]) {
       for (const wdt of [dtype, 'f32'] as FDtype[]) {
-        const rows = 300, eps = 1e-5;
+        const eps = 1e-5;
         const x = rnd([rows, H], dtype, 'cuda'), w = rnd([H], wdt, 'cuda', 0.5), dy = rnd([rows, H], dtype, 'cuda');
         const res = rnd([rows, H], dtype, 'cuda');
         const [xv, wv, dyv, rv] = await Promise.all([arr(x), arr(w), arr(dy), arr(res)]);
