@@ -86,12 +86,14 @@ __global__ void __launch_bounds__(512) rmsnorm_fwd_kernel(RmsNormParams p) {
 // dweight partial in shared memory (no atomics), written out at the end and reduced by the next kernel.
 template <Dtype X, Dtype Wt, Dtype DX, int W, bool ACC>
 __global__ void __launch_bounds__(512) rmsnorm_bwd_kernel(RmsNormBwdParams p, int64_t nb) {
+  // dw holds column c + k of vector slot c / W at dw[k * S + c / W]: a warp's 32 consecutive slots hit 32
+  // consecutive banks (column-major would put 8 threads on each of 4 banks for W = 8).
   extern __shared__ float dw[];
   __shared__ float scratch[32];
-  const int64_t H = p.hidden;
+  const int64_t H = p.hidden, S = H / W;  // W = 8 only when H % 8 == 0
   for (int64_t c = (int64_t)threadIdx.x * W; c < H; c += (int64_t)blockDim.x * W)
 #pragma unroll
-    for (int k = 0; k < W; ++k) dw[c + k] = 0.f;
+    for (int k = 0; k < W; ++k) dw[k * S + c / W] = 0.f;
   const int64_t r0 = p.rows * blockIdx.x / nb, r1 = p.rows * (blockIdx.x + 1) / nb;
   for (int64_t row = r0; row < r1; ++row) {
     const int64_t base = row * H;
@@ -118,7 +120,7 @@ __global__ void __launch_bounds__(512) rmsnorm_bwd_kernel(RmsNormBwdParams p, in
         const float xhat = x[k] * rs;
         const float v = rs * (dy[k] * w[k] - xhat * m);
         d[k] = ACC ? d[k] + v : v;
-        dw[c + k] += dy[k] * xhat;
+        dw[k * S + c / W] += dy[k] * xhat;
       }
       stv<DX, W>(p.dx, base + c, d);
     }
@@ -126,7 +128,7 @@ __global__ void __launch_bounds__(512) rmsnorm_bwd_kernel(RmsNormBwdParams p, in
   float* out = p.partial + (int64_t)blockIdx.x * H;
   for (int64_t c = (int64_t)threadIdx.x * W; c < H; c += (int64_t)blockDim.x * W)
 #pragma unroll
-    for (int k = 0; k < W; ++k) out[c + k] = dw[c + k];
+    for (int k = 0; k < W; ++k) out[c + k] = dw[k * S + c / W];
 }
 
 // dweight[c] += sum over the nb block partials of column c. A block takes 32 columns; its 32 rows of
