@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device run, from the repo root on a GPU machine (after `source .gpu/env.sh` there, or on any
 # machine with Node, a GPU, and python3 + PyTorch for the yardstick):
-#   bash bench/run-device.sh tests|rope|check|attention|torch|gemm|demo|ring ...   (default: all but ring)
+#   bash bench/run-device.sh tests|rope|check|attention|torch|gemm|nn|demo|ring ...   (default: all but nn and ring)
 # Writes logs and JSON under $OUT (default bench/out).
 set -uo pipefail
 OUT=${OUT:-bench/out}
@@ -19,6 +19,8 @@ for p in "${parts[@]}"; do
     torch) run torch python3 bench/torch_attention.py time --json "$OUT/torch_attention.json" ;;
     ring) run ring bash -c "node bin/megabeam.js bench ring --world 2,4,8 --seq 512k --out '$OUT/ring.json' && node bin/megabeam.js bench ring --model '$OUT/ring.json'" ;;
     gemm) run gemm node bin/megabeam.js bench gemm --torch --json "$OUT/gemm.json" ;;
+    nn) run nn-tests bash -c "node_modules/.bin/tap test/nn.test.ts > '$OUT/nn-tests.log' 2>&1; rc=\$?; grep -E '^\s*not ok|# \\{|# SKIP' '$OUT/nn-tests.log' | tail -20; exit \$rc"
+        run nn node bin/megabeam.js bench nn --json "$OUT/nn.json" ;;
     demo) run demo bash -c "node bin/megabeam.js demo | tee '$OUT/demo.log'" ;;
     *) echo "unknown part $p"; status=2 ;;
   esac

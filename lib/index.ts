@@ -18,3 +18,4 @@ export {
   AttentionLayerOptions,
 } from './ring';
 export { matmul, linear, gemmInfo, MatmulOptions, LinearOptions, GemmInfo } from './matmul';
+export * as nn from './nn';

@@ -12,8 +12,10 @@ export async function benchCli(argv: string[], io: IO): Promise<number> {
       return (await import('../bench/rope')).benchRope(rest, io);
     case 'ring':
       return (await import('../bench/ring')).benchRing(rest, io);
+    case 'nn':
+      return (await import('../bench/nn')).benchNn(rest, io);
     default:
-      io.err('usage: megabeam bench attention|gemm|rope|ring [--help]');
+      io.err('usage: megabeam bench attention|gemm|rope|nn|ring [--help]');
       return 2;
   }
 }
