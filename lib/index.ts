@@ -10,3 +10,5 @@ export * as theta from './theta';
 export { rope, RopeOptions, RopeStyle, RopePrecision } from './rope';
 export { attention, AttentionOptions, AttentionForwardResult, AttentionBackwardResult } from './attention';
 export { add, scale, AxpbyOptions } from './elementwise';
+export * as safetensors from './safetensors';
+export * as model from './model';
