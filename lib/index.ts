@@ -10,5 +10,6 @@ export * as theta from './theta';
 export { rope, RopeOptions, RopeStyle, RopePrecision } from './rope';
 export { attention, AttentionOptions, AttentionForwardResult, AttentionBackwardResult } from './attention';
 export { add, scale, AxpbyOptions } from './elementwise';
+export { matmul, linear, gemmInfo, MatmulOptions, LinearOptions, GemmInfo } from './matmul';
 export * as safetensors from './safetensors';
 export * as model from './model';
