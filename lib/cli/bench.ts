@@ -8,8 +8,10 @@ export async function benchCli(argv: string[], io: IO): Promise<number> {
       return (await import('../bench/attention')).benchAttention(rest, io);
     case 'rope':
       return (await import('../bench/rope')).benchRope(rest, io);
+    case 'model':
+      return (await import('../bench/model')).benchModel(rest, io);
     default:
-      io.err('usage: megabeam bench attention|rope [--help]');
+      io.err('usage: megabeam bench attention|rope|model [--help]');
       return 2;
   }
 }

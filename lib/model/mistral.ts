@@ -248,9 +248,9 @@ export class Model {
       try {
         const gt = g = linear(yc, Wg);
         const ut = u = linear(yc, Wu);
-        a = nn.swiglu(gt, ut);
+        const at = a = nn.swiglu(gt, ut);
         gt.dispose(); ut.dispose();
-        linear(a, Wd, { out: oc, beta: 1 });
+        linear(at, Wd, { out: oc, beta: 1 });
       } finally {
         disposeAll(g, u, a, yc, oc);
       }
@@ -353,6 +353,28 @@ export class Model {
       disposeAll(...trash, ...Object.values(acts));
       throw e;
     }
+  }
+
+  /**
+   * One decoder layer forward + backward on hidden states x [batch·seq, hidden] (for benchmarks and
+   * layer-level checks): the forward stores its activations (checkpoint: false, as eager PyTorch
+   * does) or keeps only x and recomputes (checkpoint: true). `dout` is consumed (overwritten) and
+   * returned as the gradient with respect to x; parameter gradients accumulate into grads().
+   */
+  layerForwardBackward(l: number, x: Tensor, dout: Tensor, opts: { batch?: number; checkpoint?: boolean; mlpChunkTokens?: number; group?: AttendGroup } = {}): Tensor {
+    if (!Number.isSafeInteger(l) || l < 0 || l >= this.config.numLayers) throw new ArgumentError(`layerForwardBackward: no layer ${l}`);
+    const N = x.shape[0], B = opts.batch ?? 1;
+    if (x.ndim !== 2 || x.shape[1] !== this.config.hiddenSize || N % B !== 0)
+      throw new ShapeError(`layerForwardBackward: x must be [batch·seq, ${this.config.hiddenSize}], got [${x.shape}]`);
+    const S = N / B;
+    this.#checkSeq(S);
+    this.grads();
+    const chunk = this.#mlpChunk(N, opts.mlpChunkTokens);
+    const keep = !(opts.checkpoint ?? false);
+    const r = this.#layerForward(l, x, B, S, keep, chunk, opts.group);
+    r.out.dispose();
+    const acts = r.acts ?? this.#attnPart(l, x, B, S, opts.group);
+    return this.#layerBackward(l, acts, x, dout, B, S, chunk, opts.group);
   }
 
   // ---- whole model ----------------------------------------------------------------------------
