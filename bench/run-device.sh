@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The device run, from the repo root on a GPU machine (after `source .gpu/env.sh` there, or on any
 # machine with Node, a GPU, and python3 + PyTorch for the yardstick):
-#   bash bench/run-device.sh tests|rope|check|attention|torch|demo ...   (default: all of them)
+#   bash bench/run-device.sh tests|rope|check|attention|torch|modelcheck|model|torchlayer|demo ...
+#   (default: tests rope check attention torch demo)
 # Writes logs and JSON under $OUT (default bench/out).
 set -uo pipefail
 OUT=${OUT:-bench/out}
@@ -17,6 +18,9 @@ for p in "${parts[@]}"; do
     check) run check bash -c "node bin/megabeam.js bench attention --seqs 64k --reps 1 --dump /tmp/mb-attn-64k > /dev/null && python3 bench/torch_attention.py check /tmp/mb-attn-64k --json '$OUT/attention_check.json'" ;;
     attention) run attention node bin/megabeam.js bench attention --json "$OUT/attention.json" ;;
     torch) run torch python3 bench/torch_attention.py time --json "$OUT/torch_attention.json" ;;
+    modelcheck) run modelcheck bash -c "python3 bench/torch_model.py make /tmp/mb-model-check && node bin/megabeam.js bench model check /tmp/mb-model-check --json '$OUT/model_check.json'" ;;
+    model) run model node bin/megabeam.js bench model --json "$OUT/model.json" ;;
+    torchlayer) run torchlayer python3 bench/torch_layer.py --json "$OUT/torch_layer.json" ;;
     demo) run demo bash -c "node bin/megabeam.js demo | tee '$OUT/demo.log'" ;;
     *) echo "unknown part $p"; status=2 ;;
   esac
