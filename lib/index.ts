@@ -12,4 +12,3 @@ export { attention, AttentionOptions, AttentionForwardResult, AttentionBackwardR
 export { add, scale, AxpbyOptions } from './elementwise';
 export { matmul, linear, gemmInfo, MatmulOptions, LinearOptions, GemmInfo } from './matmul';
 export * as safetensors from './safetensors';
-export * as model from './model';
