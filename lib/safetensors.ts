@@ -311,6 +311,13 @@ function headerBytes(entries: { name: string; t: Tensor }[], metadata?: Record<s
   return { head, offsets };
 }
 
+// The reference writer orders tensors by dtype (its enum order, larger first) then name, so every
+// tensor's data stays aligned to its element size for zero-copy (mmap) readers; we do the same.
+const DTYPE_RANK: Record<Dtype, number> = { f32: 11, i32: 9, bf16: 8, f16: 7 };
+function hfOrder<T extends { name: string; t: Tensor }>(entries: T[]): T[] {
+  return [...entries].sort((a, b) => DTYPE_RANK[b.t.dtype] - DTYPE_RANK[a.t.dtype] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+}
+
 async function writeAtomic(file: string, write: (fh: fsp.FileHandle) => Promise<void>): Promise<void> {
   const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}-${Date.now()}`);
   const fh = await fsp.open(tmp, 'w');
@@ -326,7 +333,8 @@ async function writeAtomic(file: string, write: (fh: fsp.FileHandle) => Promise<
   await fsp.rename(tmp, file);
 }
 
-async function writeTensors(fh: fsp.FileHandle, entries: { name: string; t: Tensor }[], metadata?: Record<string, string>): Promise<void> {
+async function writeTensors(fh: fsp.FileHandle, unordered: { name: string; t: Tensor }[], metadata?: Record<string, string>): Promise<void> {
+  const entries = hfOrder(unordered);
   const { head } = headerBytes(entries, metadata);
   await fh.write(head, 0, head.length, 0);
   let pos = head.length;

@@ -54,6 +54,12 @@ t.test('safetensors: single-file round trip, exact layout', async (t) => {
   t.same(json.__metadata__, { format: 'pt', note: 'hi' }, '__metadata__');
   t.same(json['b.bf16'], { dtype: 'BF16', shape: [7], data_offsets: json['b.bf16'].data_offsets });
   t.equal(json['e.scalar'].dtype, 'F32');
+  const sizes: Record<string, number> = { F32: 4, I32: 4, BF16: 2, F16: 2 };
+  for (const [k, v] of Object.entries(json)) {
+    if (k === '__metadata__') continue;
+    const e = v as { dtype: string; data_offsets: number[] };
+    t.equal(e.data_offsets[0] % sizes[e.dtype], 0, `${k}: data aligned to its element size (HF order: larger dtypes first)`);
+  }
   t.same(json['e.scalar'].shape, []);
   t.equal(buf.subarray(8, 8 + n).toString('utf8').trimEnd().length + (n - buf.subarray(8, 8 + n).toString('utf8').trimEnd().length), n, 'padding is spaces');
   // the raw bytes of a tensor are its little-endian values
