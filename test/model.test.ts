@@ -397,6 +397,32 @@ t.test('model: loss and logits vs float64 reference; gradients vs float64 finite
   }
 });
 
+t.test('model: layerForwardBackward, checkpointed = stored activations, MLP chunking invisible', needOps, async (t) => {
+  const m = modelLib.fromConfig({ ...tiny, num_hidden_layers: 1 }, { seed: 11, dtype: 'f32' });
+  const N = 2 * 16;
+  const x = randn([N, 32], { seed: 21 });
+  const dy = randn([N, 32], { seed: 22 });
+  const runs: { dx: Float32Array; g: Float32Array[] }[] = [];
+  for (const o of [{ checkpoint: false }, { checkpoint: true }, { checkpoint: true, mlpChunkTokens: 7 }]) {
+    m.zeroGrad();
+    const d = dy.clone();
+    const dx = m.layerForwardBackward(0, x, d, { batch: 2, ...o });
+    t.equal(dx, d, 'dout is reused for dx');
+    const g: Float32Array[] = [];
+    for (const [k, v] of m.grads()) if (k.startsWith('model.layers.0.')) g.push((await v.toArray()) as Float32Array);
+    runs.push({ dx: (await dx.toArray()) as Float32Array, g });
+    dx.dispose();
+  }
+  const maxDiff = (a: Float32Array, b: Float32Array) => a.reduce((mx, v, i) => Math.max(mx, Math.abs(v - b[i])), 0);
+  for (const r of runs.slice(1)) {
+    t.ok(maxDiff(r.dx, runs[0].dx) < 1e-5, 'dx agrees');
+    t.ok(r.g.every((a, i) => maxDiff(a, runs[0].g[i]) < 1e-5), 'parameter grads agree');
+  }
+  t.equal(runs[0].g.length, 9, 'nine layer parameters');
+  t.ok(runs[0].g.every((a) => a.some((v) => v !== 0)), 'every layer parameter got a gradient');
+  x.dispose(); dy.dispose(); m.dispose();
+});
+
 t.test('model: argument errors', needOps, async (t) => {
   const m = modelLib.fromConfig(tiny, { seed: 3 });
   await rejectsCode(t, () => m.forwardBackward([[1, 2, 3]], [[1, 2]]), 'ERR_SHAPE', 'labels shape');
