@@ -11,4 +11,6 @@ export { rope, RopeOptions, RopeStyle, RopePrecision } from './rope';
 export { attention, AttentionOptions, AttentionForwardResult, AttentionBackwardResult } from './attention';
 export { add, scale, AxpbyOptions } from './elementwise';
 export { matmul, linear, gemmInfo, MatmulOptions, LinearOptions, GemmInfo } from './matmul';
+export * as nn from './nn';
 export * as safetensors from './safetensors';
+export * as model from './model';

@@ -20,6 +20,11 @@ export interface MatmulOptions {
   out?: Tensor;
   /** dtype of a new output (default a's); not with `out`. */
   dtype?: Dtype;
+  /**
+   * CUDA backend (for tests and benchmarks): 'auto' (default: cuBLASLt when loaded, else builtin),
+   * 'builtin' (megabeam's kernels), 'cublaslt' (ERR_UNSUPPORTED when missing or it cannot take the problem).
+   */
+  backend?: 'auto' | 'builtin' | 'cublaslt';
 }
 
 export interface LinearOptions {
@@ -71,6 +76,7 @@ export function matmul(a: Tensor, b: Tensor, opts?: MatmulOptions): Tensor {
   if (o.dtype !== undefined) checkDtype(o.dtype, 'matmul: dtype');
   const h = call(() => native().gemm({
     a: ha, b: hb, out: hout, transA: o.transA, transB: o.transB, alpha: o.alpha, beta: o.beta, dtype: o.dtype,
+    backend: o.backend,
   }));
   if (o.out) return o.out;
   return new Tensor(h, resultShape(a, b, o), o.dtype ?? a.dtype, a.device);

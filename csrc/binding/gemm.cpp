@@ -1,7 +1,8 @@
-// Matrix multiply. gemm({ a, b, out?, transA?, transB?, alpha?, beta?, dtype? }) -> out handle
+// Matrix multiply. gemm({ a, b, out?, transA?, transB?, alpha?, beta?, dtype?, backend? }) -> out handle
 //   a [..., M, K] (or [..., K, M] with transA), b [..., K, N] (or [..., N, K] with transB). Batch dims
 //   (everything before the last two) must be equal, or one side is 2-D and is broadcast.
 //   out = alpha·op(a)·op(b) + beta·out, shape [...batch, M, N]; beta != 0 needs out. f32 accumulation.
+//   backend: 'auto' | 'builtin' | 'cublaslt' (CUDA; for tests and benchmarks).
 // gemmInfo() -> { found, backend: 'cublaslt' | 'builtin' | 'cpu', path?, version?, error? }
 #include "../ops/gemm/gemm.h"
 #include "baton.h"
@@ -26,6 +27,7 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   p.alpha = (float)bt.number("alpha", 1.0);
   const double beta = bt.number("beta", 0.0);
   p.beta = (float)beta;
+  p.backend = (GemmBackend)bt.choice("backend", {"auto", "builtin", "cublaslt"}, 0);
   const bool has_dtype = bt.has("dtype");
   const Dtype want = bt.dtype("dtype", a->dtype);
   bt.finish();

@@ -6,12 +6,16 @@ export async function benchCli(argv: string[], io: IO): Promise<number> {
   switch (name) {
     case 'attention':
       return (await import('../bench/attention')).benchAttention(rest, io);
+    case 'gemm':
+      return (await import('../bench/gemm')).benchGemm(rest, io);
     case 'rope':
       return (await import('../bench/rope')).benchRope(rest, io);
+    case 'nn':
+      return (await import('../bench/nn')).benchNn(rest, io);
     case 'model':
       return (await import('../bench/model')).benchModel(rest, io);
     default:
-      io.err('usage: megabeam bench attention|rope|model [--help]');
+      io.err('usage: megabeam bench attention|gemm|rope|nn|model [--help]');
       return 2;
   }
 }

@@ -37,6 +37,7 @@ void gemm_check(const GemmParams& p) {
   if (!is_float(p.out_dtype)) fail("ERR_DTYPE", std::string("out must be f32, f16 or bf16 (got ") + dtype_name(p.out_dtype) + ")");
   if (p.m < 0 || p.n < 0 || p.k < 0 || p.batch < 0) fail("ERR_SHAPE", "negative size");
   if (p.m > kMax || p.n > kMax || p.k > kMax || p.batch > kMax) fail("ERR_SHAPE", "size too large");
+  if (p.device < 0 && p.backend == GemmBackend::CublasLt) fail("ERR_UNSUPPORTED", "backend 'cublaslt' needs a CUDA device");
   if (!std::isfinite(p.alpha) || !std::isfinite(p.beta)) fail("ERR_ARG", "alpha and beta must be finite");
   const int64_t a_rows = p.trans_a ? p.k : p.m, a_cols = p.trans_a ? p.m : p.k;
   const int64_t b_rows = p.trans_b ? p.n : p.k, b_cols = p.trans_b ? p.k : p.n;

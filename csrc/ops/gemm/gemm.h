@@ -22,6 +22,8 @@
 
 namespace mb {
 
+enum class GemmBackend : int { Auto = 0, Builtin = 1, CublasLt = 2 };
+
 struct GemmParams {
   const void* a = nullptr;
   const void* b = nullptr;
@@ -34,6 +36,9 @@ struct GemmParams {
   int64_t stride_a = 0, stride_b = 0, stride_out = 0;  // batch strides in elements (0 = broadcast)
   float alpha = 1.f, beta = 0.f;
   int device = -1;  // -1 CPU, else the CUDA device (handles and workspace are per device)
+  // CUDA backend: auto (cuBLASLt when loaded and it takes the problem, else builtin), or forced (tests,
+  // benchmarks). Forcing cuBLASLt where it is missing or cannot take the problem is ERR_UNSUPPORTED.
+  GemmBackend backend = GemmBackend::Auto;
 };
 
 // The one validity check (no GPU needed): dtypes, sizes, leading dimensions, strides, overflow,
