@@ -27,7 +27,10 @@ export interface FromConfigOptions extends ConfigOptions {
   device?: DeviceLike;
   /** Parameter and activation dtype (default 'bf16' on CUDA, 'f32' on the CPU). */
   dtype?: 'bf16' | 'f32' | 'f16';
-  /** Gradient dtype: 'f32' (default) or 'param' (the parameter dtype, half the memory). */
+  /**
+   * Gradient dtype: 'f32' (default) or 'param': the linear layers' weight gradients in the parameter
+   * dtype (bf16: 14 GB less for Mistral-7B); norms, embedding and LM head stay f32.
+   */
   gradDtype?: 'f32' | 'param';
   /** Seed of the random initialisation (normal(0, initializer_range) for matrices, 1 for norms). */
   seed?: number | bigint;
@@ -140,7 +143,7 @@ export class Model {
     if (this.#grads === null) {
       const g = new Map<string, Tensor>();
       try {
-        for (const [name, p] of this.#params) g.set(name, empty(p.shape, { dtype: this.gradDtype, device: this.device }).fill_(0));
+        for (const [name, p] of this.#params) g.set(name, empty(p.shape, { dtype: this.gradDtypeOf(name), device: this.device }).fill_(0));
       } catch (e) {
         for (const t of g.values()) t.dispose();
         throw e;
@@ -148,6 +151,16 @@ export class Model {
       this.#grads = g;
     }
     return new Map(this.#grads);
+  }
+
+  /**
+   * The dtype of a parameter's gradient: gradDtype for the linear layers' weights; f32 always for the
+   * norms, the embedding and the LM head (their ops accumulate into f32: a scatter-add and chunked sums).
+   */
+  gradDtypeOf(name: string): Dtype {
+    if (this.gradDtype === 'f32') return 'f32';
+    const linearWeight = /^model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$/.test(name);
+    return linearWeight ? this.gradDtype : 'f32';
   }
 
   /** Sets every gradient to 0 (or frees them with { free: true }). */
@@ -248,8 +261,9 @@ export class Model {
       try {
         const gt = g = linear(yc, Wg);
         const ut = u = linear(yc, Wu);
-        const at = a = nn.swiglu(gt, ut);
-        gt.dispose(); ut.dispose();
+        const at = a = nn.swiglu(gt, ut, { out: gt }); // in place: gate is not needed again
+        g = undefined;
+        ut.dispose();
         linear(at, Wd, { out: oc, beta: 1 });
       } finally {
         disposeAll(g, u, a, yc, oc);
@@ -308,8 +322,9 @@ export class Model {
           matmul(dc, a, { transA: true, out: g('mlp.down_proj.weight'), ...acc });
           a.dispose();
           const da = matmul(dc, Wd); tmp.push(da);
-          const sb = nn.swigluBackward(da, gt, ut); tmp.push(sb.dgate, sb.dup);
-          da.dispose(); gt.dispose(); ut.dispose();
+          // in place: dgate over gate, dup over up (elementwise, each read before it is written)
+          const sb = nn.swigluBackward(da, gt, ut, { dgate: gt, dup: ut });
+          da.dispose();
           matmul(sb.dgate, yc, { transA: true, out: g('mlp.gate_proj.weight'), ...acc });
           matmul(sb.dup, yc, { transA: true, out: g('mlp.up_proj.weight'), ...acc });
           matmul(sb.dgate, Wg, { out: dyc });
@@ -403,6 +418,7 @@ export class Model {
     const inputs: Tensor[] = [];
     const saved: (LayerActs | null)[] = [];
     let lossT: Tensor | undefined;
+    let countTensor: Tensor | undefined;
     try {
       if (labT.shape[0] !== B || labT.shape[1] !== S) throw new ShapeError(`forwardBackward: labels [${labT.shape}] must match ids [${idT.shape}]`);
       this.#checkSeq(S);
@@ -428,8 +444,9 @@ export class Model {
         nf.y.dispose();
       }
       lossT = head.loss;
+      countTensor = head.count;
       if (head.dweight && head.dweight !== G.get(this.#headName())) head.dweight.dispose();
-      const count = head.count;
+      const countT = head.count;
       const rf = nn.rmsNormBackward(head.dhidden, xL, this.#p('model.norm.weight'), nf.rstd, { dweight: G.get('model.norm.weight') });
       head.dhidden.dispose(); nf.rstd.dispose();
       if (rf.dweight !== G.get('model.norm.weight')) rf.dweight?.dispose();
@@ -448,12 +465,17 @@ export class Model {
       } finally {
         d3.dispose();
       }
+      // Out-of-range ids/labels: the CPU ops fail (surfacing here); CUDA kernels record them for checkIds.
+      await nn.checkIds(this.device);
       const loss = (await head.loss.toArray())[0];
-      return { loss, count: typeof count === 'number' ? count : Number(count) };
+      const count = (await countT.toArray())[0];
+      countT.dispose();
+      return { loss, count };
     } finally {
       for (const t of inputs) t.dispose();
       for (const a of saved) if (a) disposeAll(...Object.values(a));
       lossT?.dispose();
+      countTensor?.dispose();
       if (own(idT, ids)) idT.dispose();
       if (own(labT, labels)) labT.dispose();
     }
