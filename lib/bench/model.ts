@@ -34,7 +34,7 @@ const HELP = `usage: megabeam bench model [options]            (Mistral-7B shape
   --mlp-chunk N               tokens per MLP chunk (default 16384)
   --reps N                    timed repetitions of the layer (default 3); the model runs once per size
   --json FILE                 write the rows as JSON
-usage: megabeam bench model check DIR [--json FILE]
+usage: megabeam bench model check DIR [--json FILE] [--device cpu (f32, for debugging)]
   megabeam (CUDA bf16) vs the PyTorch reference written by: python3 bench/torch_model.py make DIR
 `;
 
@@ -136,9 +136,10 @@ function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 /** megabeam CUDA bf16 vs bench/torch_model.py's float64 truth, next to PyTorch bf16's own error. */
-export async function checkAgainstTorch(dir: string, io: IO, json?: string): Promise<number> {
-  const m: Model = await fromPretrained(dir, { device: 'cuda', dtype: 'bf16' });
-  const inputs = await safetensors.load(path.join(dir, 'inputs.safetensors'), { device: 'cuda' });
+export async function checkAgainstTorch(dir: string, io: IO, json?: string, device: 'cuda' | 'cpu' = 'cuda',
+    dtype: 'bf16' | 'f32' = 'bf16'): Promise<number> {
+  const m: Model = await fromPretrained(dir, { device, dtype });
+  const inputs = await safetensors.load(path.join(dir, 'inputs.safetensors'), { device });
   const ref = await safetensors.load(path.join(dir, 'ref.safetensors'));
   const get = async (k: string) => {
     const t = ref.get(k);
@@ -170,7 +171,7 @@ export async function checkAgainstTorch(dir: string, io: IO, json?: string): Pro
     const te = relL2(tb, truth);
     add(name, relL2(mine, truth), te, Math.max(2 * te, 1e-2));
   }
-  io.out(`megabeam CUDA bf16 vs float64 (PyTorch, same bf16 weights and tokens); loss ${res.loss.toFixed(6)} vs ${f64Loss.toFixed(6)}, ${res.count} tokens`);
+  io.out(`megabeam ${device} ${dtype} vs float64 (PyTorch, same bf16 weights and tokens); loss ${res.loss.toFixed(6)} vs ${f64Loss.toFixed(6)}, ${res.count} tokens`);
   io.out('relative error (|Δ| / |ref| for the loss, relative L2 otherwise); bound = max(2 × PyTorch bf16 error, floor)');
   io.out(table(['tensor', 'megabeam', 'PyTorch bf16', 'bound', ''], rows));
   io.out(fails ? `FAIL: ${fails} of ${rows.length} above the bound` : `PASS: all ${rows.length} within the bound`);
@@ -186,7 +187,8 @@ export async function benchModel(argv: string[], io: IO): Promise<number> {
   if (opts.help) { io.out(HELP); return 0; }
   if (rest[0] === 'check') {
     if (!rest[1]) { io.err(HELP); return 2; }
-    return checkAgainstTorch(rest[1], io, typeof opts.json === 'string' ? opts.json : undefined);
+    const dev = opts.device === 'cpu' ? 'cpu' : 'cuda';
+    return checkAgainstTorch(rest[1], io, typeof opts.json === 'string' ? opts.json : undefined, dev, dev === 'cpu' ? 'f32' : 'bf16');
   }
   const known = new Set(['parts', 'layer-seqs', 'model-seqs', 'grad-dtype', 'mlp-chunk', 'reps', 'json', 'help']);
   for (const k of Object.keys(opts)) if (!known.has(k)) { io.err(`bench model: unknown option --${k}\n${HELP}`); return 2; }
