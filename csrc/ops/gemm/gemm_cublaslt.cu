@@ -14,6 +14,7 @@
 #include <dlfcn.h>
 #include <glob.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -218,6 +219,8 @@ struct Device {
 
 struct Plan {
   bool ok = false;
+  bool tuned = false;
+  std::vector<lt::HeuristicResult> candidates;  // kept only when autotuning
   lt::MatmulDesc desc = nullptr;
   lt::Layout la = nullptr, lb = nullptr, lc = nullptr;
   lt::Algo algo{};
@@ -239,6 +242,49 @@ Device& device_state(int dev) {
     d.workspace = alloc_storage(dev, kWorkspace);  // kept for the life of the process, like PyTorch's
   }
   return d;
+}
+
+// MEGABEAM_GEMM_TUNE=N (N > 1): time the heuristic's first N algorithms on the first call of each
+// problem (with beta == 0, so out may be written repeatedly) and keep the fastest. That first call waits
+// for the stream (events); off by default, where the heuristic's first choice is used as PyTorch does.
+int tune_count() {
+  static const int n = [] {
+    const char* e = std::getenv("MEGABEAM_GEMM_TUNE");
+    const int v = e ? std::atoi(e) : 0;
+    return v > 1 ? std::min(v, 16) : 1;
+  }();
+  return n;
+}
+
+void autotune(const lt::Api& api, lt::Handle h, Plan& pl, const GemmParams& p, void* ws, cudaStream_t s) {
+  cudaEvent_t e0, e1;
+  if (cudaEventCreate(&e0) != cudaSuccess) return;
+  if (cudaEventCreate(&e1) != cudaSuccess) { cudaEventDestroy(e0); return; }
+  const float alpha = p.alpha, beta = 0.f;
+  float best = 1e30f;
+  for (const lt::HeuristicResult& c : pl.candidates) {
+    auto run = [&] {
+      return api.Matmul(h, pl.desc, &alpha, p.b, pl.la, p.a, pl.lb, &beta, p.out, pl.lc, p.out, pl.lc, &c.algo, ws,
+                        c.workspaceSize, s);
+    };
+    if (run() != 0) continue;  // warm-up; an algorithm that fails is skipped
+    cudaEventRecord(e0, s);
+    bool ok = true;
+    for (int r = 0; r < 3 && ok; ++r) ok = run() == 0;
+    cudaEventRecord(e1, s);
+    float ms = 0.f;
+    if (!ok || cudaEventSynchronize(e1) != cudaSuccess || cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess) continue;
+    if (ms < best) {
+      best = ms;
+      pl.algo = c.algo;
+      pl.ws = c.workspaceSize;
+    }
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  pl.tuned = true;
+  pl.candidates.clear();
+  pl.candidates.shrink_to_fit();
 }
 
 Plan make_plan(const lt::Api& api, lt::Handle h, const GemmParams& p, uint32_t al_a, uint32_t al_b, uint32_t al_o) {
@@ -275,15 +321,22 @@ Plan make_plan(const lt::Api& api, lt::Handle h, const GemmParams& p, uint32_t a
   lt_check(api.MatmulPreferenceSetAttribute(pref, lt::PREF_MIN_ALIGNMENT_B_BYTES, &al_a, sizeof al_a), "align B");
   lt_check(api.MatmulPreferenceSetAttribute(pref, lt::PREF_MIN_ALIGNMENT_C_BYTES, &al_o, sizeof al_o), "align C");
   lt_check(api.MatmulPreferenceSetAttribute(pref, lt::PREF_MIN_ALIGNMENT_D_BYTES, &al_o, sizeof al_o), "align D");
-  lt::HeuristicResult r[1];
+  const int want = tune_count();
+  std::vector<lt::HeuristicResult> r((size_t)std::max(1, want));
   int got = 0;
-  const lt::Status s = api.MatmulAlgoGetHeuristic(h, pl.desc, pl.la, pl.lb, pl.lc, pl.lc, pref, 1, r, &got);
+  const lt::Status s = api.MatmulAlgoGetHeuristic(h, pl.desc, pl.la, pl.lb, pl.lc, pl.lc, pref, (int)r.size(), r.data(), &got);
   api.MatmulPreferenceDestroy(pref);
-  if (s == 0 && got > 0 && r[0].state == 0 && r[0].workspaceSize <= kWorkspace) {
-    pl.ok = true;
-    pl.algo = r[0].algo;
-    pl.ws = r[0].workspaceSize;
-  }
+  if (s != 0) got = 0;
+  for (int i = 0; i < got; ++i)
+    if (r[i].state == 0 && r[i].workspaceSize <= kWorkspace) {
+      if (!pl.ok) {  // the heuristic's first choice
+        pl.ok = true;
+        pl.algo = r[i].algo;
+        pl.ws = r[i].workspaceSize;
+      }
+      if (want > 1) pl.candidates.push_back(r[i]);
+    }
+  pl.tuned = pl.candidates.size() <= 1;
   return pl;
 }
 
@@ -311,8 +364,9 @@ bool gemm_cublaslt(const GemmParams& p, cudaStream_t s) {
                 p.batch > 1 ? p.stride_out : 0, al_a, al_b, al_o};
   auto it = g_plans.find(key);
   if (it == g_plans.end()) it = g_plans.emplace(key, make_plan(L.api, d.handle, p, al_a, al_b, al_o)).first;
-  const Plan& pl = it->second;
+  Plan& pl = it->second;
   if (!pl.ok) return false;
+  if (!pl.tuned && p.beta == 0.f) autotune(L.api, d.handle, pl, p, d.workspace->ptr, s);
   const float alpha = p.alpha, beta = p.beta;
   lt_check(L.api.Matmul(d.handle, pl.desc, &alpha, p.b, pl.la, p.a, pl.lb, &beta, p.out, pl.lc, p.out, pl.lc, &pl.algo,
                         d.workspace->ptr, pl.ws, s),

@@ -6,6 +6,7 @@
 //    everywhere (slower, still correct).
 //  - anything else (f32, mixed input dtypes): a SIMT kernel, 64x64 tiles, 4x4 per thread.
 // The epilogue reads out only when beta != 0 and rounds once to out's dtype.
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -194,11 +195,16 @@ __global__ void __launch_bounds__(THREADS) gemm_tc_kernel(TcArgs p) {
 template <bool BF16, bool A_K, bool B_K>
 void launch_tc(const TcArgs& a, int64_t batch, cudaStream_t s) {
   auto kern = gemm_tc_kernel<BF16, A_K, B_K>;
-  static bool attr = [&] {
-    cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-    return true;
-  }();
-  (void)attr;
+  // > 48 KB of dynamic shared memory needs an opt-in, per device.
+  static std::atomic<uint64_t> opted{0};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  const uint64_t bit = uint64_t(1) << (dev & 63);
+  if (!(opted.load() & bit)) {
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    if (e != cudaSuccess) throw Error("ERR_CUDA", std::string("gemm: shared memory opt-in: ") + cudaGetErrorString(e));
+    opted.fetch_or(bit);
+  }
   const int64_t tiles = (int64_t)a.tiles_m * a.tiles_n;
   for (int64_t b0 = 0; b0 < batch; b0 += 65535) {
     TcArgs c = a;
