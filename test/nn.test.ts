@@ -452,7 +452,6 @@ t.test('CUDA rmsNorm 8192 x 4096 bf16 (fused residual) fwd/bwd vs float64', { ..
   const [xv, rv, wv, dyv] = await Promise.all([arr(x), arr(res), arr(w), arr(dy)]);
   const o = nn.rmsNorm(x, w, { eps, residual: res });
   const ref = rmsNormRef(xv, wv, rows, H, eps, { residual: rv, dtype: 'bf16' });
-  t.same(Array.from(await o.h!.toArray()).slice(0, 4096), Array.from(ref.h.subarray(0, 4096)), 'h row 0 exact');
   close(t, await arr(o.h!), ref.h, 'h', { rtol: 0, atol: 0 });
   close(t, await arr(o.y), ref.y, 'y', TOL.bf16);
   close(t, await arr(o.rstd), ref.rstd, 'rstd', TOL.f32);
@@ -527,11 +526,11 @@ t.test('CUDA crossEntropy vocab 32000 / 128256 vs float64, in place, bad labels'
 });
 
 t.test('CUDA lmHeadLoss vs float64 (bf16, V=32000)', { ...gpu }, async (t) => {
-  const N = 1000, H = 64, V = 32000, r = mulberry32(seed + 8);
+  const N = 512, H = 64, V = 32000, r = mulberry32(seed + 8);
   const labelsArr = Int32Array.from({ length: N }, () => (r() < 0.1 ? -100 : Math.floor(r() * V)));
   const h = rnd([N, H], 'bf16', 'cuda'), w = rnd([V, H], 'bf16', 'cuda', 0.2), labels = tensor(labelsArr, { device: 'cuda' });
   const ref = lmHeadLossRef(await arr(h), await arr(w), labelsArr, N, V, H, -100);
-  const o = nn.lmHeadLoss(h, w, labels, { chunkTokens: 300 });
+  const o = nn.lmHeadLoss(h, w, labels, { chunkTokens: 200 });  // two full chunks + a partial one
   const loss = (await o.loss.toArray())[0];
   t.ok(Math.abs(loss - ref.loss) <= 1e-2 * ref.loss, `loss ${loss} vs ${ref.loss}`);
   t.same(Array.from(await o.count.toArray()), [ref.count], 'count');

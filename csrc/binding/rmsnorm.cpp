@@ -108,7 +108,7 @@ Napi::Value RmsNormBackward(const Napi::CallbackInfo& info) {
   keep_all(keep, {dy, x, w, rstd, dw, dxi});
   StoragePtr ws;
   if (x->device != kCpu && p.rows > 0) {
-    ws = alloc_storage(x->device, (size_t)(rmsnorm_bwd_blocks(p.rows) * H) * sizeof(float));
+    ws = alloc_storage(x->device, (size_t)(rmsnorm_bwd_blocks(p.rows, true) * H) * sizeof(float));
     p.partial = static_cast<float*>(ws->ptr);
   }
   run_on_device(x->device, std::move(keep), [p, ws](void* s) {

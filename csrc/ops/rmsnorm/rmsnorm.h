@@ -44,11 +44,13 @@ struct RmsNormBwdParams {
   Dtype dtype = Dtype::F32;
   Dtype w_dtype = Dtype::F32;
   int64_t rows = 0, hidden = 0;
-  float* partial = nullptr;        // workspace: rmsnorm_bwd_blocks(rows) x hidden f32 (set by the caller)
+  float* partial = nullptr;        // CUDA workspace: rmsnorm_bwd_blocks(rows, true) x hidden f32 (set by the caller)
 };
 
-// Number of row blocks of the deterministic dweight reduction (same on CPU and CUDA).
-int64_t rmsnorm_bwd_blocks(int64_t rows);
+// Number of row blocks of the deterministic dweight reduction. Fixed per device kind (never derived from
+// the thread or SM count), so results are bit-reproducible. CUDA uses many blocks (one block per 128
+// threads would leave the GPU idle otherwise); the CPU only needs enough to balance its threads.
+int64_t rmsnorm_bwd_blocks(int64_t rows, bool cuda);
 
 void rmsnorm_check(const RmsNormParams& p);       // ERR_DTYPE / ERR_SHAPE / ERR_ARG
 void rmsnorm_bwd_check(const RmsNormBwdParams& p);

@@ -40,7 +40,7 @@ template <Dtype X, Dtype Wt> void fwd(const RmsNormParams& p) {
 }
 
 template <Dtype X, Dtype Wt, Dtype DX> void bwd(const RmsNormBwdParams& p) {
-  const int64_t H = p.hidden, R = p.rows, NB = rmsnorm_bwd_blocks(R);
+  const int64_t H = p.hidden, R = p.rows, NB = rmsnorm_bwd_blocks(R, false);
   std::vector<float> partial((size_t)(NB * H), 0.f);
   // Row blocks are fixed (independent of the thread count), so dweight is bit-reproducible.
   parallel_for(NB, 1, [&](int64_t bb, int64_t be) {
@@ -75,7 +75,7 @@ template <Dtype X, Dtype Wt, Dtype DX> void bwd(const RmsNormBwdParams& p) {
 }
 }  // namespace
 
-int64_t rmsnorm_bwd_blocks(int64_t rows) { return std::min<int64_t>(rows, 256); }
+int64_t rmsnorm_bwd_blocks(int64_t rows, bool cuda) { return std::min<int64_t>(rows, cuda ? 1024 : 64); }
 
 void rmsnorm_check(const RmsNormParams& p) {
   if (!is_float(p.dtype)) throw Error("ERR_DTYPE", "rmsNorm: x must be f32, f16 or bf16");
@@ -95,7 +95,7 @@ void rmsnorm_bwd_check(const RmsNormBwdParams& p) {
   if (p.dx_dtype != p.dtype && p.dx_dtype != Dtype::F32)
     throw Error("ERR_DTYPE", "rmsNormBackward: dx must have x's dtype or be f32");
   if (p.rows < 0 || p.hidden <= 0) throw Error("ERR_SHAPE", "rmsNormBackward: the hidden size must be positive");
-  if (nn::mul_overflows(p.rows, p.hidden) || nn::mul_overflows(rmsnorm_bwd_blocks(p.rows), p.hidden))
+  if (nn::mul_overflows(p.rows, p.hidden) || nn::mul_overflows(rmsnorm_bwd_blocks(p.rows, true), p.hidden))
     throw Error("ERR_SHAPE", "rmsNormBackward: tensor too large");
   if (!p.dweight || !p.rstd || !p.dx) throw Error("ERR_ARG", "rmsNormBackward: dweight, rstd and dx are required");
 }

@@ -93,11 +93,21 @@ __global__ void __launch_bounds__(512) rmsnorm_bwd_kernel(RmsNormBwdParams p, in
     for (int k = 0; k < W; ++k) out[c + k] = dw[c + k];
 }
 
-__global__ void rmsnorm_dw_reduce(const float* partial, float* dweight, int64_t nb, int64_t H) {
-  for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < H; c += (int64_t)gridDim.x * blockDim.x) {
-    float s = 0.f;
-    for (int64_t b = 0; b < nb; ++b) s += partial[b * H + c];
-    dweight[c] += s;
+// dweight[c] += sum over the nb block partials of column c. A block takes 32 columns; its 32 rows of
+// threads each sum a fixed stride-32 subset of the partials (coalesced 128-byte rows), then one thread per
+// column adds the 32 subtotals in order: fixed association, so the result is bit-reproducible.
+__global__ void __launch_bounds__(1024) rmsnorm_dw_reduce(const float* partial, float* dweight, int64_t nb, int64_t H) {
+  __shared__ float sub[32][33];
+  const int64_t c = blockIdx.x * 32 + threadIdx.x;
+  float s = 0.f;
+  if (c < H)
+    for (int64_t b = threadIdx.y; b < nb; b += 32) s += partial[b * H + c];
+  sub[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < H) {
+    float t = 0.f;
+    for (int y = 0; y < 32; ++y) t += sub[y][threadIdx.x];
+    dweight[c] += t;
   }
 }
 
@@ -123,17 +133,20 @@ void fwd_launch(const RmsNormParams& p, cudaStream_t s) {
 
 template <Dtype X, Dtype Wt, Dtype DX, int W, bool ACC>
 void bwd_launch(const RmsNormBwdParams& p, cudaStream_t s) {
-  const int64_t nb = rmsnorm_bwd_blocks(p.rows);
+  const int64_t nb = rmsnorm_bwd_blocks(p.rows, true);
   const size_t smem = (size_t)p.hidden * sizeof(float);
   auto k = rmsnorm_bwd_kernel<X, Wt, DX, W, ACC>;
   if (smem + 256 > 48 * 1024) {  // static scratch + dynamic must fit the default 48 KiB
     cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) throw Error("ERR_UNSUPPORTED", "rmsNormBackward: hidden size too large for shared memory");
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();  // not sticky: clear it so later launches do not report it
+      throw Error("ERR_UNSUPPORTED", "rmsNormBackward: hidden size " + std::to_string(p.hidden) +
+                                         " needs more shared memory than the device has (max about 56K)");
+    }
   }
   k<<<(unsigned)nb, threads_for(p.hidden, W), smem, s>>>(p, nb);
   check_launch("rmsNormBackward");
-  const int64_t blocks = std::min<int64_t>((p.hidden + 255) / 256, 4096);
-  rmsnorm_dw_reduce<<<(unsigned)blocks, 256, 0, s>>>(p.partial, p.dweight, nb, p.hidden);
+  rmsnorm_dw_reduce<<<(unsigned)((p.hidden + 31) / 32), dim3(32, 32), 0, s>>>(p.partial, p.dweight, nb, p.hidden);
 }
 
 template <Dtype X, Dtype Wt, Dtype DX>
