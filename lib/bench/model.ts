@@ -91,7 +91,7 @@ async function benchWhole(seqs: number[], gradDtype: 'f32' | 'param', mlpChunk: 
   await synchronize('cuda');
   io.err(`Mistral-7B: ${(m.numParameters / 1e9).toFixed(3)}B parameters, bf16 weights, ${gradDtype === 'f32' ? 'f32' : 'bf16'} grads, ` +
     `${(memory('cuda').allocated / GiB).toFixed(1)} GiB allocated`);
-  let rate = 0;
+  let prev: { S: number; t: number } | null = null;
   try {
     // A short warm-up so the first timed size does not pay for module loading and cuBLASLt setup.
     {
@@ -109,10 +109,13 @@ async function benchWhole(seqs: number[], gradDtype: 'f32' | 'param', mlpChunk: 
         await synchronize('cuda');
         resetPeakMemory('cuda');
         let res!: { loss: number; count: number };
-        const t = await withProgress(`model S=${S}`, rate ? S / rate : 0, () =>
+        // attention grows as S², the rest as S: about S^1.7 over these sizes, for the bar's estimate
+        const p0 = prev as { S: number; t: number } | null;
+        const expect: number = p0 ? p0.t * (S / p0.S) ** 1.7 : 0;
+        const t: number = await withProgress(`model S=${S}`, expect, () =>
           timed('cuda', async () => { res = await m.forwardBackward(idT, labT, { checkpoint: true, mlpChunkTokens: mlpChunk }); }));
         const peak = memory('cuda').peak / GiB;
-        rate = S / t;
+        prev = { S, t };
         rows.push({ part: 'model', seq: S, seconds: t, tokens_per_s: S / t, peak_gib: peak, loss: res.loss });
         io.err(`model S=${S}: ${t.toFixed(2)} s, ${(S / t).toFixed(0)} tokens/s, peak ${peak.toFixed(1)} GiB, loss ${res.loss.toFixed(4)}`);
       } catch (e) {
