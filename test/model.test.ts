@@ -5,7 +5,7 @@ import t, { Test } from 'tap';
 import { promises as fsp } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { Tensor, tensor, randn } from '../lib/tensor';
+import { Tensor, tensor, randn, memory, synchronize } from '../lib/tensor';
 import * as safetensors from '../lib/safetensors';
 import { configFromHF, parameterShapes } from '../lib/model/config';
 import { throwsCode, rejectsCode } from './helpers/assert';
@@ -424,6 +424,27 @@ t.test('model: layerForwardBackward, checkpointed = stored activations, MLP chun
   t.equal(runs[0].g.length, 9, 'nine layer parameters');
   t.ok(runs[0].g.every((a) => a.some((v) => v !== 0)), 'every layer parameter got a gradient');
   x.dispose(); dy.dispose(); m.dispose();
+});
+
+t.test('model: every intermediate is freed (allocated memory returns to params + grads)', needOps, async (t) => {
+  const m = modelLib.fromConfig(tiny, { seed: 2 });
+  m.grads();
+  await synchronize('cpu');
+  const base = memory('cpu').allocated;
+  const ids = randIds(2, 16, 50), labels = randIds(2, 16, 50);
+  for (const o of [{ checkpoint: true }, { checkpoint: false }, { checkpoint: true, mlpChunkTokens: 5 }]) {
+    await m.forwardBackward(ids, labels, o);
+    await synchronize('cpu');
+    t.equal(memory('cpu').allocated, base, `forwardBackward ${JSON.stringify(o)}`);
+  }
+  m.forward(ids).dispose();
+  await synchronize('cpu');
+  t.equal(memory('cpu').allocated, base, 'forward');
+  // an error half way (a label out of range fails the CPU loss op) leaves nothing behind either
+  await m.forwardBackward(ids, [[...labels[0].slice(0, 15), 50], labels[1]]).then(() => t.fail('bad label accepted'), (e) => t.ok(e.code === 'ERR_ARG', `bad label: ${e.code}`));
+  await synchronize('cpu').catch(() => undefined);
+  t.equal(memory('cpu').allocated, base, 'after a failed step');
+  m.dispose();
 });
 
 t.test('model: argument errors', needOps, async (t) => {
