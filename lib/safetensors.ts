@@ -11,7 +11,7 @@
 // readFile). Saving writes to a temporary name and renames, so a crash leaves the old file intact.
 import { promises as fsp, constants as fsConstants } from 'fs';
 import * as path from 'path';
-import { Dtype, dtypeSize } from './dtype';
+import { Dtype, checkDtype, dtypeSize } from './dtype';
 import { DeviceLike } from './device';
 import { ArgumentError, MegabeamError, UnsupportedError } from './errors';
 import { Tensor, tensor } from './tensor';
@@ -47,6 +47,17 @@ export interface Header {
   dataStart: number;
 }
 
+function checkPath(op: string, p: unknown, what = 'path'): string {
+  if (typeof p !== 'string' || p === '') throw new ArgumentError(`safetensors.${op}: ${what} must be a non-empty string`);
+  return p;
+}
+
+/** Node's fs errors (ENOENT, EACCES, EISDIR, ...) as ERR_ARG naming the file. */
+function fsError(file: string, e: unknown): MegabeamError {
+  if (e instanceof MegabeamError) return e;
+  return new ArgumentError(`safetensors: ${file}: ${(e as Error)?.message ?? String(e)}`);
+}
+
 function bad(file: string, msg: string): never {
   throw new ArgumentError(`safetensors: ${file}: ${msg}`);
 }
@@ -58,6 +69,10 @@ const isDict = (v: unknown): v is Record<string, unknown> => v !== null && typeo
  * for any malformed input; unknown-but-valid dtypes are accepted here (rejected at load).
  */
 export function parseHeader(headerBytes: Uint8Array, fileSize: number, file = '<buffer>'): Header {
+  if (!(headerBytes instanceof Uint8Array)) throw new ArgumentError('safetensors.parseHeader: headerBytes must be a Uint8Array');
+  if (typeof fileSize !== 'number' || !Number.isSafeInteger(fileSize) || fileSize < 8 + headerBytes.length)
+    throw new ArgumentError('safetensors.parseHeader: fileSize must be an integer >= 8 + the header length');
+  if (typeof file !== 'string') file = String(file);
   let json: unknown;
   try {
     json = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(headerBytes));
@@ -132,9 +147,10 @@ async function readHeaderFrom(fh: fsp.FileHandle, file: string): Promise<Header>
 
 /** Reads and validates the header of one .safetensors file (does not read tensor data). */
 export async function readHeader(file: string): Promise<Header> {
-  const fh = await fsp.open(file, 'r');
+  checkPath('readHeader', file, 'file');
+  const fh = await fsp.open(file, 'r').catch((e) => { throw fsError(file, e); });
   try {
-    return await readHeaderFrom(fh, file);
+    return await readHeaderFrom(fh, file).catch((e) => { throw fsError(file, e); });
   } finally {
     await fh.close();
   }
@@ -166,6 +182,7 @@ export const SINGLE_FILE = 'model.safetensors';
 
 /** Reads model.safetensors.index.json (weight_map: name -> shard file, relative to the index). */
 export async function readIndex(indexPath: string): Promise<Index> {
+  checkPath('readIndex', indexPath);
   let json: unknown;
   try {
     // The index is small JSON (names only); reading it whole is fine.
@@ -189,6 +206,7 @@ export async function readIndex(indexPath: string): Promise<Index> {
  * model.safetensors.index.json, or an index file. Returns [file, names-in-it | null (all)][].
  */
 export async function resolveFiles(p: string): Promise<{ file: string; names: Set<string> | null }[]> {
+  checkPath('resolveFiles', p);
   let st;
   try {
     st = await fsp.stat(p);
@@ -231,7 +249,12 @@ function checkLoadable(t: TensorInfo, file: string): Dtype {
  * device. Tensors are read one at a time through one staging buffer (the size of the largest).
  */
 export async function load(p: string, opts: LoadOptions = {}): Promise<Map<string, Tensor>> {
+  checkPath('load', p);
   if (opts === null || typeof opts !== 'object') throw new ArgumentError('safetensors.load: options must be an object');
+  if (opts.names !== undefined && (opts.names === null || typeof (opts.names as Iterable<string>)[Symbol.iterator] !== 'function'))
+    throw new ArgumentError('safetensors.load: names must be an iterable of strings');
+  if (opts.dtype !== undefined) checkDtype(opts.dtype, 'safetensors.load: dtype');
+  if (opts.onTensor !== undefined && typeof opts.onTensor !== 'function') throw new ArgumentError('safetensors.load: onTensor must be a function');
   const want = opts.names ? new Set(opts.names) : null;
   const out = new Map<string, Tensor>();
   const found = new Set<string>();
@@ -240,7 +263,7 @@ export async function load(p: string, opts: LoadOptions = {}): Promise<Map<strin
     for (const { file, names } of await resolveFiles(p)) {
       const fh = await fsp.open(file, 'r').catch((e) => bad(file, (e as Error).message));
       try {
-        const h = await readHeaderFrom(fh, file);
+        const h = await readHeaderFrom(fh, file).catch((e) => { throw fsError(file, e); });
         const inFile = new Set(h.tensors.map((t) => t.name));
         if (names) for (const n of names) if (!inFile.has(n)) bad(file, `index says it holds ${JSON.stringify(n)}, the file does not`);
         for (const t of h.tensors) {
@@ -252,7 +275,7 @@ export async function load(p: string, opts: LoadOptions = {}): Promise<Map<strin
           const nbytes = t.end - t.begin;
           if (staging.byteLength < nbytes) staging = new ArrayBuffer(nbytes);
           const bytes = new Uint8Array(staging, 0, nbytes);
-          await readExactly(fh, bytes, t.begin, file);
+          await readExactly(fh, bytes, t.begin, file).catch((e) => { throw fsError(file, e); });
           const n = nbytes / dtypeSize(dt);
           const data = dt === 'f32' ? new Float32Array(staging, 0, n) : dt === 'i32' ? new Int32Array(staging, 0, n)
             : new Uint16Array(staging, 0, n);
@@ -352,8 +375,12 @@ async function writeTensors(fh: fsp.FileHandle, unordered: { name: string; t: Te
   }
 }
 
-function entriesOf(tensors: Map<string, Tensor> | Record<string, Tensor>): { name: string; t: Tensor }[] {
+function entriesOf(op: string, tensors: Map<string, Tensor> | Record<string, Tensor>): { name: string; t: Tensor }[] {
+  if (tensors === null || typeof tensors !== 'object' || Array.isArray(tensors) || ArrayBuffer.isView(tensors) || tensors instanceof Tensor)
+    throw new ArgumentError(`safetensors.${op}: tensors must be a Map or an object of name -> Tensor`);
   const list = tensors instanceof Map ? [...tensors] : Object.entries(tensors);
+  // An empty file is valid safetensors, but saving nothing is almost always a mistake.
+  if (list.length === 0) throw new ArgumentError(`safetensors.${op}: no tensors to save`);
   return list.map(([name, t]) => {
     checkName(name);
     if (!(t instanceof Tensor)) throw new ArgumentError(`safetensors.save: ${JSON.stringify(name)} is not a Tensor`);
@@ -364,8 +391,10 @@ function entriesOf(tensors: Map<string, Tensor> | Record<string, Tensor>): { nam
 
 /** Writes tensors to one .safetensors file atomically (temp file + rename). */
 export async function save(file: string, tensors: Map<string, Tensor> | Record<string, Tensor>, opts: SaveOptions = {}): Promise<void> {
-  const entries = entriesOf(tensors);
-  await writeAtomic(file, (fh) => writeTensors(fh, entries, opts.metadata));
+  checkPath('save', file, 'file');
+  const entries = entriesOf('save', tensors);
+  const meta = checkMeta('save', opts);
+  await writeAtomic(file, (fh) => writeTensors(fh, entries, meta)).catch((e) => { throw fsError(file, e); });
 }
 
 export interface SaveShardedOptions extends SaveOptions {
@@ -379,9 +408,29 @@ export interface SaveShardedOptions extends SaveOptions {
  * With one shard it writes model.safetensors (and no index), also as HF does.
  */
 export async function saveSharded(dir: string, tensors: Map<string, Tensor> | Record<string, Tensor>, opts: SaveShardedOptions = {}): Promise<string[]> {
+  checkPath('saveSharded', dir, 'dir');
+  const meta = checkMeta('saveSharded', opts);
   const max = opts.maxShardBytes ?? 5e9;
-  if (!(max > 0)) throw new ArgumentError('safetensors.saveSharded: maxShardBytes must be > 0');
-  const entries = entriesOf(tensors);
+  if (typeof max !== 'number' || !(max > 0)) throw new ArgumentError('safetensors.saveSharded: maxShardBytes must be > 0');
+  const entries = entriesOf('saveSharded', tensors);
+  try {
+    return await writeShards(dir, entries, max, meta);
+  } catch (e) {
+    throw fsError(dir, e);
+  }
+}
+
+function checkMeta(op: string, opts: unknown): Record<string, string> | undefined {
+  if (opts === null || typeof opts !== 'object') throw new ArgumentError(`safetensors.${op}: options must be an object`);
+  const m = (opts as SaveOptions).metadata;
+  if (m === undefined) return undefined;
+  if (m === null || typeof m !== 'object' || Array.isArray(m)) throw new ArgumentError(`safetensors.${op}: metadata must be an object of strings`);
+  for (const [k, v] of Object.entries(m)) if (typeof v !== 'string') throw new ArgumentError(`safetensors.${op}: metadata ${k} must be a string`);
+  return m;
+}
+
+async function writeShards(dir: string, entries: { name: string; t: Tensor }[], max: number, metadata?: Record<string, string>): Promise<string[]> {
+  const opts = { metadata };
   const shards: { name: string; t: Tensor }[][] = [];
   let cur: { name: string; t: Tensor }[] = [], size = 0;
   for (const e of entries) {

@@ -62,6 +62,9 @@ export interface ConfigOptions {
  * with `field` naming the config key.
  */
 export function configFromHF(json: unknown, opts: ConfigOptions = {}): ModelConfig {
+  if (opts === null || typeof opts !== 'object') throw new ArgumentError('configFromHF: options must be an object');
+  if (opts.seqLen !== undefined && (typeof opts.seqLen !== 'number' || !Number.isSafeInteger(opts.seqLen) || opts.seqLen <= 0))
+    throw new ArgumentError(`configFromHF: seqLen must be a positive integer, got ${String(opts.seqLen)}`);
   if (typeof json === 'string') {
     try {
       json = JSON.parse(json);
@@ -113,8 +116,6 @@ export function configFromHF(json: unknown, opts: ConfigOptions = {}): ModelConf
     if (opts.seqLen !== undefined && opts.seqLen > slidingWindow)
       err('unsupported', 'sliding_window', `is ${slidingWindow}, shorter than the ${opts.seqLen}-token context: only full causal attention is implemented`);
   }
-  if (opts.seqLen !== undefined && (!Number.isSafeInteger(opts.seqLen) || opts.seqLen <= 0))
-    throw new ArgumentError(`configFromHF: seqLen must be a positive integer, got ${String(opts.seqLen)}`);
 
   // ERR_ROPE_CONFIG from here names its parameter already.
   const rope = fromHFConfig(c, opts.seqLen !== undefined ? { seqLen: opts.seqLen } : {});
@@ -126,8 +127,11 @@ export function configFromHF(json: unknown, opts: ConfigOptions = {}): ModelConf
   };
 }
 
-/** The HF parameter names and shapes of a config, in the order HF's state_dict lists them. */
-export function parameterShapes(cfg: ModelConfig): [string, number[]][] {
+/** The HF parameter names and shapes of a config (parsed, or a config.json object), in state_dict order. */
+export function parameterShapes(config: ModelConfig | Record<string, unknown>): [string, number[]][] {
+  const isParsed = config !== null && typeof config === 'object' && typeof (config as ModelConfig).hiddenSize === 'number' &&
+    typeof (config as ModelConfig).raw === 'object';
+  const cfg = isParsed ? (config as ModelConfig) : configFromHF(config);
   const H = cfg.hiddenSize, I = cfg.intermediateSize, D = cfg.headDim;
   const out: [string, number[]][] = [['model.embed_tokens.weight', [cfg.vocabSize, H]]];
   for (let l = 0; l < cfg.numLayers; l++) {

@@ -564,6 +564,7 @@ export class Model {
    * save_pretrained does (config.json + model.safetensors or shards with an index).
    */
   async save(p: string, opts: { maxShardBytes?: number } = {}): Promise<string[]> {
+    if (typeof p !== 'string' || p === '') throw new ArgumentError('model.save: path must be a non-empty string');
     const meta = { format: 'pt' };
     if (p.endsWith('.safetensors')) {
       await safetensors.save(p, this.#params, { metadata: meta });
@@ -609,7 +610,15 @@ export function fromConfig(cfg: unknown, opts: FromConfigOptions = {}): Model {
 
 /** config.json + weights from an HF model directory (or a config path and a weights path). */
 export async function fromPretrained(dir: string, opts: Omit<FromConfigOptions, 'seed' | 'empty'> = {}): Promise<Model> {
-  const cfg = JSON.parse(await fsp.readFile(path.join(dir, 'config.json'), 'utf8'));
+  if (typeof dir !== 'string' || dir === '') throw new ArgumentError('model.fromPretrained: dir must be a non-empty string');
+  if (opts === null || typeof opts !== 'object') throw new ArgumentError('model.fromPretrained: options must be an object');
+  let text: string;
+  try {
+    text = await fsp.readFile(path.join(dir, 'config.json'), 'utf8');
+  } catch (e) {
+    throw new ArgumentError(`model.fromPretrained: ${dir}: cannot read config.json (${(e as Error).message})`);
+  }
+  const cfg = configFromHF(text, { seqLen: opts.seqLen }).raw;
   const m = fromConfig(cfg, { ...opts, empty: true });
   try {
     await m.load(dir);
