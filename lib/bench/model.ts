@@ -31,7 +31,7 @@ const HELP = `usage: megabeam bench model [options]            (Mistral-7B shape
   --layer-seqs 16k,64k,128k   one decoder layer fwd+bwd (activations stored, as eager PyTorch)
   --model-seqs 32k,64k,128k,256k   the whole 32-layer model fwd+bwd with activation checkpointing
   --grad-dtype f32|param      parameter gradients (default f32; 'param' = bf16, 14.5 GB less)
-  --mlp-chunk N               tokens per MLP chunk (default 16384)
+  --mlp-chunk N               tokens per MLP chunk (default 8192)
   --reps N                    timed repetitions of the layer (default 3); the model runs once per size
   --json FILE                 write the rows as JSON
 usage: megabeam bench model check DIR [--json FILE] [--device cpu (f32, for debugging)]
