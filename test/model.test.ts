@@ -447,6 +447,26 @@ t.test('model: every intermediate is freed (allocated memory returns to params +
   m.dispose();
 });
 
+t.test('model: positionOffset (RoPE is relative: same loss) and lossDivisor (sum / divisor)', needOps, async (t) => {
+  const m = modelLib.fromConfig(tiny, { seed: 8, dtype: 'f32' });
+  const ids = randIds(1, 16, 50), labels = randIds(1, 16, 50);
+  const a = await m.forwardBackward(ids, labels);
+  const ga = (await m.grads().get('model.layers.1.self_attn.k_proj.weight')!.toArray()) as Float32Array;
+  m.zeroGrad();
+  const b = await m.forwardBackward(ids, labels, { positionOffset: 1000 });
+  const gb = (await m.grads().get('model.layers.1.self_attn.k_proj.weight')!.toArray()) as Float32Array;
+  t.ok(Math.abs(a.loss - b.loss) < 1e-4, `loss at offset 1000 ${b.loss} = at 0 ${a.loss}`);
+  const scaleG = ga.reduce((mx, v) => Math.max(mx, Math.abs(v)), 0);
+  t.ok(ga.every((v, i) => Math.abs(v - gb[i]) < 1e-3 * scaleG), 'and the same gradients');
+  m.zeroGrad();
+  const c = await m.forwardBackward(ids, labels, { lossDivisor: 100 });
+  t.ok(Math.abs(c.loss - (a.loss * a.count) / 100) < 1e-5, `lossDivisor: ${c.loss} = ${a.loss} * ${a.count} / 100`);
+  const gc = (await m.grads().get('model.layers.1.self_attn.k_proj.weight')!.toArray()) as Float32Array;
+  t.ok(ga.every((v, i) => Math.abs((v * a.count) / 100 - gc[i]) < 1e-4 * scaleG), 'gradients scale with it');
+  await rejectsCode(t, () => m.forwardBackward(ids, labels, { positionOffset: -1 }), 'ERR_ARG', 'negative offset');
+  m.dispose();
+});
+
 t.test('model: argument errors', needOps, async (t) => {
   const m = modelLib.fromConfig(tiny, { seed: 3 });
   await rejectsCode(t, () => m.forwardBackward([[1, 2, 3]], [[1, 2]]), 'ERR_SHAPE', 'labels shape');

@@ -49,6 +49,19 @@ export interface ForwardBackwardOptions {
   ignoreIndex?: number;
   /** Sequence-parallel group for attention (default: none = plain attention). */
   group?: AttendGroup;
+  /** Global position of this call's first token (a shard of a longer sequence): RoPE and the causal mask use it. */
+  positionOffset?: number;
+  /**
+   * Divide the summed loss (and so every gradient) by this instead of this call's token count, e.g. the
+   * global count when one sequence is split over ranks. The returned loss is divided the same way.
+   */
+  lossDivisor?: number;
+}
+
+/** Where this call's tokens sit in the sequence, and the group that shares it. */
+interface SeqPar {
+  group?: AttendGroup;
+  positionOffset?: number;
 }
 
 export interface ForwardBackwardResult {
@@ -191,6 +204,18 @@ export class Model {
     return { invFreq: r.invFreq, attentionFactor: r.attentionFactor };
   }
 
+  #ropeOpts(S: number, sp: SeqPar): RopeOptions {
+    const off = sp.positionOffset ?? 0;
+    return { ...this.#rope(off + S), positionOffset: off, inplace: true };
+  }
+
+  #seqPar(o: { group?: AttendGroup; positionOffset?: number }): SeqPar {
+    const off = o.positionOffset ?? 0;
+    if (typeof off !== 'number' || !Number.isSafeInteger(off) || off < 0)
+      throw new ArgumentError(`model: positionOffset must be a non-negative integer, got ${String(off)}`);
+    return { group: o.group, positionOffset: off };
+  }
+
   #ids(ids: Ids, what: string): Tensor {
     let t: Tensor;
     if (ids instanceof Tensor) {
@@ -216,7 +241,7 @@ export class Model {
   // ---- one decoder layer ----------------------------------------------------------------------
 
   /** The layer up to the MLP input (everything its backward needs besides the MLP's own tensors). */
-  #attnPart(l: number, x: Tensor, B: number, S: number, group?: AttendGroup): LayerActs {
+  #attnPart(l: number, x: Tensor, B: number, S: number, sp: SeqPar): LayerActs {
     const c = this.config, p = `model.layers.${l}.`;
     const N = B * S, D = c.headDim;
     const acts: Partial<LayerActs> = {};
@@ -226,8 +251,8 @@ export class Model {
       const q = acts.q = rs(linear(y1, this.#p(`${p}self_attn.q_proj.weight`)), [B, S, c.numHeads, D]);
       const k = acts.k = rs(linear(y1, this.#p(`${p}self_attn.k_proj.weight`)), [B, S, c.numKvHeads, D]);
       const v = acts.v = rs(linear(y1, this.#p(`${p}self_attn.v_proj.weight`)), [B, S, c.numKvHeads, D]);
-      rope.applyQK(q, k, { ...this.#rope(S), inplace: true });
-      const a = attend.forward(q, k, v, { group });
+      rope.applyQK(q, k, this.#ropeOpts(S, sp));
+      const a = attend.forward(q, k, v, sp);
       acts.attn = a.out; acts.lse = a.lse;
       const a2 = a.out.reshape([N, c.numHeads * D]);
       let o: Tensor;
@@ -272,9 +297,9 @@ export class Model {
   }
 
   /** Layer forward: returns the layer output ([N, H], new tensor); acts kept only when asked. */
-  #layerForward(l: number, x: Tensor, B: number, S: number, keep: boolean, chunk: number, group?: AttendGroup):
+  #layerForward(l: number, x: Tensor, B: number, S: number, keep: boolean, chunk: number, sp: SeqPar):
       { out: Tensor; acts: LayerActs | null } {
-    const acts = this.#attnPart(l, x, B, S, group);
+    const acts = this.#attnPart(l, x, B, S, sp);
     let out: Tensor;
     if (keep) {
       out = acts.h.clone();
@@ -298,7 +323,7 @@ export class Model {
    * with respect to the layer input). Parameter gradients accumulate into grads.
    */
   #layerBackward(l: number, acts: LayerActs, x: Tensor, dout: Tensor, B: number, S: number, chunk: number,
-      group?: AttendGroup): Tensor {
+      sp: SeqPar): Tensor {
     const c = this.config, p = `model.layers.${l}.`;
     const G = this.#grads!;
     const N = B * S, D = c.headDim;
@@ -346,10 +371,10 @@ export class Model {
       attn2.dispose();
       const dattn = rs(matmul(dout, w('self_attn.o_proj.weight')), [B, S, c.numHeads, D]);
       trash.push(dattn);
-      const ab = attend.backward(dattn, acts.q, acts.k, acts.v, acts.attn, acts.lse, { group });
+      const ab = attend.backward(dattn, acts.q, acts.k, acts.v, acts.attn, acts.lse, sp);
       trash.push(ab.dq, ab.dk, ab.dv);
       dattn.dispose(); acts.attn.dispose(); acts.lse.dispose(); acts.q.dispose(); acts.k.dispose(); acts.v.dispose();
-      rope.backwardQK(ab.dq, ab.dk, { ...this.#rope(S), inplace: true });
+      rope.backwardQK(ab.dq, ab.dk, this.#ropeOpts(S, sp));
       const dq = ab.dq.reshape([N, c.numHeads * D]), dk = ab.dk.reshape([N, c.numKvHeads * D]), dv = ab.dv.reshape([N, c.numKvHeads * D]);
       trash.push(dq, dk, dv);
       matmul(dq, acts.y1, { transA: true, out: g('self_attn.q_proj.weight'), ...acc });
@@ -376,20 +401,21 @@ export class Model {
    * does) or keeps only x and recomputes (checkpoint: true). `dout` is consumed (overwritten) and
    * returned as the gradient with respect to x; parameter gradients accumulate into grads().
    */
-  layerForwardBackward(l: number, x: Tensor, dout: Tensor, opts: { batch?: number; checkpoint?: boolean; mlpChunkTokens?: number; group?: AttendGroup } = {}): Tensor {
+  layerForwardBackward(l: number, x: Tensor, dout: Tensor, opts: { batch?: number; checkpoint?: boolean; mlpChunkTokens?: number; group?: AttendGroup; positionOffset?: number } = {}): Tensor {
     if (!Number.isSafeInteger(l) || l < 0 || l >= this.config.numLayers) throw new ArgumentError(`layerForwardBackward: no layer ${l}`);
     const N = x.shape[0], B = opts.batch ?? 1;
     if (x.ndim !== 2 || x.shape[1] !== this.config.hiddenSize || N % B !== 0)
       throw new ShapeError(`layerForwardBackward: x must be [batch·seq, ${this.config.hiddenSize}], got [${x.shape}]`);
     const S = N / B;
-    this.#checkSeq(S);
+    const sp = this.#seqPar(opts);
+    this.#checkSeq(S + (sp.positionOffset ?? 0));
     this.grads();
     const chunk = this.#mlpChunk(N, opts.mlpChunkTokens);
     const keep = !(opts.checkpoint ?? false);
-    const r = this.#layerForward(l, x, B, S, keep, chunk, opts.group);
+    const r = this.#layerForward(l, x, B, S, keep, chunk, sp);
     r.out.dispose();
-    const acts = r.acts ?? this.#attnPart(l, x, B, S, opts.group);
-    return this.#layerBackward(l, acts, x, dout, B, S, chunk, opts.group);
+    const acts = r.acts ?? this.#attnPart(l, x, B, S, sp);
+    return this.#layerBackward(l, acts, x, dout, B, S, chunk, sp);
   }
 
   // ---- whole model ----------------------------------------------------------------------------
@@ -415,18 +441,19 @@ export class Model {
     const [B, S] = idT.shape;
     const N = B * S;
     const chunk = this.#mlpChunk(N, opts.mlpChunkTokens);
+    const sp = this.#seqPar(opts);
     const inputs: Tensor[] = [];
     const saved: (LayerActs | null)[] = [];
     let lossT: Tensor | undefined;
     let countTensor: Tensor | undefined;
     try {
       if (labT.shape[0] !== B || labT.shape[1] !== S) throw new ShapeError(`forwardBackward: labels [${labT.shape}] must match ids [${idT.shape}]`);
-      this.#checkSeq(S);
+      this.#checkSeq(S + (sp.positionOffset ?? 0));
       this.grads();
       const emb = nn.embedding(idT, this.#p('model.embed_tokens.weight'));
       inputs.push(rs(emb, [N, c.hiddenSize]));
       for (let l = 0; l < c.numLayers; l++) {
-        const r = this.#layerForward(l, inputs[l], B, S, !checkpoint, chunk, opts.group);
+        const r = this.#layerForward(l, inputs[l], B, S, !checkpoint, chunk, sp);
         inputs.push(r.out);
         saved.push(r.acts);
       }
@@ -438,6 +465,7 @@ export class Model {
       try {
         head = nn.lmHeadLoss(nf.y, this.#p(this.#headName()), lab1, {
           chunkTokens: opts.lossChunkTokens, ignoreIndex: opts.ignoreIndex, dweight: G.get(this.#headName()),
+          divisor: opts.lossDivisor,
         });
       } finally {
         lab1.dispose();
@@ -454,9 +482,9 @@ export class Model {
       inputs.pop()!.dispose();
       for (let l = c.numLayers - 1; l >= 0; l--) {
         const x = inputs[l];
-        const acts = saved[l] ?? this.#attnPart(l, x, B, S, opts.group);
+        const acts = saved[l] ?? this.#attnPart(l, x, B, S, sp);
         saved[l] = null;
-        d = this.#layerBackward(l, acts, x, d, B, S, chunk, opts.group);
+        d = this.#layerBackward(l, acts, x, d, B, S, chunk, sp);
         inputs.pop()!.dispose();
       }
       const d3 = rs(d, [B, S, c.hiddenSize]);
@@ -482,19 +510,20 @@ export class Model {
   }
 
   /** Final hidden states after the last norm, [batch·seq, hidden] (no gradients). */
-  hidden(ids: Ids, opts: { group?: AttendGroup; mlpChunkTokens?: number } = {}): Tensor {
+  hidden(ids: Ids, opts: { group?: AttendGroup; positionOffset?: number; mlpChunkTokens?: number } = {}): Tensor {
     const idT = this.#ids(ids, 'ids');
     const c = this.config;
     const [B, S] = idT.shape;
     const N = B * S;
     const chunk = this.#mlpChunk(N, opts.mlpChunkTokens);
+    const sp = this.#seqPar(opts);
     let x: Tensor | undefined;
     try {
-      this.#checkSeq(S);
+      this.#checkSeq(S + (sp.positionOffset ?? 0));
       const emb = nn.embedding(idT, this.#p('model.embed_tokens.weight'));
       let cur = x = rs(emb, [N, c.hiddenSize]);
       for (let l = 0; l < c.numLayers; l++) {
-        const r = this.#layerForward(l, cur, B, S, false, chunk, opts.group);
+        const r = this.#layerForward(l, cur, B, S, false, chunk, sp);
         cur.dispose();
         cur = x = r.out;
       }
@@ -508,7 +537,7 @@ export class Model {
   }
 
   /** Logits [batch, seq, vocab] in the model dtype — whole, so for small checks only. */
-  forward(ids: Ids, opts: { group?: AttendGroup } = {}): Tensor {
+  forward(ids: Ids, opts: { group?: AttendGroup; positionOffset?: number } = {}): Tensor {
     const idT = this.#ids(ids, 'ids');
     try {
       const [B, S] = idT.shape;
