@@ -201,7 +201,14 @@ t.test('CUDA: unaligned views take the slow path of the builtin kernel correctly
   const a = buf.narrow(0, 1, M * K).reshape([M, K]);
   const b = rnd([K, N], 'bf16', 'cuda');
   for (const backend of backendsFor('cuda')) {
-    const y = matmul(a, b, { backend, dtype: 'f32' });
+    let y: Tensor;
+    try {
+      y = matmul(a, b, { backend, dtype: 'f32' });
+    } catch (e) {
+      if (backend !== 'cublaslt' || (e as { code?: string }).code !== 'ERR_UNSUPPORTED') throw e;
+      t.comment(`cuBLASLt declined the 2-byte aligned operand: ${(e as Error).message}`);
+      continue;
+    }
     const r = compare(await y.toArray(), matmulRef(await a.toArray(), [M, K], await b.toArray(), [K, N]), K, 'f32');
     t.equal(r.bad, 0, `${backend} ${r.worst}`);
     y.dispose();

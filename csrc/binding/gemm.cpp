@@ -74,14 +74,7 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   p.out_dtype = out ? out->dtype : want;
   p.out = out ? out->data() : nullptr;
   p.device = a->device;
-  if (out) gemm_check(p);
-  else {  // check everything but the (not yet allocated) output first
-    GemmParams q = p;
-    static char dummy;
-    q.out = &dummy;
-    if (q.m * q.n * q.batch == 0) q.out = nullptr;
-    gemm_check(q);
-  }
+  gemm_check(p, /*out_allocated=*/out != nullptr);  // before allocating a new output
 
   Napi::Value result = out ? bt.raw("out") : TensorImpl::Create(info.Env(), oshape, p.out_dtype, a->device);
   TensorImpl* o = out ? out : TensorImpl::Unwrap(result.As<Napi::Object>());

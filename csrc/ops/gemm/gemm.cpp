@@ -30,7 +30,7 @@ int64_t gemm_extent(int64_t rows, int64_t cols, int64_t ld, int64_t batch, int64
   return add(e, mul(batch - 1, stride, "extent"), "extent");
 }
 
-void gemm_check(const GemmParams& p) {
+void gemm_check(const GemmParams& p, bool out_allocated) {
   auto fail = [](const char* code, const std::string& m) { throw Error(code, "gemm: " + m); };
   if (!is_float(p.a_dtype)) fail("ERR_DTYPE", std::string("a must be f32, f16 or bf16 (got ") + dtype_name(p.a_dtype) + ")");
   if (!is_float(p.b_dtype)) fail("ERR_DTYPE", std::string("b must be f32, f16 or bf16 (got ") + dtype_name(p.b_dtype) + ")");
@@ -52,7 +52,7 @@ void gemm_check(const GemmParams& p) {
   if (p.batch > 1 && p.m > 0 && p.n > 0 && p.stride_out < gemm_extent(p.m, p.n, p.ldo, 1, 0))
     fail("ERR_SHAPE", "out batch stride smaller than one output matrix");
   if (p.m > 0 && p.n > 0 && p.batch > 0) {
-    if (!p.out) fail("ERR_ARG", "out is null");
+    if (!p.out && out_allocated) fail("ERR_ARG", "out is null");
     if (p.k > 0 && (!p.a || !p.b)) fail("ERR_ARG", "a or b is null");
   }
   // out must not overlap either input: the kernels read inputs while writing out.

@@ -43,7 +43,8 @@ struct GemmParams {
 
 // The one validity check (no GPU needed): dtypes, sizes, leading dimensions, strides, overflow,
 // finite alpha/beta, and that out overlaps neither input. Throws mb::Error (ERR_DTYPE/ERR_SHAPE/ERR_ARG).
-void gemm_check(const GemmParams& p);
+// out_allocated = false: out is still to be allocated (p.out is null; no pointer or overlap checks on it).
+void gemm_check(const GemmParams& p, bool out_allocated = true);
 // Rewrites an equivalent problem with fewer, larger GEMMs (a broadcast B over a contiguous batch of
 // A rows is one [batch·m, k] x [k, n] product). Only call after gemm_check.
 GemmParams gemm_fold(const GemmParams& p);
@@ -57,8 +58,8 @@ void gemm_cpu(const GemmParams& p);
 void gemm_cuda(const GemmParams& p, cudaStream_t s);  // cuBLASLt or builtin (see gemm_backend)
 void gemm_builtin_cuda(const GemmParams& p, cudaStream_t s);
 // cuBLASLt (gemm_cublaslt.cu). gemm_cublaslt returns false when it cannot take this problem (then the
-// caller falls back to the builtin); errors from the library throw ERR_CUDA.
-bool gemm_cublaslt(const GemmParams& p, cudaStream_t s);
+// caller falls back to the builtin, or reports `why` when cuBLASLt was forced).
+bool gemm_cublaslt(const GemmParams& p, cudaStream_t s, std::string* why = nullptr);
 #endif
 
 struct GemmInfo {

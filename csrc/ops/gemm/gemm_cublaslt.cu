@@ -13,6 +13,7 @@
 // sees "A" = our B and "B" = our A with the same transpose flags and m/n exchanged.
 #include <dlfcn.h>
 #include <glob.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -83,9 +84,12 @@ struct Loaded {
   bool ok = false;
 };
 
-bool try_open(const std::string& path, Loaded& L, std::string& err) {
+bool try_open(const std::string& path, Loaded& L, std::string& err, bool quiet_missing) {
+  // Search candidates that do not exist are not worth reporting; files that fail to load are.
+  if (quiet_missing && path.find('/') != std::string::npos && access(path.c_str(), F_OK) != 0) return false;
   void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!h) {
+    if (quiet_missing && path.find('/') == std::string::npos) return false;  // plain soname: not installed
     const char* e = dlerror();
     if (!err.empty()) err += "; ";
     err += e ? e : path + ": dlopen failed";
@@ -134,7 +138,6 @@ bool try_open(const std::string& path, Loaded& L, std::string& err) {
 std::vector<std::string> candidates() {
   std::vector<std::string> out;
   const char* sonames[] = {"libcublasLt.so.13", "libcublasLt.so.12"};
-  for (const char* s : sonames) out.push_back(s);  // LD_LIBRARY_PATH, rpath, the ldconfig cache
   std::vector<std::string> dirs;
   for (const char* env : {"CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"})
     if (const char* d = std::getenv(env)) dirs.push_back(std::string(d) + "/lib64");
@@ -171,8 +174,11 @@ std::vector<std::string> candidates() {
       for (size_t i = 0; i < g.gl_pathc; ++i) dirs.push_back(g.gl_pathv[i]);
     globfree(&g);
   }
-  for (const std::string& d : dirs)
-    for (const char* s : sonames) out.push_back(d + "/" + s);
+  // .13 anywhere before .12 anywhere; the plain name first (LD_LIBRARY_PATH, rpath, the ldconfig cache).
+  for (const char* s : sonames) {
+    out.push_back(s);
+    for (const std::string& d : dirs) out.push_back(d + "/" + s);
+  }
   return out;
 }
 
@@ -181,11 +187,12 @@ Loaded& loaded() {
     Loaded L;
     std::string err;
     if (const char* over = std::getenv("MEGABEAM_CUBLASLT"); over && *over) {
-      try_open(over, L, err);  // an explicit path is the only one tried
+      try_open(over, L, err, false);  // an explicit path is the only one tried
     } else {
       for (const std::string& c : candidates())
-        if (try_open(c, L, err)) break;
-      if (!L.ok) err = "libcublasLt.so.13/.12 not found (set MEGABEAM_CUBLASLT to its path)";
+        if (try_open(c, L, err, true)) break;
+      if (!L.ok)
+        err = "libcublasLt.so.13/.12 not found (set MEGABEAM_CUBLASLT to its path)" + (err.empty() ? "" : ": " + err);
     }
     const char* force = std::getenv("MEGABEAM_GEMM");
     const bool builtin = force && std::strcmp(force, "builtin") == 0;
@@ -215,11 +222,13 @@ uint32_t alignment(const void* p, int64_t stride, int64_t batch, int esize) {
 struct Device {
   lt::Handle handle = nullptr;
   StoragePtr workspace;
+  std::string error;  // cublasLtCreate failed (e.g. a driver older than the library): use the builtin
 };
 
 struct Plan {
   bool ok = false;
   bool tuned = false;
+  std::string error;                             // why !ok
   std::vector<lt::HeuristicResult> candidates;  // kept only when autotuning
   lt::MatmulDesc desc = nullptr;
   lt::Layout la = nullptr, lb = nullptr, lc = nullptr;
@@ -236,9 +245,14 @@ std::map<Key, Plan> g_plans;
 
 Device& device_state(int dev) {
   Device& d = g_devices[dev];
-  if (!d.handle) {
+  if (!d.handle && d.error.empty()) {
     CudaDeviceGuard guard(dev);
-    lt_check(loaded().api.Create(&d.handle), "cublasLtCreate");
+    const lt::Status st = loaded().api.Create(&d.handle);
+    if (st != 0) {
+      d.handle = nullptr;
+      d.error = "cublasLtCreate failed with status " + std::to_string(st);
+      return d;
+    }
     d.workspace = alloc_storage(dev, kWorkspace);  // kept for the life of the process, like PyTorch's
   }
   return d;
@@ -344,33 +358,66 @@ Plan make_plan(const lt::Api& api, lt::Handle h, const GemmParams& p, uint32_t a
 
 GemmInfo gemm_info() { return loaded().info; }
 
-bool gemm_cublaslt(const GemmParams& p, cudaStream_t s) {
+bool gemm_cublaslt(const GemmParams& p, cudaStream_t s, std::string* why) {
   Loaded& L = loaded();
-  if (!L.ok) return false;
+  if (!L.ok) {
+    if (why) *why = "cuBLASLt is not available: " + L.info.error;
+    return false;
+  }
   // What cuBLASLt takes here: equal 16-bit inputs -> same dtype or f32 out; f32 -> f32; int32 sizes.
   const bool half_in = p.a_dtype == p.b_dtype && (p.a_dtype == Dtype::BF16 || p.a_dtype == Dtype::F16) &&
                        (p.out_dtype == p.a_dtype || p.out_dtype == Dtype::F32);
   const bool f32_in = p.a_dtype == Dtype::F32 && p.b_dtype == Dtype::F32 && p.out_dtype == Dtype::F32;
-  if (!half_in && !f32_in) return false;
+  if (!half_in && !f32_in) {
+    if (why) *why = "cuBLASLt takes bf16/f16 inputs of one dtype (out the same or f32) or f32 -> f32";
+    return false;
+  }
   constexpr int64_t kI32 = 0x7fffffff;
-  if (p.m > kI32 || p.n > kI32 || p.k > kI32 || p.batch > kI32 || p.k == 0) return false;
+  if (p.m > kI32 || p.n > kI32 || p.k > kI32 || p.batch > kI32 || p.k == 0) {
+    if (why) *why = "sizes beyond int32, or K = 0";
+    return false;
+  }
   const uint32_t al_a = alignment(p.a, p.stride_a, p.batch, dtype_size(p.a_dtype));
   const uint32_t al_b = alignment(p.b, p.stride_b, p.batch, dtype_size(p.b_dtype));
   const uint32_t al_o = alignment(p.out, p.stride_out, p.batch, dtype_size(p.out_dtype));
   std::lock_guard<std::mutex> lock(g_mu);
   Device& d = device_state(p.device);
+  if (!d.handle) {
+    if (why) *why = d.error;
+    return false;
+  }
   const Key key{p.device, (int)p.a_dtype, (int)p.b_dtype, (int)p.out_dtype, p.m, p.n, p.k, p.trans_a, p.trans_b,
                 p.lda, p.ldb, p.ldo, p.batch, p.batch > 1 ? p.stride_a : 0, p.batch > 1 ? p.stride_b : 0,
                 p.batch > 1 ? p.stride_out : 0, al_a, al_b, al_o};
   auto it = g_plans.find(key);
-  if (it == g_plans.end()) it = g_plans.emplace(key, make_plan(L.api, d.handle, p, al_a, al_b, al_o)).first;
+  if (it == g_plans.end()) {
+    Plan fresh;
+    std::string err;
+    try {
+      fresh = make_plan(L.api, d.handle, p, al_a, al_b, al_o);
+    } catch (const Error& e) {  // a descriptor call failed: remember the problem as not cuBLASLt's
+      fresh = Plan{};
+      err = e.what();
+    }
+    if (!fresh.ok && err.empty()) err = "no cuBLASLt algorithm for this problem (the heuristic returned none)";
+    fresh.error = err;
+    it = g_plans.emplace(key, std::move(fresh)).first;
+  }
   Plan& pl = it->second;
-  if (!pl.ok) return false;
+  if (!pl.ok) {
+    if (why) *why = pl.error;
+    return false;
+  }
   if (!pl.tuned && p.beta == 0.f) autotune(L.api, d.handle, pl, p, d.workspace->ptr, s);
   const float alpha = p.alpha, beta = p.beta;
-  lt_check(L.api.Matmul(d.handle, pl.desc, &alpha, p.b, pl.la, p.a, pl.lb, &beta, p.out, pl.lc, p.out, pl.lc, &pl.algo,
-                        d.workspace->ptr, pl.ws, s),
-           "Matmul");
+  const lt::Status st = L.api.Matmul(d.handle, pl.desc, &alpha, p.b, pl.la, p.a, pl.lb, &beta, p.out, pl.lc, p.out,
+                                     pl.lc, &pl.algo, d.workspace->ptr, pl.ws, s);
+  if (st != 0) {  // nothing was launched: the caller falls back (auto) or reports it (forced)
+    pl.ok = false;
+    pl.error = "cublasLtMatmul failed with status " + std::to_string(st);
+    if (why) *why = pl.error;
+    return false;
+  }
   return true;
 }
 

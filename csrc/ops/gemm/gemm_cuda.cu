@@ -1,6 +1,6 @@
 // CUDA GEMM: cuBLASLt when it was found (gemm_cublaslt.cu), else megabeam's own kernels:
 //  - bf16/f16 inputs (same dtype): tensor cores through mma.sync m16n8k16 (f32 accumulate), 128x128x32
-//    CTA tiles, 8 warps of 64x32, a 3-stage cp.async pipeline and ldmatrix (.trans for the operand
+//    CTA tiles, 8 warps of 64x32, a 4-stage cp.async pipeline and ldmatrix (.trans for the operand
 //    layouts whose contiguous dimension is not K). Any M/N/K: edge chunks are loaded element-wise
 //    with zero fill; unaligned operands (ld or pointer not a multiple of 16 bytes) take that path
 //    everywhere (slower, still correct).
@@ -28,7 +28,7 @@ using attn::smem_u32;
 
 __host__ __device__ __forceinline__ int esz(Dtype d) { return d == Dtype::F32 || d == Dtype::I32 ? 4 : 2; }
 
-constexpr int BM = 128, BN = 128, BK = 32, STAGES = 3, THREADS = 256, PAD = 8;
+constexpr int BM = 128, BN = 128, BK = 32, STAGES = 4, THREADS = 256, PAD = 8;  // 80 KB smem: 2 CTAs per SM
 // Shared tile of one operand per stage: K-contiguous [rows][BK+PAD] or MN-contiguous [BK][cols+PAD].
 constexpr int kTileK = 128 * (BK + PAD);  // elements, rows = 128
 constexpr int kTileMN = BK * (128 + PAD);
@@ -340,8 +340,8 @@ void gemm_cuda(const GemmParams& p0, cudaStream_t s) {
   if (p.m == 0 || p.n == 0 || p.batch == 0) return;
   static const bool use_lt = gemm_info().backend == "cublaslt";  // MEGABEAM_GEMM is read once
   if (p.backend == GemmBackend::CublasLt) {
-    if (!gemm_info().found) throw Error("ERR_UNSUPPORTED", "gemm: cuBLASLt is not available: " + gemm_info().error);
-    if (!gemm_cublaslt(p, s)) throw Error("ERR_UNSUPPORTED", "gemm: cuBLASLt cannot take this problem (dtypes/sizes)");
+    std::string why;
+    if (!gemm_cublaslt(p, s, &why)) throw Error("ERR_UNSUPPORTED", "gemm: backend 'cublaslt': " + why);
     return;
   }
   if (p.backend == GemmBackend::Auto && use_lt && gemm_cublaslt(p, s)) return;
