@@ -538,3 +538,70 @@ t.test('CUDA lmHeadLoss vs float64 (bf16, V=32000)', { ...gpu }, async (t) => {
   close(t, await arr(o.dweight), ref.dw, 'dweight', scaled(8, 'bf16'));
   for (const z of [h, w, labels, o.loss, o.count, o.dhidden, o.dweight]) z.dispose();
 });
+
+t.test('CUDA dtype / path matrix vs float64 (every kernel instantiation family)', { ...gpu }, async (t) => {
+  for (const dtype of FLOATS) {
+    // vector / scalar path with the row in registers (512, 200), and rows too long for registers
+    // (20480: vector, 3001: scalar) that the forward re-reads
+    for (const [H, rows] of [[512, 300], [200, 300], [20480, 16], [3001, 16]]) {
+      for (const wdt of [dtype, 'f32'] as FDtype[]) {
+        const eps = 1e-5;
+        const x = rnd([rows, H], dtype, 'cuda'), w = rnd([H], wdt, 'cuda', 0.5), dy = rnd([rows, H], dtype, 'cuda');
+        const res = rnd([rows, H], dtype, 'cuda');
+        const [xv, wv, dyv, rv] = await Promise.all([arr(x), arr(w), arr(dy), arr(res)]);
+        const tag = `${dtype} H=${H} w=${wdt}`;
+        const o = nn.rmsNorm(x, w, { eps, residual: res });
+        const ref = rmsNormRef(xv, wv, rows, H, eps, { residual: rv, dtype });
+        close(t, await arr(o.h!), ref.h, `${tag} h`, { rtol: 0, atol: 0 });
+        close(t, await arr(o.y), ref.y, `${tag} y`, TOL[dtype]);
+        const g = rmsNormBackwardRef(dyv, ref.h, wv, rows, H, eps);
+        const b1 = nn.rmsNormBackward(dy, o.h!, w, o.rstd);
+        close(t, await arr(b1.dx), g.dx, `${tag} dx`, scaled(4, dtype));
+        close(t, await arr(b1.dweight), g.dw, `${tag} dweight`, { rtol: 1e-4, atol: 1e-5 });
+        for (const dxdt of [dtype, 'f32'] as FDtype[]) {
+          const acc = rnd([rows, H], dxdt, 'cuda');
+          const accv = await arr(acc);
+          nn.rmsNormBackward(dy, o.h!, w, o.rstd, { dx: acc });
+          close(t, await arr(acc), g.dx.map((v, i) => v + accv[i]), `${tag} dx += (${dxdt})`, scaled(4, dxdt));
+          acc.dispose();
+        }
+        for (const z of [x, w, dy, res, o.y, o.rstd, o.h!, b1.dx, b1.dweight]) z.dispose();
+      }
+    }
+    // swiglu: vector body + tail, and an unaligned view (scalar path)
+    for (const n of [4099, 64]) {
+      const big = rnd([3 * n + 1], dtype, 'cuda', 2);
+      const g = big.narrow(0, 1, n), u = big.narrow(0, n + 1, n), dy = big.narrow(0, 2 * n + 1, n);
+      const [gv, uv, dyv] = await Promise.all([arr(g), arr(u), arr(dy)]);
+      const y = nn.swiglu(g, u);
+      close(t, await arr(y), swigluRef(gv, uv), `swiglu ${dtype} n=${n} (offset view)`, TOL[dtype]);
+      const b = nn.swigluBackward(dy, g, u);
+      const br = swigluBackwardRef(dyv, gv, uv);
+      close(t, await arr(b.dgate), br.dgate, `dgate ${dtype} n=${n}`, scaled(2, dtype));
+      close(t, await arr(b.dup), br.dup, `dup ${dtype} n=${n}`, scaled(2, dtype));
+      for (const z of [big, g, u, dy, y, b.dgate, b.dup]) z.dispose();
+    }
+    // embedding: out dtype conversion, odd hidden size
+    for (const H of [64, 37]) {
+      const V = 100, idsArr = Int32Array.from({ length: 50 }, (_, i) => (i * 37) % V);
+      const ids = tensor(idsArr, { device: 'cuda' }), w = rnd([V, H], dtype, 'cuda');
+      const e = nn.embedding(ids, w, { dtype: 'f32' });
+      const wv = await arr(w), ev = await arr(e);
+      t.ok(ev.every((v, i) => v === wv[idsArr[Math.floor(i / H)] * H + (i % H)]), `embedding ${dtype} H=${H} -> f32 exact`);
+      const dy = rnd([50, H], dtype, 'cuda'), dw = zeros([V, H], { device: 'cuda' });
+      nn.embeddingBackward(dy, ids, dw);
+      close(t, await arr(dw), embeddingBackwardRef(await arr(dy), idsArr, V, H), `embeddingBackward ${dtype} H=${H}`, { rtol: 1e-5, atol: 1e-6 });
+      for (const z of [ids, w, e, dy, dw]) z.dispose();
+    }
+    // cross-entropy, out of place, odd vocab and one ignored row
+    const N = 40, V = 1001;
+    const labelsArr = Int32Array.from({ length: N }, (_, i) => (i === 5 ? -100 : (i * 7919) % V));
+    const x = rnd([N, V], dtype, 'cuda', 3), labels = tensor(labelsArr, { device: 'cuda' });
+    const ref = crossEntropyRef(await arr(x), labelsArr, N, V, -100, 0.5);
+    const o = nn.crossEntropy(x, labels, { gradScale: 0.5 });
+    close(t, await arr(o.losses), ref.losses, `crossEntropy ${dtype} losses`, { rtol: 1e-5, atol: 1e-5 });
+    close(t, await arr(o.dlogits!), ref.dlogits, `crossEntropy ${dtype} dlogits`, scaled(2, dtype));
+    for (const z of [x, labels, o.losses, o.dlogits!]) z.dispose();
+  }
+  await nn.checkIds('cuda');
+});

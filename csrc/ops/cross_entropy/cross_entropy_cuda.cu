@@ -48,8 +48,9 @@ template <Dtype X, int W> __global__ void __launch_bounds__(512) ce_kernel(Cross
       for (int k = 1; k < W; ++k) cm = fmaxf(cm, v[k]);
       const float nm = fmaxf(m, cm);
       float cs = 0.f;
+      if (nm != -INFINITY)  // an all -inf prefix contributes nothing (and -inf - -inf would be NaN)
 #pragma unroll
-      for (int k = 0; k < W; ++k) cs += __expf(v[k] - nm);
+        for (int k = 0; k < W; ++k) cs += __expf(v[k] - nm);
       s = (m == -INFINITY ? 0.f : s * __expf(m - nm)) + cs;
       m = nm;
     }

@@ -12,6 +12,21 @@ __device__ __forceinline__ void record_bad(int32_t* bad, int64_t t) {
   if (bad) atomicMin(bad, t < 2147483647 ? (int32_t)t : 2147483646);
 }
 
+// dst[0..W) += v (f32 atomics; on sm_90 as two float4 vector atomics, a quarter of the instructions).
+template <int W> __device__ __forceinline__ void add_row(float* dst, const float* v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (W == 8) {
+    atomicAdd(reinterpret_cast<float4*>(dst), make_float4(v[0], v[1], v[2], v[3]));
+    atomicAdd(reinterpret_cast<float4*>(dst + 4), make_float4(v[4], v[5], v[6], v[7]));
+    return;
+  } else
+#endif
+  {
+#pragma unroll
+    for (int k = 0; k < W; ++k) atomicAdd(dst + k, v[k]);
+  }
+}
+
 // One block per token (grid-stride); a bad id zeroes its row.
 template <Dtype Wt, Dtype O, int W> __global__ void embedding_fwd_kernel(EmbeddingParams p) {
   const int64_t H = p.hidden;
@@ -43,8 +58,7 @@ template <Dtype D, int W> __global__ void embedding_bwd_kernel(EmbeddingParams p
     for (int64_t c = (int64_t)threadIdx.x * W; c < H; c += (int64_t)blockDim.x * W) {
       float v[W];
       ldv<D, W>(p.dy, t * H + c, v);
-#pragma unroll
-      for (int k = 0; k < W; ++k) atomicAdd(dst + c + k, v[k]);
+      add_row<W>(dst + c, v);
     }
   }
 }
@@ -75,7 +89,7 @@ void embedding_cuda(const EmbeddingParams& p, cudaStream_t s) {
 
 void embedding_bwd_cuda(const EmbeddingParams& p, cudaStream_t s) {
   if (p.n == 0) return;
-  const bool vec = p.hidden % 8 == 0 && aligned16(p.dy);
+  const bool vec = p.hidden % 8 == 0 && aligned16(p.dy) && aligned16(p.dweight);
   MB_DISPATCH_FLOAT(p.dy_dtype, D, {
     if (vec) embedding_bwd_kernel<D, 8><<<grid_for(p.n), threads_for(p.hidden, 8), 0, s>>>(p);
     else embedding_bwd_kernel<D, 1><<<grid_for(p.n), threads_for(p.hidden, 1), 0, s>>>(p);

@@ -9,39 +9,75 @@ namespace {
 using namespace nn;
 
 // One block per row (grid-stride over rows). Pass 1 forms h (fused: x + residual, stored rounded) and
-// the sum of squares; pass 2 re-reads the row (h from the thread's own writes, or x) from L1/L2 and
-// writes y. Each thread touches the same columns in both passes, so no barrier is needed between them.
-template <Dtype X, Dtype Wt, int W, bool RES>
+// the sum of squares; pass 2 writes y. With NV > 0 the row stays in registers between the passes (NV
+// vector slots per thread: rows up to 512 threads x NV x W elements), so it is read from memory once;
+// NV == 0 (longer rows) re-reads it (h from the thread's own writes, or x) from L1/L2. Each thread touches
+// the same columns in both passes, so no barrier is needed between them.
+template <Dtype X, Dtype Wt, int W, bool RES, int NV>
 __global__ void __launch_bounds__(512) rmsnorm_fwd_kernel(RmsNormParams p) {
   __shared__ float scratch[32];
   const int64_t H = p.hidden;
   for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
     const int64_t base = row * H;
-    const void* src = RES ? p.h : p.x;
     float ss = 0.f;
-    for (int64_t c = (int64_t)threadIdx.x * W; c < H; c += (int64_t)blockDim.x * W) {
-      float a[W];
-      ldv<X, W>(p.x, base + c, a);
-      if constexpr (RES) {
-        float r[W];
-        ldv<X, W>(p.residual, base + c, r);
+    if constexpr (NV > 0) {
+      float a[NV][W];
 #pragma unroll
-        for (int k = 0; k < W; ++k) a[k] = round_to<X>(a[k] + r[k]);
-        stv<X, W>(p.h, base + c, a);
+      for (int v = 0; v < NV; ++v) {
+        const int64_t c = ((int64_t)v * blockDim.x + threadIdx.x) * W;
+        if (c < H) {
+          ldv<X, W>(p.x, base + c, a[v]);
+          if constexpr (RES) {
+            float r[W];
+            ldv<X, W>(p.residual, base + c, r);
+#pragma unroll
+            for (int k = 0; k < W; ++k) a[v][k] = round_to<X>(a[v][k] + r[k]);
+            stv<X, W>(p.h, base + c, a[v]);
+          }
+#pragma unroll
+          for (int k = 0; k < W; ++k) ss += a[v][k] * a[v][k];
+        }
       }
+      ss = block_sum(ss, scratch);
+      const float rs = 1.0f / sqrtf(ss / (float)H + p.eps);
+      if (threadIdx.x == 0) p.rstd[row] = rs;
 #pragma unroll
-      for (int k = 0; k < W; ++k) ss += a[k] * a[k];
-    }
-    ss = block_sum(ss, scratch);
-    const float rs = 1.0f / sqrtf(ss / (float)H + p.eps);
-    if (threadIdx.x == 0) p.rstd[row] = rs;
-    for (int64_t c = (int64_t)threadIdx.x * W; c < H; c += (int64_t)blockDim.x * W) {
-      float a[W], w[W];
-      ldv<X, W>(src, base + c, a);
-      ldv<Wt, W>(p.weight, c, w);
+      for (int v = 0; v < NV; ++v) {
+        const int64_t c = ((int64_t)v * blockDim.x + threadIdx.x) * W;
+        if (c < H) {
+          float w[W];
+          ldv<Wt, W>(p.weight, c, w);
 #pragma unroll
-      for (int k = 0; k < W; ++k) a[k] = a[k] * rs * w[k];
-      stv<X, W>(p.y, base + c, a);
+          for (int k = 0; k < W; ++k) w[k] = a[v][k] * rs * w[k];
+          stv<X, W>(p.y, base + c, w);
+        }
+      }
+    } else {
+      const void* src = RES ? p.h : p.x;
+      for (int64_t c = (int64_t)threadIdx.x * W; c < H; c += (int64_t)blockDim.x * W) {
+        float a[W];
+        ldv<X, W>(p.x, base + c, a);
+        if constexpr (RES) {
+          float r[W];
+          ldv<X, W>(p.residual, base + c, r);
+#pragma unroll
+          for (int k = 0; k < W; ++k) a[k] = round_to<X>(a[k] + r[k]);
+          stv<X, W>(p.h, base + c, a);
+        }
+#pragma unroll
+        for (int k = 0; k < W; ++k) ss += a[k] * a[k];
+      }
+      ss = block_sum(ss, scratch);
+      const float rs = 1.0f / sqrtf(ss / (float)H + p.eps);
+      if (threadIdx.x == 0) p.rstd[row] = rs;
+      for (int64_t c = (int64_t)threadIdx.x * W; c < H; c += (int64_t)blockDim.x * W) {
+        float a[W], w[W];
+        ldv<X, W>(src, base + c, a);
+        ldv<Wt, W>(p.weight, c, w);
+#pragma unroll
+        for (int k = 0; k < W; ++k) a[k] = a[k] * rs * w[k];
+        stv<X, W>(p.y, base + c, a);
+      }
     }
   }
 }
@@ -127,8 +163,15 @@ template <Dtype X, Dtype Wt, int W>
 void fwd_launch(const RmsNormParams& p, cudaStream_t s) {
   const int t = threads_for(p.hidden, W);
   const unsigned grid = (unsigned)std::min<int64_t>(p.rows, 1 << 20);
-  if (p.residual) rmsnorm_fwd_kernel<X, Wt, W, true><<<grid, t, 0, s>>>(p);
-  else rmsnorm_fwd_kernel<X, Wt, W, false><<<grid, t, 0, s>>>(p);
+  constexpr int NV = 4;  // threads_for aims at ~4 slots per thread: rows up to 512*4*W stay in registers
+  const bool regs = (p.hidden + W - 1) / W <= (int64_t)t * NV;
+  if (regs) {
+    if (p.residual) rmsnorm_fwd_kernel<X, Wt, W, true, NV><<<grid, t, 0, s>>>(p);
+    else rmsnorm_fwd_kernel<X, Wt, W, false, NV><<<grid, t, 0, s>>>(p);
+  } else {
+    if (p.residual) rmsnorm_fwd_kernel<X, Wt, W, true, 0><<<grid, t, 0, s>>>(p);
+    else rmsnorm_fwd_kernel<X, Wt, W, false, 0><<<grid, t, 0, s>>>(p);
+  }
 }
 
 template <Dtype X, Dtype Wt, Dtype DX, int W, bool ACC>
