@@ -19,3 +19,5 @@ export {
 } from './ring';
 export { matmul, linear, gemmInfo, MatmulOptions, LinearOptions, GemmInfo } from './matmul';
 export * as nn from './nn';
+export * as safetensors from './safetensors';
+export * as model from './model';

@@ -14,8 +14,10 @@ export async function benchCli(argv: string[], io: IO): Promise<number> {
       return (await import('../bench/ring')).benchRing(rest, io);
     case 'nn':
       return (await import('../bench/nn')).benchNn(rest, io);
+    case 'model':
+      return (await import('../bench/model')).benchModel(rest, io);
     default:
-      io.err('usage: megabeam bench attention|gemm|rope|nn|ring [--help]');
+      io.err('usage: megabeam bench attention|gemm|rope|nn|model|ring [--help]');
       return 2;
   }
 }
