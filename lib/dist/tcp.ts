@@ -80,7 +80,11 @@ function conn(sock: net.Socket, onFrame: (f: Frame) => void, onError: (m: string
   return c;
 }
 
-const key = (seq: number, sub: number): string => `${seq}:${sub}`;
+// Collectives are matched by call number (every rank makes the same collectives in the same order);
+// point-to-point messages by their number between the pair (the k-th send to a peer is its k-th recv from
+// us, as in NCCL), since ranks make different p2p calls.
+const P2P = opCode('sendrecv');
+const key = (op: number, seq: number, sub: number): string => (op === P2P ? `p:${sub}` : `${seq}:${sub}`);
 const hostOf = (addr: string | undefined): string => (addr ?? '127.0.0.1').replace(/^::ffff:/, '');
 
 export class TcpGroup implements Group {
@@ -92,6 +96,8 @@ export class TcpGroup implements Group {
 
   private peers: (Peer | null)[] = [];
   private seq = 0;
+  private sent: number[] = [];
+  private received: number[] = [];
   private failure: MegabeamError | null = null;
   private pending = new Set<PendingCall>();
   private server: net.Server | null = null;
@@ -112,6 +118,8 @@ export class TcpGroup implements Group {
     if (!Number.isSafeInteger(o.rank) || o.rank < 0 || o.rank >= o.worldSize) throw new ArgumentError(`rank ${o.rank} is not in [0, ${o.worldSize})`);
     if (!(o.timeoutMs > 0)) throw new ArgumentError('timeoutMs must be > 0');
     g.peers = Array.from({ length: o.worldSize }, () => null);
+    g.sent = new Array<number>(o.worldSize).fill(0);
+    g.received = new Array<number>(o.worldSize).fill(0);
     if (o.worldSize > 1) await g.rendezvous(o);
     return g;
   }
@@ -289,7 +297,7 @@ export class TcpGroup implements Group {
       return;
     }
     if (f.kind !== Kind.Data) return;
-    const k = key(f.seq, f.sub);
+    const k = key(f.op, f.seq, f.sub);
     const w = p.waiters.get(k);
     if (w) {
       p.waiters.delete(k);
@@ -307,9 +315,9 @@ export class TcpGroup implements Group {
   /** The frame (op, seq, sub) from `peer`; rejects when the group fails. */
   private expect(peer: number, op: WireOp, seq: number, sub: number): Promise<Frame> {
     const p = this.peers[peer]!;
-    const k = key(seq, sub);
-    const have = p.inbox.get(k);
     const code = opCode(op);
+    const k = key(code, seq, sub);
+    const have = p.inbox.get(k);
     if (have) {
       p.inbox.delete(k);
       if (have.op !== code) { this.mismatch(peer, seq, code, have.op); return Promise.reject(this.failure); }
@@ -374,8 +382,8 @@ export class TcpGroup implements Group {
     if (!(typeof timeoutMs === 'number' && timeoutMs > 0)) return Promise.reject(new ArgumentError(`${op}: timeoutMs must be > 0`));
     if (this.destroyed) return Promise.reject(new CommError(`${op}: the group was destroyed`));
     if (this.failure) return Promise.reject(this.failure);
-    const seq = ++this.seq;
-    const what = `${op} #${seq}`;
+    const seq = op === 'sendrecv' ? 0 : ++this.seq;
+    const what = op === 'sendrecv' ? 'batchSendRecv' : `${op} #${seq}`;
     const waitingFor = new Set<number>();
     let started: Promise<void>;
     try {
@@ -436,6 +444,7 @@ export class TcpGroup implements Group {
         const m = o.op === 'send' ? sendSub : recvSub;
         const sub = m.get(peer) ?? 0;
         m.set(peer, sub + 1);
+        // Messages between a pair are numbered across calls; a self send/recv pairs within the call.
         if (o.op === 'send') sends.push({ peer, sub, dtype: t.dtype, data: raw(t) });
         else recvs.push({ peer, sub, t, h: t.handle() });
       }
@@ -443,24 +452,26 @@ export class TcpGroup implements Group {
       const done: Promise<void>[] = [];
       for (const s of sends) {
         if (s.peer === this.rank) continue;
-        done.push(s.data.then((d) => this.post(s.peer, 'sendrecv', seq, s.sub, dtypeCode(s.dtype), d)));
+        const n = this.sent[s.peer]++;
+        done.push(s.data.then((d) => this.post(s.peer, 'sendrecv', seq, n, dtypeCode(s.dtype), d)));
       }
       for (const r of recvs) {
         if (r.peer === this.rank) {
           const s = selfSends.find((x) => x.sub === r.sub);
-          if (!s) throw new CommError(`batchSendRecv #${seq}: rank ${this.rank} receives from itself without a matching send`);
+          if (!s) throw new CommError(`batchSendRecv: rank ${this.rank} receives from itself without a matching send`);
           done.push(s.data.then((d) => {
-            if (s.dtype !== r.t.dtype || d.length !== r.t.numel) throw new CommError(`batchSendRecv #${seq}: self send/recv of rank ${this.rank} differ in dtype or size`);
+            if (s.dtype !== r.t.dtype || d.length !== r.t.numel) throw new CommError(`batchSendRecv: self send/recv of rank ${this.rank} differ in dtype or size`);
             return this.writeInto(r.t, r.h, d);
           }));
           continue;
         }
         waiting.add(r.peer);
-        done.push(this.expect(r.peer, 'sendrecv', seq, r.sub).then((f) => {
+        const n = this.received[r.peer]++;
+        done.push(this.expect(r.peer, 'sendrecv', seq, n).then((f) => {
           waiting.delete(r.peer);
           const dt = DTYPE_NAMES[f.dtype];
           if (dt !== r.t.dtype || f.payload.byteLength !== r.t.nbytes)
-            throw new CommError(`batchSendRecv #${seq}: rank ${this.rank} expects ${r.t.numel} ${r.t.dtype} elements from rank ${r.peer}, ` +
+            throw new CommError(`batchSendRecv: rank ${this.rank} expects ${r.t.numel} ${r.t.dtype} elements from rank ${r.peer}, ` +
               `rank ${r.peer} sent ${f.payload.byteLength / (dt === 'f32' || dt === 'i32' ? 4 : 2)} ${dt ?? '?'} elements`);
           return this.writeInto(r.t, r.h, typedFor(dt, f.payload));
         }));
