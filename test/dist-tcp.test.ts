@@ -184,6 +184,14 @@ async function checkNcclGroup(t: Test, gs: import('../lib/dist/types').Group[]):
     const recv = gs.map((g) => tensor(new Float32Array(n), { dtype, device: g.device }).fill_(NaN));
     await Promise.all(gs.map((g, r) => g.batchSendRecv([{ op: 'send', tensor: xs[r], peer: (r + 1) % W }, { op: 'recv', tensor: recv[r], peer: (r + W - 1) % W }])));
     t.same(Array.from(await recv[0].toArray()), Array.from(await xs[W - 1].toArray()), `ring ${dtype}`);
+    // deferred: compute issued before join() may overlap the transfer; after join() the result is in place
+    const recv2 = gs.map((g) => tensor(new Float32Array(n), { dtype, device: g.device }).fill_(NaN));
+    const busy = gs.map((g) => tensor(new Float32Array(1 << 16), { device: g.device }));
+    const issued = gs.map((g, r) => g.batchSendRecv([{ op: 'send', tensor: xs[r], peer: (r + 1) % W }, { op: 'recv', tensor: recv2[r], peer: (r + W - 1) % W }], { deferred: true }));
+    for (const x of busy) x.fill_(1); // unrelated compute on the compute stream
+    await Promise.all(issued);
+    for (const g of gs) g.join?.();
+    t.same(Array.from(await recv2[0].toArray()), Array.from(await xs[W - 1].toArray()), `deferred ring ${dtype} after join()`);
   }
   await Promise.all(gs.map((g) => g.barrier()));
 }
@@ -209,8 +217,24 @@ t.test('nccl: init() with a world of one over nccl passes every collective', gpu
   await g.destroy();
 });
 
+t.test('nccl: launch --device cuda, init() picks nccl on cuda:<local rank> (world of one)', gpu, async (t) => {
+  const r = await launch(1, 'nccl', ['--device', 'cuda']);
+  t.equal(r.code, 0, r.err.slice(-2000));
+  t.match(r.out, '[rank 0] RESULT nccl ok');
+});
+
 t.test('nccl: two GPUs in one process', gpu2, async (t) => {
   const gs = await group({ devices: [0, 1], timeoutMs: 30000 });
   await checkNcclGroup(t, gs);
+  // mismatched calls between the local ranks
+  const a = tensor([1], { device: gs[0].device }), b = tensor([1], { device: gs[1].device });
+  const res = await Promise.allSettled([gs[0].allReduce(a), gs[1].broadcast(b, 0)]);
+  t.ok(res.every((x) => x.status === 'rejected' && (x.reason as MegabeamError).code === 'ERR_COMM'), 'mismatch -> ERR_COMM on both');
   await Promise.all(gs.map((g) => g.destroy()));
+});
+
+t.test('nccl: two launched processes, one GPU each', gpu2, async (t) => {
+  const r = await launch(2, 'nccl', ['--device', 'cuda']);
+  t.equal(r.code, 0, r.err.slice(-2000));
+  t.match(r.out, '[rank 1] RESULT nccl ok');
 });

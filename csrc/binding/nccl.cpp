@@ -4,14 +4,16 @@
 //   ncclUniqueId()                               -> Uint8Array(128)                                   (every build)
 //   ncclInitAll({ devices })                     -> Promise<comm[]>   one process, several GPUs (ncclCommInitAll)
 //   ncclInitRank({ id, rank, worldSize, device }) -> Promise<comm>    one rank of a multi-process group
-//   ncclIssue({ items, timeoutMs })              -> undefined         enqueue a batch (one ncclGroupStart/End)
+//   ncclIssue({ items, timeoutMs, deferred? })   -> undefined         enqueue a batch (one ncclGroupStart/End)
+//   ncclJoin({ comm })                           -> undefined         compute stream waits for all queued comm work
 //   ncclStatus({ comm })                         -> null | { code, message, pending }
 //   ncclAbort({ comm, reason? }), ncclDestroy({ comm })
 //
 // Streams. Each communicator has its own communication stream on its device. A batch is ordered after
 // the compute stream (event recorded there, waited on the comm stream), and the compute stream waits for
 // the batch's end event, so work issued after ncclIssue returned sees the results (the Group contract's
-// "issued in order"). The storages of a batch are kept alive until its end event has completed: the
+// "issued in order"). With `deferred` the compute stream does not wait (compute issued next overlaps the
+// transfer) until ncclJoin; the caller promises not to touch the batch's buffers before that. The storages of a batch are kept alive until its end event has completed: the
 // caching allocator assumes one stream per device, and this keeps a block from being reused while the
 // communication stream may still touch it.
 //
@@ -450,6 +452,7 @@ Napi::Value NcclIssue(const Napi::CallbackInfo& info) {
   Baton b(info, "ncclIssue");
   Napi::Value iv = b.raw("items");
   double timeout_ms = b.number("timeoutMs");
+  const bool deferred = b.flag("deferred", false);
   b.finish();
   if (!iv.IsArray()) b.fail("ERR_ARG", "items must be an array");
   if (!(timeout_ms > 0) || timeout_ms > 1e9) b.fail("ERR_ARG", "timeoutMs must be a positive number of milliseconds");
@@ -588,7 +591,7 @@ Napi::Value NcclIssue(const Napi::CallbackInfo& info) {
     Pending p;
     cuda_check(cudaEventCreateWithFlags(&p.done, cudaEventDisableTiming), "cudaEventCreate");
     cuda_check(cudaEventRecord(p.done, s.stream), "cudaEventRecord");
-    cuda_check(cudaStreamWaitEvent(cuda_stream(s.device), p.done, 0), "cudaStreamWaitEvent");
+    if (!deferred) cuda_check(cudaStreamWaitEvent(cuda_stream(s.device), p.done, 0), "cudaStreamWaitEvent");
     p.keep = std::move(keep[ci]);
     std::string what;
     for (auto& it : items)
@@ -603,6 +606,21 @@ Napi::Value NcclIssue(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 MB_EXPORT("ncclIssue", NcclIssue);
+
+Napi::Value NcclJoin(const Napi::CallbackInfo& info) {
+  Baton b(info, "ncclJoin");
+  CommPtr s = comm_arg(b.raw("comm"), "comm");
+  b.finish();
+  // The communication stream runs its batches in order: an event recorded now covers every one of them.
+  CudaDeviceGuard g(s->device);
+  cudaEvent_t e;
+  cuda_check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+  cuda_check(cudaEventRecord(e, s->stream), "cudaEventRecord");
+  cuda_check(cudaStreamWaitEvent(cuda_stream(s->device), e, 0), "cudaStreamWaitEvent");
+  cudaEventDestroy(e);
+  return info.Env().Undefined();
+}
+MB_EXPORT("ncclJoin", NcclJoin);
 
 Napi::Value NcclStatus(const Napi::CallbackInfo& info) {
   Baton b(info, "ncclStatus");
@@ -678,6 +696,7 @@ MB_NO_CUDA("ncclInitAll", NcclInitAll);
 MB_NO_CUDA("ncclInitRank", NcclInitRank);
 MB_NO_CUDA("ncclIssue", NcclIssue);
 MB_NO_CUDA("ncclStatus", NcclStatus);
+MB_NO_CUDA("ncclJoin", NcclJoin);
 MB_NO_CUDA("ncclAbort", NcclAbort);
 MB_NO_CUDA("ncclDestroy", NcclDestroy);
 #undef MB_NO_CUDA

@@ -41,19 +41,19 @@ interface Item {
 
 /** Collects the local ranks' calls (single-process mode) and issues each call number as one batch. */
 class Batcher {
-  private slots = new Map<number, { items: Item[][]; posted: number; kind: string[]; settle: ((e?: Error) => void)[]; timer: NodeJS.Timeout; timeoutMs: number }>();
+  private slots = new Map<number, { items: Item[][]; posted: number; kind: string[]; settle: ((e?: Error) => void)[]; timer: NodeJS.Timeout; timeoutMs: number; deferred: boolean }>();
   private next = 0; // the next call number to issue
   failure: MegabeamError | null = null;
   readonly groups: NcclGroup[] = [];
 
   constructor(readonly world: number) {}
 
-  post(rank: number, k: number, kind: string, items: Item[], timeoutMs: number): Promise<void> {
+  post(rank: number, k: number, kind: string, items: Item[], timeoutMs: number, deferred: boolean): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     let s = this.slots.get(k);
     if (!s) {
       const slot = {
-        items: new Array<Item[]>(this.world), posted: 0, kind: new Array<string>(this.world), settle: [] as ((e?: Error) => void)[], timeoutMs,
+        items: new Array<Item[]>(this.world), posted: 0, kind: new Array<string>(this.world), settle: [] as ((e?: Error) => void)[], timeoutMs, deferred,
         timer: setTimeout(() => {
           const missing = [...Array(this.world).keys()].filter((r) => slot.items[r] === undefined);
           this.fail(new TimeoutError(`${kind} #${k} timed out after ${timeoutMs} ms: local rank(s) ${missing.join(', ')} did not make the call ` +
@@ -65,6 +65,7 @@ class Batcher {
     }
     const slot = s;
     slot.items[rank] = items;
+    slot.deferred = slot.deferred && deferred; // one batch: deferred only if every rank asked
     slot.kind[rank] = kind;
     slot.posted++;
     const p = new Promise<void>((resolve, reject) => slot.settle.push((e) => (e ? reject(e) : resolve())));
@@ -86,7 +87,7 @@ class Batcher {
         this.fail(err as MegabeamError);
       } else {
         try {
-          call(() => native().ncclIssue({ items: s.items.flat(), timeoutMs: s.timeoutMs }));
+          call(() => native().ncclIssue({ items: s.items.flat(), timeoutMs: s.timeoutMs, deferred: s.deferred }));
         } catch (e) {
           err = fromNative(e) as Error;
           this.fail(err as MegabeamError);
@@ -174,9 +175,10 @@ export class NcclGroup implements Group {
     } catch (e) {
       return Promise.reject(e);
     }
-    if (this.batcher) return this.batcher.post(this.rank, k, kind, items, timeoutMs);
+    const deferred = opts?.deferred === true;
+    if (this.batcher) return this.batcher.post(this.rank, k, kind, items, timeoutMs, deferred);
     try {
-      call(() => native().ncclIssue({ items, timeoutMs }));
+      call(() => native().ncclIssue({ items, timeoutMs, deferred }));
     } catch (e) {
       const err = e as MegabeamError;
       if (err.code === 'ERR_NCCL' || err.code === 'ERR_TIMEOUT' || err.code === 'ERR_COMM') this.fail(err);
@@ -218,6 +220,12 @@ export class NcclGroup implements Group {
   }
   barrier(opts?: CommOptions): Promise<void> {
     return this.issue('barrier', opts, (what) => [{ comm: this.comm, op: 'barrier', what }]);
+  }
+
+  join(): void {
+    if (this.failure) throw this.failure;
+    if (this.destroyed) return;
+    call(() => native().ncclJoin({ comm: this.comm }));
   }
 
   abort(reason = 'aborted'): void {

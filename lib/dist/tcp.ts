@@ -351,6 +351,9 @@ export class TcpGroup implements Group {
     this.failureListeners = [];
   }
 
+  /** Calls are in place when they resolve: nothing to order. */
+  join(): void {}
+
   abort(reason = 'aborted'): void {
     this.fail(new CommError(`group aborted on rank ${this.rank}: ${reason}`));
   }

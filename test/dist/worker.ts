@@ -103,7 +103,30 @@ async function collectives(g: Group): Promise<void> {
   await g.barrier();
 }
 
+async function ncclBasic(): Promise<void> {
+  // Defaults: MEGABEAM_DEVICE=cuda:<local rank> from `launch --device cuda`, backend nccl.
+  const g = await init({ timeoutMs: 30000 });
+  try {
+    if (g.backend !== 'nccl' || g.device !== `cuda:${process.env.MEGABEAM_LOCAL_RANK}`) throw new Error(`got ${g.backend} on ${g.device}`);
+    const W = g.worldSize;
+    const x = tensor([g.rank + 1, 0.5], { dtype: 'bf16', device: g.device });
+    await g.allReduce(x);
+    check('nccl allReduce', await x.toArray(), [(W * (W + 1)) / 2, 0.5 * W], 'bf16');
+    const all = tensor(new Float32Array(W), { device: g.device }).fill_(NaN);
+    await g.allGather(all, tensor([g.rank], { device: g.device }));
+    check('nccl allGather', await all.toArray(), [...Array(W).keys()], 'f32');
+    const got = tensor([-1], { device: g.device });
+    await g.batchSendRecv([{ op: 'send', tensor: tensor([g.rank], { device: g.device }), peer: (g.rank + 1) % W }, { op: 'recv', tensor: got, peer: (g.rank + W - 1) % W }]);
+    check('nccl ring', await got.toArray(), [(g.rank + W - 1) % W], 'f32');
+    await g.barrier();
+    console.log('RESULT nccl ok');
+  } finally {
+    await g.destroy();
+  }
+}
+
 async function main(): Promise<void> {
+  if (which === 'nccl') return ncclBasic();
   const g = await init({ backend: 'tcp', device: 'cpu', timeoutMs: Number(process.env.TEST_TIMEOUT_MS ?? 20000) });
   const last = g.worldSize - 1;
   try {
