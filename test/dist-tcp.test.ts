@@ -3,7 +3,9 @@
 // 1-rank groups. The multi-process jobs run test/dist/worker.ts, which checks every collective against
 // float64 references itself and prints "RESULT <case> ok".
 import t, { Test } from 'tap';
-import { spawn } from 'child_process';
+import { spawn, spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import { readDistEnv, firstSlurmHost } from '../lib/dist/rendezvous';
 import { group, init, ncclInfo } from '../lib/dist/init';
@@ -153,6 +155,34 @@ t.test('no NCCL / no CUDA: clear errors', async (t) => {
     t.equal(o.group.code, 'ERR_NO_NCCL', 'a GPU machine with a bogus MEGABEAM_NCCL: ERR_NO_NCCL');
     t.match(o.group.message, bogus, 'naming the path');
   }
+});
+
+t.test('NCCL loader: a stand-in libnccl (built here with cc) is found, version-checked and symbol-checked', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-fake-nccl-'));
+  const src = path.join(__dirname, 'dist', 'fake-nccl.c');
+  const build = (out: string, defs: string[]): boolean =>
+    spawnSync('cc', ['-shared', '-fPIC', '-o', out, src, ...defs], { stdio: 'ignore' }).status === 0;
+  const good = path.join(dir, 'libnccl.so.2'), old = path.join(dir, 'old.so'), missing = path.join(dir, 'missing.so');
+  if (!build(good, []) || !build(old, ['-DFAKE_NCCL_VERSION=2908']) || !build(missing, ['-DFAKE_NCCL_MISSING'])) {
+    t.pass('skipped: no C compiler (cc) to build the stand-in library');
+    return;
+  }
+  const probe = async (env: Record<string, string>) => {
+    const r = await run([path.join(__dirname, 'dist', 'nccl-probe.ts')], env);
+    return JSON.parse(r.out.trim().split('\n').pop()!);
+  };
+  const a = await probe({ MEGABEAM_NCCL: good });
+  t.match(a.info, { found: true, version: '2.28.3', versionCode: 22803, path: good });
+  if (gpu.skip) t.equal(a.group.code, 'ERR_NO_CUDA', 'NCCL found but no GPU: ERR_NO_CUDA');
+  const b = await probe({ MEGABEAM_NCCL: old });
+  t.equal(b.info.found, false);
+  t.match(b.info.error, /is NCCL 2\.9\.8; megabeam needs NCCL >= 2\.10/);
+  const c = await probe({ MEGABEAM_NCCL: missing });
+  t.match(c.info.error, /not a usable NCCL 2 library \(no symbol ncclCommAbort\)/);
+  // Found on the library path (LD_LIBRARY_PATH), with no MEGABEAM_NCCL.
+  const d = await probe({ LD_LIBRARY_PATH: dir, MEGABEAM_NCCL: '' });
+  t.match(d.info, { found: true, version: '2.28.3' });
+  fs.rmSync(dir, { recursive: true, force: true });
 });
 
 // ---- CUDA (skip without a GPU) ------------------------------------------------------------

@@ -49,10 +49,19 @@ std::vector<std::string> candidates() {
     std::string h = env(var);
     if (!h.empty()) { roots.push_back(h + "/lib/python3*/site-packages"); c.push_back(h + "/lib/" + lib); }
   }
+  // PYTHONPATH entries (site-packages of an inactive venv, for instance).
+  std::string pp = env("PYTHONPATH");
+  for (size_t b = 0; b <= pp.size();) {
+    size_t e = pp.find(':', b);
+    if (e == std::string::npos) e = pp.size();
+    if (e > b) c.push_back(pp.substr(b, e - b) + "/nvidia/nccl/lib/" + lib);
+    b = e + 1;
+  }
   std::string home = env("HOME");
   if (!home.empty()) roots.push_back(home + "/.local/lib/python3*/site-packages");
   for (const char* r : {"/usr/local/lib/python3*/site-packages", "/usr/local/lib/python3*/dist-packages",
-                        "/usr/lib/python3*/site-packages", "/usr/lib/python3/dist-packages", "/opt/conda/lib/python3*/site-packages"})
+                        "/usr/lib/python3*/site-packages", "/usr/lib/python3/dist-packages", "/opt/conda/lib/python3*/site-packages",
+                        "/opt/*/lib/python3*/site-packages"})
     roots.push_back(r);
   for (auto& r : roots) add_glob(c, r + "/nvidia/nccl/lib/" + lib);
   return c;
