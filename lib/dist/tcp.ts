@@ -54,6 +54,7 @@ interface Peer {
 interface PendingCall {
   what: string;
   reject: (e: Error) => void;
+  waitingFor: Set<number>;
 }
 
 function raw(t: Tensor): Promise<Float32Array | Int32Array | Uint16Array> {
@@ -141,12 +142,16 @@ export class TcpGroup implements Group {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
+        // The mesh is complete (or failed): nobody else may join, and the port is free again.
+        this.server?.close();
+        this.server = null;
         if (e) {
           for (const s of sockets) s.destroy();
-          this.server?.close();
-          this.server = null;
           reject(e);
         } else {
+          // A process that is done may exit without destroy(): idle links do not keep it alive (a call in
+          // flight does, through its timeout timer).
+          for (const p of this.peers) p?.sock?.unref();
           resolve();
         }
       };
@@ -274,7 +279,10 @@ export class TcpGroup implements Group {
       p.sock = null;
       if (this.destroyed || p.gone) return;
       p.gone = `rank ${rank} died (its connection closed)`;
-      this.fail(new CommError(`${p.gone}; seen by rank ${this.rank}${this.pendingNames()}`));
+      // With calls in flight this is fatal now; otherwise the next call that needs the peer fails. (A rank
+      // that finished and exited without destroy() is not an error for ranks that are done as well.)
+      if ([...this.pending].some((c) => c.waitingFor.has(rank)) || p.waiters.size)
+        this.fail(new CommError(`${p.gone}; seen by rank ${this.rank}${this.pendingNames()}`));
     });
     return p;
   }
@@ -395,7 +403,7 @@ export class TcpGroup implements Group {
       return Promise.reject(e);
     }
     return new Promise<void>((resolve, reject) => {
-      const pc: PendingCall = { what, reject: (e) => { clearTimeout(timer); reject(e); } };
+      const pc: PendingCall = { what, waitingFor, reject: (e) => { clearTimeout(timer); reject(e); } };
       this.pending.add(pc);
       const timer = setTimeout(() => {
         const peers = [...waitingFor].sort((a, b) => a - b);
