@@ -88,6 +88,11 @@ struct CommState {
   std::mutex m;
   std::deque<Pending> pending;
   std::atomic<bool> failed{false};
+  // Set while the JS thread is inside ncclGroupStart..End for this communicator: with blocking
+  // communicators ncclGroupEnd can wait for a peer (p2p connection setup), so the watchdog must be able to
+  // abort it. Steady-clock nanoseconds; 0 when not issuing.
+  std::atomic<int64_t> issuing_until{0};
+  std::string issuing_what;  // under m
   bool destroyed = false;
   std::string err_code, err_msg;
 
@@ -160,7 +165,11 @@ struct Watchdog {
         done.push_back(std::move(s.pending.front()));
         s.pending.pop_front();
       }
-      if (!s.pending.empty() && !s.failed.load() && Clock::now() > s.pending.front().deadline) {
+      int64_t until = s.issuing_until.load();
+      if (until && !s.failed.load() && Clock::now().time_since_epoch().count() > until) {
+        timeout_msg = s.issuing_what + " could not be issued in time: ncclGroupEnd is still waiting (a peer that never made the call, or died?) (" +
+                      s.where() + "); the communicator was aborted";
+      } else if (!s.pending.empty() && !s.failed.load() && Clock::now() > s.pending.front().deadline) {
         const Pending& p = s.pending.front();
         timeout_msg = p.what + " did not complete within " + std::to_string(p.timeout_ms) + " ms (" + s.where() +
                       "); the communicator was aborted";
@@ -529,6 +538,18 @@ Napi::Value NcclIssue(const Napi::CallbackInfo& info) {
     for (auto e : events) cudaEventDestroy(e);
     throw Error(code, msg);
   };
+  {
+    auto until = (Clock::now() + std::chrono::milliseconds((int64_t)timeout_ms)).time_since_epoch().count();
+    for (auto& c : comms) {
+      std::lock_guard<std::mutex> l(c->m);
+      c->issuing_what = items[0].what;
+      c->issuing_until.store((int64_t)until);
+    }
+  }
+  struct ClearIssuing {
+    std::vector<CommPtr>& cs;
+    ~ClearIssuing() { for (auto& c : cs) c->issuing_until.store(0); }
+  } clear_issuing{comms};
   nccl::Result r = A.GroupStart();
   if (r != nccl::ncclSuccess) fail_all("ERR_NCCL", "ncclGroupStart failed: " + nccl::error_string(r));
   std::string failed_what;
