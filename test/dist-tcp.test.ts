@@ -8,7 +8,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { readDistEnv, firstSlurmHost } from '../lib/dist/rendezvous';
-import { group, init, ncclInfo } from '../lib/dist/init';
+import { group, init, ncclInfo, TcpGroup } from '../lib/dist/init';
 import { tensor } from '../lib/tensor';
 import { MegabeamError } from '../lib/errors';
 import { gpu, gpu2 } from './helpers/devices';
@@ -133,6 +133,28 @@ t.test('tcp: world of one (no sockets): every call works locally', async (t) => 
   g.abort('test');
   await t.rejects(g.barrier(), { code: 'ERR_COMM' });
   await g.destroy();
+});
+
+t.test('tcp: rendezvous refuses a process of another job (MEGABEAM_JOB_ID) and goes on', async (t) => {
+  const saved = process.env.MEGABEAM_JOB_ID;
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const opts = { worldSize: 2, masterAddr: '127.0.0.1', masterPort: port, timeoutMs: 10000 };
+  try {
+    process.env.MEGABEAM_JOB_ID = 'job-a';
+    const g0 = TcpGroup.connect({ ...opts, rank: 0 });
+    process.env.MEGABEAM_JOB_ID = 'job-b';
+    await rejectsOneOf(t, TcpGroup.connect({ ...opts, rank: 1 }), ['ERR_COMM'], /refused this rank: it belongs to another job/);
+    process.env.MEGABEAM_JOB_ID = 'job-a';
+    const g1 = TcpGroup.connect({ ...opts, rank: 1 });
+    const [a, b] = await Promise.all([g0, g1]);
+    const x = tensor([1, 2]), y = tensor([3, 4]);
+    await Promise.all([a.allReduce(x), b.allReduce(y)]);
+    t.same(Array.from(await y.toArray()), [4, 6]);
+    await Promise.all([a.destroy(), b.destroy()]);
+  } finally {
+    if (saved === undefined) delete process.env.MEGABEAM_JOB_ID;
+    else process.env.MEGABEAM_JOB_ID = saved;
+  }
 });
 
 t.test('no NCCL / no CUDA: clear errors', async (t) => {

@@ -142,13 +142,16 @@ export async function launch(o: LaunchOptions, io: IO): Promise<number> {
   process.on('SIGTERM', onTerm);
 
   const pipes: Promise<void>[] = [];
+  // One id per job (the same on every node when given; else per launcher, so single-node only): the
+  // rendezvous refuses processes of another job that reach the same port.
+  const jobId = process.env.MEGABEAM_JOB_ID || (o.nnodes === 1 ? `${process.pid}-${Date.now().toString(36)}` : '');
   for (let l = 0; l < o.nproc; l++) {
     const rank = o.nodeRank * o.nproc + l;
     const env: NodeJS.ProcessEnv = {
       ...process.env,
       MEGABEAM_RANK: String(rank), MEGABEAM_WORLD_SIZE: String(world),
       MEGABEAM_LOCAL_RANK: String(l), MEGABEAM_LOCAL_WORLD_SIZE: String(o.nproc),
-      MEGABEAM_MASTER_ADDR: o.masterAddr, MEGABEAM_MASTER_PORT: String(o.masterPort),
+      MEGABEAM_MASTER_ADDR: o.masterAddr, MEGABEAM_MASTER_PORT: String(o.masterPort), MEGABEAM_JOB_ID: jobId,
       RANK: String(rank), WORLD_SIZE: String(world), LOCAL_RANK: String(l), LOCAL_WORLD_SIZE: String(o.nproc),
       GROUP_RANK: String(o.nodeRank), MASTER_ADDR: o.masterAddr, MASTER_PORT: String(o.masterPort),
     };

@@ -135,6 +135,8 @@ export class TcpGroup implements Group {
   // ---- connection setup ------------------------------------------------------------
   private rendezvous(o: TcpGroupOptions): Promise<void> {
     const W = o.worldSize, me = o.rank;
+    // Set by megabeam launch: a process of another job that reached this port by mistake is refused.
+    const job = process.env.MEGABEAM_JOB_ID ?? '';
     return new Promise<void>((resolve, reject) => {
       let settled = false;
       const sockets: net.Socket[] = [];
@@ -185,15 +187,17 @@ export class TcpGroup implements Group {
         const c = conn(sock, (f) => { if (!hello) { hello = f; onHello(); } else early.push(f); }, (m) => sock.destroy(new Error(m)));
         const onHello = (): void => {
           const h = hello as Frame;
-          let info: { rank: number; worldSize: number; port: number };
+          let info: { rank: number; worldSize: number; port: number; job?: string };
           try { info = JSON.parse(Buffer.from(h.payload).toString('utf8')); } catch { sock.destroy(); return; }
-          const bad = h.kind !== Kind.Hello ? 'expected a hello' : info.worldSize !== W ? `world size ${info.worldSize} differs from ${W}` :
+          const bad = h.kind !== Kind.Hello ? 'expected a hello' : (info.job ?? '') !== job ? `it belongs to another job (MEGABEAM_JOB_ID ${info.job || 'unset'}, here ${job || 'unset'})` :
+            info.worldSize !== W ? `world size ${info.worldSize} differs from ${W}` :
             !(info.rank >= 0 && info.rank < W) || info.rank === me ? `bad rank ${info.rank}` :
             this.peers[info.rank] ? `rank ${info.rank} joined twice` : me !== 0 && info.rank < me ? `rank ${info.rank} should be connected to, not connect` : '';
           if (bad) {
             writeFrame(sock, { kind: Kind.Reject, op: 0, dtype: 0, seq: 0, sub: 0, from: me }, Buffer.from(bad));
             sock.end();
-            if (me === 0) done(new CommError(`rendezvous on rank 0: a process claiming rank ${info.rank} was refused: ${bad}`));
+            // A stranger is turned away and the job goes on; a clash within the job ends the rendezvous.
+            if (me === 0 && (info.job ?? '') === job) done(new CommError(`rendezvous on rank 0: a process claiming rank ${info.rank} was refused: ${bad}`));
             return;
           }
           if (me === 0) table[info.rank] = { host: hostOf(sock.remoteAddress), port: info.port };
@@ -233,7 +237,7 @@ export class TcpGroup implements Group {
           sock.once('connect', () => {
             sock.setKeepAlive(true, 10000);
             writeFrame(sock, { kind: Kind.Hello, op: 0, dtype: 0, seq: 0, sub: 0, from: me },
-              Buffer.from(JSON.stringify({ rank: me, worldSize: W, port: myPort })));
+              Buffer.from(JSON.stringify({ rank: me, worldSize: W, port: myPort, job })));
             // Until the table came, frames from rank 0 are read here.
             let gotTable = false;
             const early: Frame[] = [];
@@ -263,7 +267,7 @@ export class TcpGroup implements Group {
         sock.once('error', (e) => { if (!this.peers[j]) done(new CommError(`rank ${me}: cannot connect to rank ${j} at ${addr.host}:${addr.port}: ${e.message}`)); });
         sock.once('connect', () => {
           sock.setKeepAlive(true, 10000);
-          writeFrame(sock, { kind: Kind.Hello, op: 0, dtype: 0, seq: 0, sub: 0, from: me }, Buffer.from(JSON.stringify({ rank: me, worldSize: W, port: myPort })));
+          writeFrame(sock, { kind: Kind.Hello, op: 0, dtype: 0, seq: 0, sub: 0, from: me }, Buffer.from(JSON.stringify({ rank: me, worldSize: W, port: myPort, job })));
           adopt(conn(sock, () => {}, () => {}), j, []);
         });
       };
@@ -376,7 +380,13 @@ export class TcpGroup implements Group {
       if (!p || !p.sock) continue;
       const s = p.sock;
       if (!p.gone && !this.failure) writeFrame(s, { kind: Kind.Bye, op: 0, dtype: 0, seq: 0, sub: 0, from: this.rank });
-      closes.push(new Promise((r) => { s.once('close', () => r()); s.end(); setTimeout(() => { s.destroy(); r(); }, 1000).unref(); }));
+      // Keep the loop alive until the goodbye is out and the link closed (idle links are unref'd).
+      s.ref();
+      closes.push(new Promise((r) => {
+        const t = setTimeout(() => { s.destroy(); r(); }, 1000);
+        s.once('close', () => { clearTimeout(t); r(); });
+        s.end();
+      }));
     }
     if (this.server) closes.push(new Promise((r) => this.server!.close(() => r())));
     this.server = null;
