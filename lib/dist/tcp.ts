@@ -219,7 +219,7 @@ export class TcpGroup implements Group {
           : `rank ${me} cannot listen: ${e.message}`));
       });
       // Rank 0 binds every interface: MASTER_ADDR is how the others reach it, not necessarily a local name.
-      server.listen(me === 0 ? o.masterPort : 0, me === 0 ? undefined : undefined, () => {
+      server.listen(me === 0 ? o.masterPort : 0, () => {
         if (me === 0) return;
         const myPort = (server.address() as net.AddressInfo).port;
         // Connect to rank 0, retrying while it is not up yet.
@@ -447,9 +447,9 @@ export class TcpGroup implements Group {
     return peer;
   }
 
-  private async writeInto(t: Tensor, h: ReturnType<Tensor['handle']>, data: Float32Array | Int32Array | Uint16Array | Float64Array): Promise<void> {
+  /** Writes received values into a tensor through its device's queue (handle taken when the call was made). */
+  private async writeInto(h: ReturnType<Tensor['handle']>, data: Float32Array | Int32Array | Uint16Array | Float64Array): Promise<void> {
     call(() => native().write(h, data));
-    void t;
   }
 
   batchSendRecv(ops: readonly P2POp[], opts?: CommOptions): Promise<void> {
@@ -482,7 +482,7 @@ export class TcpGroup implements Group {
           if (!s) throw new CommError(`batchSendRecv: rank ${this.rank} receives from itself without a matching send`);
           done.push(s.data.then((d) => {
             if (s.dtype !== r.t.dtype || d.length !== r.t.numel) throw new CommError(`batchSendRecv: self send/recv of rank ${this.rank} differ in dtype or size`);
-            return this.writeInto(r.t, r.h, d);
+            return this.writeInto(r.h, d);
           }));
           continue;
         }
@@ -494,7 +494,7 @@ export class TcpGroup implements Group {
           if (dt !== r.t.dtype || f.payload.byteLength !== r.t.nbytes)
             throw new CommError(`batchSendRecv: rank ${this.rank} expects ${r.t.numel} ${r.t.dtype} elements from rank ${r.peer}, ` +
               `rank ${r.peer} sent ${f.payload.byteLength / (dt === 'f32' || dt === 'i32' ? 4 : 2)} ${dt ?? '?'} elements`);
-          return this.writeInto(r.t, r.h, typedFor(dt, f.payload));
+          return this.writeInto(r.h, typedFor(dt, f.payload));
         }));
       }
       await Promise.all(done);
@@ -560,7 +560,7 @@ export class TcpGroup implements Group {
       const rop = this.checkReduceOp(opts?.op, t.dtype, 'allReduce');
       const h = t.handle();
       const parts = await this.gatherValues('allReduce', seq, waiting, t.toArray());
-      await this.writeInto(t, h, this.reduce(parts, rop, t.dtype));
+      await this.writeInto(h, this.reduce(parts, rop, t.dtype));
     });
   }
 
@@ -575,7 +575,7 @@ export class TcpGroup implements Group {
       const h = o.handle();
       const n = o.numel;
       const parts = await this.gatherValues('reduceScatter', seq, waiting, i.toArray(), (p, v) => v.subarray(p * n, (p + 1) * n));
-      await this.writeInto(o, h, this.reduce(parts, rop, o.dtype));
+      await this.writeInto(h, this.reduce(parts, rop, o.dtype));
     });
   }
 
@@ -600,7 +600,7 @@ export class TcpGroup implements Group {
           throw new CommError(`allGather #${seq}: rank ${p} sent ${f.payload.byteLength} bytes of ${DTYPE_NAMES[f.dtype]}, rank ${this.rank} expects ${i.nbytes} bytes of ${i.dtype}`);
         all.set(typedFor(i.dtype, f.payload) as never, p * i.numel);
       }));
-      await this.writeInto(o, h, all);
+      await this.writeInto(h, all);
     });
   }
 
@@ -620,7 +620,7 @@ export class TcpGroup implements Group {
       waiting.delete(root);
       if (f.payload.byteLength !== t.nbytes || DTYPE_NAMES[f.dtype] !== t.dtype)
         throw new CommError(`broadcast #${seq}: root ${root} sent ${f.payload.byteLength} bytes of ${DTYPE_NAMES[f.dtype]}, rank ${this.rank} expects ${t.nbytes} bytes of ${t.dtype}`);
-      await this.writeInto(t, h, typedFor(t.dtype, f.payload));
+      await this.writeInto(h, typedFor(t.dtype, f.payload));
     });
   }
 
