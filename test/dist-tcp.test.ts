@@ -95,6 +95,33 @@ t.test('launch: a failing rank ends the job with its exit code; usage errors', a
   t.match(fails.err, /ranks not ending cleanly: 0 \(signal SIGTERM\), 1 \(exit code 7\)/, 'the survivor was ended after the grace period');
 });
 
+t.test('launch: SIGTERM to the launcher reaches every rank', async (t) => {
+  const cp = spawn(process.execPath, ['--import', 'tsx', cliEntry, 'launch', '--nproc', '2', path.join(__dirname, 'dist', 'exit-worker.ts'), 'sleep'],
+    { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '', err = '';
+  cp.stdout.on('data', (d) => {
+    out += d;
+    if ((out.match(/sleeping/g) ?? []).length === 2) cp.kill('SIGTERM');
+  });
+  cp.stderr.on('data', (d) => (err += d));
+  const code = await new Promise<number | null>((r) => cp.on('exit', (c) => r(c)));
+  t.not(code, 0);
+  t.match(out, '[rank 0] got SIGTERM');
+  t.match(out, '[rank 1] got SIGTERM');
+  t.match(err, /SIGTERM, forwarding to the ranks/);
+});
+
+t.test('launch: two "nodes" on this host (--nnodes 2 --node-rank 0/1 --master) form one job', async (t) => {
+  const port = String(20000 + Math.floor(Math.random() * 20000));
+  const node = (r: number): Promise<Run> =>
+    run([cliEntry, 'launch', '--nproc', '2', '--nnodes', '2', '--node-rank', String(r), '--master', `127.0.0.1:${port}`, worker, 'collectives', String(seed)]);
+  const [a, b] = await Promise.all([node(0), node(1)]);
+  t.equal(a.code, 0, a.err.slice(-2000));
+  t.equal(b.code, 0, b.err.slice(-2000));
+  t.match(a.out, '[rank 1] RESULT collectives ok');
+  t.match(b.out, '[rank 3] RESULT collectives ok', 'node 1 runs global ranks 2 and 3');
+});
+
 t.test('rendezvous: launcher, torchrun, Slurm and Open MPI variables', async (t) => {
   t.same(readDistEnv({}), { rank: 0, worldSize: 1, localRank: 0, localWorldSize: 1, masterAddr: '127.0.0.1', masterPort: 0, source: 'none' });
   t.match(readDistEnv({ RANK: '3', WORLD_SIZE: '8', LOCAL_RANK: '1', MASTER_ADDR: 'h0', MASTER_PORT: '1234' }),
