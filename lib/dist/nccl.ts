@@ -39,6 +39,20 @@ interface Item {
   what: string;
 }
 
+function describe(kind: string, it: Item, opts: (CommOptions & { op?: ReduceOp }) | undefined): string {
+  const parts = [kind];
+  if (it.recv !== undefined) parts.push(`out ${tensorDesc(it.recv)}`);
+  if (it.send !== undefined) parts.push(`in ${tensorDesc(it.send)}`);
+  if (kind === 'broadcast') parts.push(`root ${it.root}`);
+  if (kind === 'allReduce' || kind === 'reduceScatter') parts.push(`op ${opts?.op ?? 'sum'}`);
+  return parts.join(' ');
+}
+const described = new WeakMap<object, string>();
+/** dtype[numel] of a tensor handle, from the Tensor that made the item (set in checkTensor). */
+function tensorDesc(h: unknown): string {
+  return described.get(h as object) ?? '?';
+}
+
 /** Collects the local ranks' calls (single-process mode) and issues each call number as one batch. */
 class Batcher {
   private slots = new Map<number, { items: Item[][]; posted: number; kind: string[]; settle: ((e?: Error) => void)[]; timer: NodeJS.Timeout; timeoutMs: number; deferred: boolean }>();
@@ -159,7 +173,9 @@ export class NcclGroup implements Group {
     const x = t as Tensor;
     if (!x || typeof x !== 'object' || typeof x.handle !== 'function') throw new ArgumentError(`${op}: ${name} must be a Tensor`);
     if (x.device !== this.device) throw new DeviceError(`${op}: ${name} is on ${x.device}, this rank's device is ${this.device}`);
-    return x.handle(`${op}: ${name}`);
+    const h = x.handle(`${op}: ${name}`);
+    described.set(h, `${x.dtype}[${x.numel}]`);
+    return h;
   }
 
   private issue(kind: string, opts: CommOptions | undefined, build: (what: string) => Item[]): Promise<void> {
@@ -177,6 +193,9 @@ export class NcclGroup implements Group {
     }
     const deferred = opts?.deferred === true;
     if (this.batcher) return this.batcher.post(this.rank, k, kind, items, timeoutMs, deferred);
+    // Multi-process: the ranks compare their collectives over TCP, asynchronously (the NCCL call does not
+    // wait for it). Failures reach this group through tcp.onFailure.
+    if (this.tcp && kind !== 'sendrecv') this.tcp.verify(describe(kind, items[0], opts), { timeoutMs }).catch(() => {});
     try {
       call(() => native().ncclIssue({ items, timeoutMs, deferred }));
     } catch (e) {

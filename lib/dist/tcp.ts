@@ -637,6 +637,27 @@ export class TcpGroup implements Group {
   }
 
   /**
+   * Checks that every rank describes its call the same way (the NCCL backend sends one line per collective:
+   * op, dtype, element count, root...). NCCL itself cannot tell mismatched calls apart from slow ones; this
+   * turns them into ERR_COMM naming both descriptions, and a rank that never makes the call into ERR_TIMEOUT,
+   * while the NCCL calls go ahead without waiting for it.
+   */
+  verify(desc: string, opts?: CommOptions): Promise<void> {
+    return this.run('verify', opts, async (seq, waiting) => {
+      const mine = Buffer.from(desc, 'utf8');
+      for (let p = 0; p < this.worldSize; p++) if (p !== this.rank) this.post(p, 'verify', seq, 0, 0, mine);
+      await Promise.all(this.peers.map(async (_, p) => {
+        if (p === this.rank) return;
+        waiting.add(p);
+        const f = await this.expect(p, 'verify', seq, 0);
+        waiting.delete(p);
+        const theirs = Buffer.from(f.payload).toString('utf8');
+        if (theirs !== desc) throw new CommError(`mismatched calls: call #${seq} is ${desc} on rank ${this.rank} but ${theirs} on rank ${p}`);
+      }));
+    });
+  }
+
+  /**
    * Root's bytes on every rank (numbered like any call). Used for the NCCL unique id; the payload may be
    * any length, and the other ranks learn it from the message.
    */

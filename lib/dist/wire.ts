@@ -17,7 +17,7 @@ export const HEADER = 32;
 
 export const enum Kind { Data = 1, Abort = 2, Hello = 3, Table = 4, Bye = 5, Reject = 6 }
 
-export const OPS = ['none', 'sendrecv', 'allReduce', 'allGather', 'reduceScatter', 'broadcast', 'barrier', 'bytes'] as const;
+export const OPS = ['none', 'sendrecv', 'allReduce', 'allGather', 'reduceScatter', 'broadcast', 'barrier', 'bytes', 'verify'] as const;
 export type WireOp = (typeof OPS)[number];
 export const opCode = (o: WireOp): number => OPS.indexOf(o);
 export const opName = (c: number): string => OPS[c] ?? `op#${c}`;

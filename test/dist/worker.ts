@@ -3,6 +3,7 @@
 // a float64 reference on its own. Prints "RESULT <case> ok" on success; anything else is a failure.
 import { init } from '../../lib/dist/init';
 import type { Group } from '../../lib/dist/types';
+import type { TcpGroup } from '../../lib/dist/tcp';
 import { Tensor, tensor } from '../../lib/tensor';
 import { MegabeamError } from '../../lib/errors';
 import { mulberry32, randomNormal } from '../helpers/rng';
@@ -167,6 +168,19 @@ async function main(): Promise<void> {
         throw new Error('a call after the abort succeeded');
       } catch (e) {
         if ((e as MegabeamError).code !== 'ERR_COMM') throw e;
+      }
+    } else if (which === 'verify') {
+      // The NCCL backend's cross-check of call descriptions (over the TCP mesh), exercised here on the CPU.
+      // (A rank that is slow to start may see the abort of a faster one already at its first call.)
+      const tg = g as TcpGroup;
+      try {
+        await tg.verify('allReduce out f32[4] op sum');
+        await tg.verify(g.rank === 1 ? 'allReduce out bf16[4] op sum' : 'allReduce out f32[4] op sum');
+        throw new Error('different descriptions were not detected');
+      } catch (e) {
+        const me = e as MegabeamError;
+        if (me.code !== 'ERR_COMM') throw e;
+        console.log(`CAUGHT ${me.code}: ${me.message}`);
       }
     } else if (which === 'timeout') {
       // The last rank is late (it never makes the call in time); the others time out.
