@@ -141,6 +141,16 @@ export async function launch(o: LaunchOptions, io: IO): Promise<number> {
   process.on('SIGINT', onInt);
   process.on('SIGTERM', onTerm);
 
+  const failures: { rank: number; code: number | null; signal: NodeJS.Signals | null }[] = [];
+  let decideTimer: NodeJS.Timeout | undefined;
+  const decide = (): void => {
+    if (firstFailure || failures.length === 0) return;
+    const f = failures.find((x) => x.signal) ?? failures[0];
+    firstFailure = f;
+    io.err(`megabeam launch: rank ${f.rank} ${f.signal ? `was killed by ${f.signal}` : `exited with code ${f.code}`}; ` +
+      `stopping the other ranks (grace ${o.graceMs} ms)`);
+    onFailure();
+  };
   const pipes: Promise<void>[] = [];
   // One id per job (the same on every node when given; else per launcher, so single-node only): the
   // rendezvous refuses processes of another job that reach the same port.
@@ -165,18 +175,19 @@ export async function launch(o: LaunchOptions, io: IO): Promise<number> {
       cp.on('exit', (code, signal) => resolve({ code, signal }));
     });
     exited.then(({ code, signal }) => {
-      if (code === 0) return;
-      if (!firstFailure && !stopping) {
-        firstFailure = { rank, code, signal };
-        io.err(`megabeam launch: rank ${rank} ${signal ? `was killed by ${signal}` : `exited with code ${code}`}; ` +
-          `stopping the other ranks (grace ${o.graceMs} ms)`);
-      }
-      onFailure();
+      if (code === 0 || stopping) return;
+      failures.push({ rank, code, signal });
+      // The survivors of a crash notice within milliseconds and exit with their own errors, and exit events
+      // can arrive in any order: decide who died first after a short window, preferring a rank that was
+      // killed by a signal (nobody here sent one yet) over ranks that exited reporting an error.
+      if (!decideTimer) decideTimer = setTimeout(decide, 300);
     });
     children.push({ rank, cp, exited });
   }
   const results = await Promise.all(children.map((c) => c.exited));
   await Promise.all(pipes);
+  clearTimeout(decideTimer);
+  decide();
   clearTimeout(killTimer);
   process.off('SIGINT', onInt);
   process.off('SIGTERM', onTerm);
