@@ -269,22 +269,28 @@ t.test('work runs off the event loop', async (t) => {
   x.dispose();
 });
 
-t.test('a failed queued CPU task surfaces at the next sync point, once', async (t) => {
+t.test('a failed queued CPU task fails its outputs (and what is computed from them), nothing else', async (t) => {
   const { native } = await import('../lib/native');
   const x = randn([1000], { seed: 5 });
-  native().debugQueueError(-1, 'ERR_OOM', 'simulated failure in a queued task');
+  const out = empty([1000]);
+  out.fill_(7);
+  native().debugQueueError(-1, 'ERR_OOM', 'simulated failure in a queued task', out.handle());
   const y = x.clone();  // work queued after the failure still runs
   const z = tensor([1, 2, 3]);  // creating a tensor is not a sync point: it neither waits nor takes the error
+  const derived = out.clone();  // its input failed: it fails with the same error, without running
+  t.same(await x.toArray(), await y.toArray(), 'an unrelated tensor reads fine (it does not get the error)');
+  await rejectsCode(t, () => out.toArray(), 'ERR_OOM', 'the failed output never reads as data');
+  await rejectsCode(t, () => out.toRaw(), 'ERR_OOM', 'not even raw');
+  await rejectsCode(t, () => derived.toArray(), 'ERR_OOM', 'the failure propagates to outputs computed from it');
   await rejectsCode(t, () => synchronize('cpu'), 'ERR_OOM', 'synchronize rejects with the queued error');
   await synchronize('cpu');
-  t.pass('the error is reported once, then cleared');
-  t.same(await y.toArray(), await x.toArray(), 'later work ran');
+  t.pass('synchronize reports it once, then it is cleared');
+  await rejectsCode(t, () => out.toArray(), 'ERR_OOM', 'a failed tensor stays failed until disposed');
   t.same(Array.from(await z.toArray()), [1, 2, 3], 'data written in issue order');
-  z.dispose();
-  native().debugQueueError(-1, 'ERR_CUDA', 'another');
-  await rejectsCode(t, () => x.toArray(), 'ERR_CUDA', 'toArray is a sync point too');
-  t.equal((await x.toArray()).length, 1000);
-  x.dispose(); y.dispose();
+  native().debugQueueError(-1, 'ERR_CUDA', 'another');  // no outputs
+  t.equal((await x.toArray()).length, 1000, 'a failure with no outputs does not reach unrelated reads');
+  await rejectsCode(t, () => synchronize('cpu'), 'ERR_CUDA');
+  for (const a of [x, y, z, out, derived]) a.dispose();
 });
 
 t.test('using disposes at scope end', async (t) => {

@@ -494,6 +494,14 @@ Napi::Value DebugQueueSleep(const Napi::CallbackInfo& info) {
 }
 MB_EXPORT("debugQueueSleep", DebugQueueSleep);
 
+// debugExternalMemory() -> bytes this environment reported to V8 as external memory (V8's total). Test hook.
+Napi::Value DebugExternalMemory(const Napi::CallbackInfo& info) {
+  int64_t r = 0;
+  napi_adjust_external_memory(info.Env(), 0, &r);
+  return Napi::Number::New(info.Env(), (double)r);
+}
+MB_EXPORT("debugExternalMemory", DebugExternalMemory);
+
 // queueInfo() -> { pending, pendingBytes, maxTasks, maxBytes, issued, completed, blockedEnqueues }
 Napi::Value QueueInfo(const Napi::CallbackInfo& info) {
   CpuQueueStats s = cpu_queue_stats();
