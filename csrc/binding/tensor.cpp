@@ -488,7 +488,7 @@ MB_EXPORT("debugQueueError", DebugQueueError);
 // debugQueueSleep(ms): queues a CPU task that sleeps (a stand-in for a long kernel). Test hook.
 Napi::Value DebugQueueSleep(const Napi::CallbackInfo& info) {
   int64_t ms = int_arg(info[0], "ms");
-  if (ms < 0 || ms > 60000) throw Error("ERR_ARG", "debugQueueSleep: 0..60000 ms");
+  if (ms < 0 || ms > 10000) throw Error("ERR_ARG", "debugQueueSleep: 0..10000 ms");
   cpu_enqueue([ms]() { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); });
   return info.Env().Undefined();
 }
