@@ -8,7 +8,10 @@ import { gpu } from './helpers/devices';
 
 const script = path.join(__dirname, 'helpers', 'worker-scenarios.ts');
 function scenario(name: string, device: string): { status: number | null; signal: string | null; out: string } {
-  const r = spawnSync(process.execPath, ['--require', require.resolve('tsx/cjs'), script, name, device], { encoding: 'utf8', timeout: 120_000, env: process.env });
+  // The entry is a -e snippet that loads TypeScript through tsx's require hook (fast, and it works
+  // whatever loader flags a test runner injects into child processes).
+  const entry = `process.argv.splice(1, 0, ${JSON.stringify(script)}); require(${JSON.stringify(require.resolve('tsx/cjs'))}); require(${JSON.stringify(script)});`;
+  const r = spawnSync(process.execPath, ['-e', entry, name, device], { encoding: 'utf8', timeout: 120_000, env: process.env });
   return { status: r.status, signal: r.signal, out: `${r.stdout}${r.stderr}` };
 }
 
