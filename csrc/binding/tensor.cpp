@@ -38,19 +38,17 @@ struct ReadDone : Completion {
         env, buf, bytes, [](napi_env, void* data, void*) { std::free(data); }, nullptr, &ab);
     if (st == napi_ok) {
       buf = nullptr;  // the ArrayBuffer owns it now
-    } else {
+    } else if (st == napi_no_external_buffers_allowed) {
       // Builds that forbid external buffers: copy. Checked, so a failure rejects instead of aborting.
       void* data = nullptr;
-      bool pending = false;
-      if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
-        napi_value ignored;
-        napi_get_and_clear_last_exception(env, &ignored);
-      }
-      if (napi_create_arraybuffer(env, bytes, &data, &ab) != napi_ok || !data) {
+      if (napi_create_arraybuffer(env, bytes, &data, &ab) != napi_ok || (!data && bytes)) {
         settle_reject(env, deferred, "ERR_OOM", "cannot allocate a " + std::to_string(bytes) + "-byte ArrayBuffer");
         return;
       }
       if (bytes) std::memcpy(data, buf, bytes);
+    } else {
+      // The environment cannot run JS any more (a worker being terminated): nothing to settle.
+      return;
     }
     if (napi_create_typedarray(env, type, n, ab, 0, &ta) != napi_ok) {
       settle_reject(env, deferred, "ERR_OOM", "cannot create the result array");
