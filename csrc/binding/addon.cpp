@@ -58,8 +58,11 @@ void call_js(napi_env env, napi_value /*js_cb*/, void* context, void* data) {
 }
 
 void link_finalize(napi_env, void* data, void*) {
+  // Normally the cleanup hook got here first; in any order, never post to a finalized function.
   EnvLink* link = static_cast<EnvLink*>(data);
-  (void)link;  // alive_ is cleared by the cleanup hook, which runs first; nothing else to free
+  std::lock_guard<std::mutex> l(link->m_);
+  link->alive_ = false;
+  link->tsfn_ = nullptr;
 }
 
 void env_cleanup(void* arg) {
@@ -67,6 +70,8 @@ void env_cleanup(void* arg) {
   // now on megabeam's threads drop what they would have posted here.
   EnvState* st = static_cast<EnvState*>(arg);
   st->link_close();
+  std::string code;
+  cpu_take_error(cpu_owner_id(), &code);  // nobody will synchronize for this thread any more
   cpu_queue_detach();
 }
 }  // namespace
@@ -90,6 +95,7 @@ EnvState& EnvState::of(Napi::Env env) {
   return *st;
 }
 
+// tsfn_ changes only on this (the JS) thread, so reading it here without the lock is fine.
 void EnvState::begin() {
   if (pending++ == 0 && link->tsfn_) napi_ref_threadsafe_function(env, link->tsfn_);
 }
