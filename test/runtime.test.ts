@@ -5,7 +5,7 @@ import t from 'tap';
 import { spawnSync } from 'child_process';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
-import { tensor, empty, randn, synchronize, Tensor } from '../lib/index';
+import { tensor, empty, randn, synchronize, memory, resetPeakMemory, Tensor } from '../lib/index';
 import { native } from '../lib/native';
 import { throwsCode } from './helpers/assert';
 
@@ -117,6 +117,20 @@ t.test('views carry GC weight: a view keeps the storage and reports it', async (
   const e2 = ext();
   v.dispose();
   t.ok(ext() <= e2 - (4 << 20) + 1024, `the view's report is withdrawn on dispose (${e2} -> ${ext()})`);
+});
+
+t.test('forgotten views of disposed tensors are collected under memory pressure', async (t) => {
+  await synchronize();
+  resetPeakMemory();
+  const base = memory().allocated;
+  for (let i = 0; i < 300; i++) {
+    const b = empty([2 << 20]);  // 8 MiB
+    b.reshape([2 << 20]);  // a view, dropped without dispose: it alone keeps the 8 MiB
+    b.dispose();
+    await new Promise((r) => setImmediate(r));
+  }
+  const peak = (memory().peak - base) / 2 ** 20;
+  t.ok(peak < 1200, `peak ${peak} MiB of the 2400 MiB a weightless view would let pile up`);
 });
 
 t.test('native view() checks shape overflow and bounds itself', async (t) => {
