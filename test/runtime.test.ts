@@ -9,6 +9,9 @@ import { tensor, empty, randn, synchronize, memory, resetPeakMemory, Tensor } fr
 import { native } from '../lib/native';
 import { throwsCode } from './helpers/assert';
 
+// The addon file lib/native.ts loads (MEGABEAM_ADDON, else what node-gyp-build finds), for plain-JS children.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const addonPath = (): string => (process.env.MEGABEAM_ADDON ? path.resolve(process.env.MEGABEAM_ADDON) : require('node-gyp-build').path(path.join(__dirname, '..')));
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 t.test('fairness: a read resolves while a producer keeps queueing work after it', async (t) => {
@@ -84,7 +87,7 @@ t.test('pending reads do not occupy the libuv thread pool', async (t) => {
 });
 
 t.test('toArray of a huge tensor under a memory limit rejects ERR_OOM (child process, ulimit -v)', async (t) => {
-  const addon = process.env.MEGABEAM_ADDON ? path.resolve(process.env.MEGABEAM_ADDON) : require.resolve('../build/Release/megabeam.node');
+  const addon = addonPath();
   const script = path.join(__dirname, 'helpers', 'oom-read.js');
   // env -i: no inherited NODE_OPTIONS (test runners inject loaders that need address space).
   const r = spawnSync('/bin/sh', ['-c', `ulimit -v 2000000; exec env -i MEGABEAM_ADDON="${addon}" "${process.execPath}" "${script}" 200000000`],

@@ -8,6 +8,8 @@ import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { randn, tensor, synchronize, memory, empty } from '../lib/index';
 
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const addonPath = (): string => (process.env.MEGABEAM_ADDON ? path.resolve(process.env.MEGABEAM_ADDON) : require('node-gyp-build').path(path.join(__dirname, '..')));
 const DURATION = Number(process.env.STRESS_MS ?? 30_000);
 const code = `require(${JSON.stringify(require.resolve('tsx/cjs'))}); require(${JSON.stringify(path.join(__dirname, 'helpers', 'tensor-worker.ts'))});`;
 
@@ -65,7 +67,7 @@ t.test('main + workers + terminate + memory limit + process exit', async (t) => 
 
   const exits = (async () => {
     // A process that exits with CPU work and reads still pending must exit cleanly.
-    const script = `const n = require(${JSON.stringify(path.resolve(process.env.MEGABEAM_ADDON ?? path.join(__dirname, '..', 'build', 'Release', 'megabeam.node')))});
+    const script = `const n = require(${JSON.stringify(addonPath())});
       const x = n.empty([1 << 22], 0, -1); for (let i = 0; i < 50; i++) n.random(x, 0, 0, i, 0, 1);
       n.read(x, false); setTimeout(() => process.exit(0), 5);`;
     for (let i = 0; i < 3 && Date.now() < end; i++) {
