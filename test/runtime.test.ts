@@ -8,6 +8,7 @@ import { Worker } from 'worker_threads';
 import { tensor, empty, randn, synchronize, memory, resetPeakMemory, Tensor } from '../lib/index';
 import { native } from '../lib/native';
 import { throwsCode } from './helpers/assert';
+import { gpu } from './helpers/devices';
 
 // The addon file lib/native.ts loads (MEGABEAM_ADDON, else what node-gyp-build finds), for plain-JS children.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -71,6 +72,27 @@ t.test('tensor() conversion does not wait for a queued kernel', async (t) => {
   t.ok(ms < 1000, `tensor(Float32Array(2^20), bf16) returned in ${ms.toFixed(1)} ms while a kernel ran`);
   t.equal((await x.toArray())[12345], 1.5);
   x.dispose(); big.dispose();
+});
+
+t.test('tensor() and .to() onto a GPU do not wait for queued CUDA kernels', gpu, async (t) => {
+  const big = empty([1 << 30], { dtype: 'bf16', device: 'cuda' });  // 2 GiB: each fill ~1 ms
+  for (let i = 0; i < 1500; i++) big.fill_(i % 7);
+  const host = new Float32Array(1 << 20).fill(2.5);
+  const cpuSrc = tensor(host);
+  await synchronize('cpu');
+  const t0 = process.hrtime.bigint();
+  const x = tensor(host, { device: 'cuda', dtype: 'bf16' });
+  const y = cpuSrc.to('cuda');
+  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  const t1 = Date.now();
+  await synchronize('cuda');
+  const rest = Date.now() - t1;
+  // From pageable memory the copies would wait for the stream to drain (about `rest` ms).
+  t.ok(ms < 150, `uploads returned in ${ms.toFixed(1)} ms; the stream still had ${rest} ms of queued work`);
+  t.ok(rest > 200, 'the GPU was busy meanwhile (else this test proves nothing)');
+  t.equal((await x.toArray())[777], 2.5);
+  t.equal((await y.toArray())[777], 2.5);
+  for (const a of [big, cpuSrc, x, y]) a.dispose();
 });
 
 t.test('pending reads do not occupy the libuv thread pool', async (t) => {

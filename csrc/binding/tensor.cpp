@@ -159,18 +159,26 @@ Napi::Value Write(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
 #if defined(MEGABEAM_CUDA)
-  {
-    std::vector<uint8_t> staged;
-    const void* host = data;
-    if (!direct) {
-      staged.resize(t->nbytes());
-      convert_host(data, tt, staged.data(), dt, 0, n);  // serial: the pool belongs to queued kernels
-      host = staged.data();
-    }
+  if (n > 0) {
+    // Page-locked staging: the copy then returns at once instead of waiting for the stream.
+    size_t bytes = t->nbytes();
+    PinnedBuffer pb = pinned_acquire(bytes);
+    if (direct) std::memcpy(pb.ptr, data, bytes);
+    else convert_host(data, tt, pb.ptr, dt, 0, n);  // serial: the pool belongs to queued kernels
     CudaDeviceGuard g(t->device);
-    // From pageable memory this returns once the data is staged, so `staged` may go.
-    cuda_check(cudaMemcpyAsync(t->data(), host, t->nbytes(), cudaMemcpyHostToDevice, cuda_stream(t->device)),
-               "host to device copy");
+    cudaStream_t s = cuda_stream(t->device);
+    cudaError_t e = cudaMemcpyAsync(t->data(), pb.ptr, bytes, cudaMemcpyHostToDevice, s);
+    cudaEvent_t ev = nullptr;
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventRecord(ev, s);
+    if (e != cudaSuccess) {
+      // The copy may or may not have been queued: wait for the stream before reusing the buffer.
+      cudaStreamSynchronize(s);
+      if (ev) cudaEventDestroy(ev);
+      pinned_release(pb);
+      cuda_check(e, "host to device copy");
+    }
+    pinned_release_after(t->device, ev, pb);
   }
 #endif
   return env.Undefined();
@@ -250,8 +258,24 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
   size_t n = src->nbytes();
   if (src->device == kCpu) {
     wait_cpu_source(src);
-    CudaDeviceGuard g(dst->device);
-    cuda_check(cudaMemcpyAsync(dst->data(), src->data(), n, cudaMemcpyHostToDevice, cuda_stream(dst->device)), "copy to CUDA");
+    if (n > 0) {
+      // Through page-locked staging, so the copy does not also wait for the GPU stream.
+      PinnedBuffer pb = pinned_acquire(n);
+      std::memcpy(pb.ptr, src->data(), n);
+      CudaDeviceGuard g(dst->device);
+      cudaStream_t s = cuda_stream(dst->device);
+      cudaError_t e = cudaMemcpyAsync(dst->data(), pb.ptr, n, cudaMemcpyHostToDevice, s);
+      cudaEvent_t ev = nullptr;
+      if (e == cudaSuccess) e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+      if (e == cudaSuccess) e = cudaEventRecord(ev, s);
+      if (e != cudaSuccess) {
+        cudaStreamSynchronize(s);
+        if (ev) cudaEventDestroy(ev);
+        pinned_release(pb);
+        cuda_check(e, "copy to CUDA");
+      }
+      pinned_release_after(dst->device, ev, pb);
+    }
   } else if (dst->device == kCpu) {
     // Snapshot the source in stream order (later CUDA work may change it), then let the CPU queue
     // wait for the GPU and copy: neither the JS thread nor libuv waits.

@@ -493,6 +493,74 @@ void cuda_host_enqueue(int device, std::function<void()> fn) {
   w->cv.notify_one();
 }
 
+namespace {
+struct PinnedCache {
+  std::mutex m;
+  std::multimap<size_t, void*> free_blocks;
+  size_t cached = 0;
+  static constexpr size_t kMaxCached = size_t(256) << 20;
+};
+PinnedCache& pinned_cache() {
+  static PinnedCache* c = new PinnedCache();
+  return *c;
+}
+// cudaFreeHost may synchronize the device: never on a JS thread or a waiter that reads wait behind.
+HostWaiter& pinned_reaper() {
+  static HostWaiter* w = new HostWaiter();
+  return *w;
+}
+}  // namespace
+
+PinnedBuffer pinned_acquire(size_t bytes) {
+  size_t want = bytes < 4096 ? 4096 : bytes < (1u << 20) ? size_t(1) << (64 - __builtin_clzll(bytes - 1)) : (bytes + (1u << 20) - 1) / (1u << 20) * (1u << 20);
+  PinnedCache& C = pinned_cache();
+  {
+    std::lock_guard<std::mutex> l(C.m);
+    auto it = C.free_blocks.lower_bound(want);
+    if (it != C.free_blocks.end() && it->first <= 2 * want) {
+      PinnedBuffer b{it->second, it->first};
+      C.cached -= it->first;
+      C.free_blocks.erase(it);
+      return b;
+    }
+  }
+  void* p = nullptr;
+  cudaError_t e = cudaHostAlloc(&p, want, cudaHostAllocPortable);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    throw Error("ERR_OOM", "cannot allocate " + std::to_string(want) + " bytes of page-locked staging memory: " +
+                               cudaGetErrorString(e));
+  }
+  return PinnedBuffer{p, want};
+}
+
+void pinned_release(PinnedBuffer b) {
+  if (!b.ptr) return;
+  PinnedCache& C = pinned_cache();
+  {
+    std::lock_guard<std::mutex> l(C.m);
+    if (C.cached + b.bytes <= PinnedCache::kMaxCached) {
+      C.free_blocks.emplace(b.bytes, b.ptr);
+      C.cached += b.bytes;
+      return;
+    }
+  }
+  HostWaiter& r = pinned_reaper();
+  {
+    std::lock_guard<std::mutex> l(r.m);
+    r.q.push_back([p = b.ptr] { cudaFreeHost(p); });
+  }
+  r.cv.notify_one();
+}
+
+void pinned_release_after(int device, cudaEvent_t ev, PinnedBuffer b) {
+  cuda_host_enqueue(device, [ev, b] {
+    cudaEventSynchronize(ev);  // on failure the device is unusable anyway; the buffer is idle either way
+    cudaEventDestroy(ev);
+    pinned_release(b);
+  });
+}
+
 bool cuda_available() { return cuda_info().count > 0; }
 int cuda_device_count() { return cuda_info().count; }
 std::string cuda_unavailable_reason() { return cuda_info().reason; }

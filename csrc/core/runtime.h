@@ -115,6 +115,18 @@ void cuda_check(cudaError_t e, const char* what);  // throws ERR_CUDA (ERR_OOM f
 // Runs fn, in order, on a megabeam thread dedicated to waiting for `device` (one per device, started
 // on first use): reads and synchronize wait there, never on the JS thread or in libuv's pool.
 void cuda_host_enqueue(int device, std::function<void()> fn);
+// Page-locked staging for host -> device copies. An async copy from pageable memory may wait for the
+// stream (CUDA's API synchronization rules), i.e. block the calling (JS) thread behind queued kernels;
+// from pinned memory it does not. Buffers are cached (cudaFreeHost would synchronize the device).
+struct PinnedBuffer {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+};
+PinnedBuffer pinned_acquire(size_t bytes);  // throws ERR_OOM
+// Returns the buffer once `ev` (recorded after the copy on `device`'s stream) has completed; the wait
+// happens on the device's waiter thread. Takes ownership of ev.
+void pinned_release_after(int device, cudaEvent_t ev, PinnedBuffer b);
+void pinned_release(PinnedBuffer b);  // the buffer is not in use by the device
 struct CudaDeviceGuard {
   int prev = -1;
   explicit CudaDeviceGuard(int device);
