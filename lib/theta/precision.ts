@@ -78,3 +78,11 @@ export function angleErrorBound(position: number, invFreq: ArrayLike<number>, dt
   }
   return out;
 }
+
+/**
+ * megabeam's exact RoPE mode (rope.apply's default precision): the angle error stays below this bound at
+ * every int32 position (measured ≤ 9e-8 rad; docs/rope.md). The one number the theta table, its JSON and
+ * the docs quote.
+ */
+export const EXACT_MODE_ANGLE_ERROR = 1e-7;
+export const EXACT_MODE_ANGLE_ERROR_MEASURED = 9e-8;
