@@ -51,6 +51,11 @@ const commands: Entry[] = [
   { name: 'info', summary: 'same as doctor', load: () => import('./cli/doctor'), hidden: true },
 ];
 
+/** The registered command names, listed ones first (for tests and completion). */
+export function commandNames(includeHidden = false): string[] {
+  return commands.filter((c) => includeHidden || !c.hidden).map((c) => c.name);
+}
+
 export function version(): string {
   // dist/cli.js and lib/cli.ts both sit one level below the package root.
   return (JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')) as { version: string }).version;

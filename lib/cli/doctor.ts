@@ -65,7 +65,7 @@ function libcudaOnDisk(): boolean {
  * Why CUDA is or is not usable, in words. cudaErrorInsufficientDriver means "driver older than the
  * runtime" only when a driver exists: with no libcuda.so.1 (driver version 0) it means "no driver".
  */
-function cudaStatus(b: BuildInfo, available: boolean, reason: string, count: number): string {
+export function cudaStatus(b: BuildInfo, available: boolean, reason: string, count: number): string {
   if (!b.cuda) return `this addon is CPU-only (built without nvcc)${libcudaOnDisk() ? '; an NVIDIA driver is installed: a CUDA build would use it' : ''}`;
   if (available) return `usable: ${count} device(s)`;
   if (b.libcudaFound === false || b.cudaDriverVersion === 0) return 'no NVIDIA driver installed (libcuda.so.1 not found): CPU only';
