@@ -13,9 +13,9 @@ run() { local name=$1; shift; echo "=== $name ($(date +%T))"; "$@" || { echo "!!
 for p in "${parts[@]}"; do
   case $p in
     tests) run tests bash -c "node_modules/.bin/tap test/*.test.ts > '$OUT/tests.log' 2>&1; rc=\$?; grep -E '^(not ok|ok|# \\{)|# SKIP' '$OUT/tests.log' | grep -v '^    ' | tail -30; exit \$rc" ;;
-    rope) run rope node bin/megabeam.js bench rope --json "$OUT/rope.json" ;;
+    rope) run rope node bin/megabeam.js bench rope --out "$OUT/rope.json" ;;
     check) run check bash -c "node bin/megabeam.js bench attention --seqs 64k --reps 1 --dump /tmp/mb-attn-64k > /dev/null && python3 bench/torch_attention.py check /tmp/mb-attn-64k --json '$OUT/attention_check.json'" ;;
-    attention) run attention node bin/megabeam.js bench attention --json "$OUT/attention.json" ;;
+    attention) run attention node bin/megabeam.js bench attention --out "$OUT/attention.json" ;;
     torch) run torch python3 bench/torch_attention.py time --json "$OUT/torch_attention.json" ;;
     demo) run demo bash -c "node bin/megabeam.js demo | tee '$OUT/demo.log'" ;;
     *) echo "unknown part $p"; status=2 ;;
