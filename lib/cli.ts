@@ -99,6 +99,11 @@ export function reportError(e: unknown, name: string, io: CliIO): number {
     return USAGE_CODES.has(e.code) ? 2 : 1;
   }
   const msg = e instanceof Error ? e.message.split('\n')[0] : String(e);
+  // A file the user named could not be read or written (--out, --plot, --hf-config): their input, not a bug.
+  if (e instanceof Error && typeof (e as NodeJS.ErrnoException).syscall === 'string') {
+    io.err(`megabeam ${name}: ERR_ARG: ${msg} (check the path given to --out/--plot/--dump)`);
+    return 2;
+  }
   io.err(`megabeam ${name}: unexpected error: ${msg} (a bug: please report it with the output of MEGABEAM_DEBUG=1)`);
   if (debug && e instanceof Error && e.stack) io.err(e.stack);
   return 1;

@@ -236,3 +236,11 @@ t.test('bin/megabeam.js (the built CLI)', { skip: distFresh ? false : 'dist/cli.
   t.match(e.stderr, /^megabeam demo: ERR_ARG: --seq must be a size/);
   t.equal(e.stderr.trim().split('\n').length, 1);
 });
+
+t.test('an unwritable --out / --plot path is a one-line ERR_ARG', async (t) => {
+  const missing = path.join(os.tmpdir(), 'megabeam-no-such-dir', 'x', 'p.svg');
+  oneLineError(t, await run('theta', '--context', '1k', '--head-dim', '16', '--base', '1e4', '--plot', missing), 'theta', 'ERR_ARG', 2, 'theta --plot into a missing dir', /ENOENT/);
+  const file = path.join(t.testdir({ f: 'x' }), 'f');
+  oneLineError(t, await run('bench', 'rope', '--device', 'cpu', '--tokens', '64', '--heads', '1', '--kv-heads', '1', '--head-dim', '16', '--reps', '1',
+    '--out', path.join(file, 'r.json')), 'bench rope', 'ERR_ARG', 2, 'bench rope --out under a file', /EEXIST|ENOTDIR/);
+});

@@ -9,7 +9,7 @@ import { Dtype } from '../dtype';
 import { Tensor, memory, randn, resetPeakMemory, synchronize } from '../tensor';
 import type { Command } from '../cli';
 import { CliIO, FlagValues } from '../cli/args';
-import { DEVICE_FLAG, HEADS_FLAG, HEAD_DIM_FLAG, JSON_FLAG, KV_HEADS_FLAG, OUT_FLAG, REPS_FLAG, checkHeads, resolveDevice } from '../cli/common';
+import { DEVICE_FLAG, HEADS_FLAG, HEAD_DIM_FLAG, JSON_FLAG, KV_HEADS_FLAG, OUT_FLAG, REPS_FLAG, checkHeads, checkOutputPath, resolveDevice } from '../cli/common';
 import { GiB, median, table, timed, withProgress } from './util';
 
 export interface AttentionBenchRow {
@@ -66,6 +66,7 @@ async function benchAttentionRun(opts: FlagValues, io: CliIO): Promise<number> {
   const b = (opts.batch as number | undefined) ?? 1;
   const dtype = ((opts.dtype as string | undefined) ?? 'bf16') as Dtype;
   const causal = !opts['non-causal'];
+  if (opts.out !== undefined) checkOutputPath(String(opts.out));
   const rows: AttentionBenchRow[] = [];
   let rate = 0;  // FLOP/s seen so far, for the progress bar's estimate
   for (const [si, S] of seqs.entries()) {

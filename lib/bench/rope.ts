@@ -13,7 +13,7 @@ import { Tensor, randn, synchronize, tensor } from '../tensor';
 import { defaultInvFreq } from '../theta';
 import type { Command } from '../cli';
 import { CliIO, FlagValues } from '../cli/args';
-import { DEVICE_FLAG, HEADS_FLAG, HEAD_DIM_FLAG, JSON_FLAG, KV_HEADS_FLAG, OUT_FLAG, REPS_FLAG, resolveDevice } from '../cli/common';
+import { DEVICE_FLAG, HEADS_FLAG, HEAD_DIM_FLAG, JSON_FLAG, KV_HEADS_FLAG, OUT_FLAG, REPS_FLAG, checkOutputPath, resolveDevice } from '../cli/common';
 import { median, table } from './util';
 
 export const command: Command = {
@@ -64,6 +64,7 @@ async function benchRopeRun(opts: FlagValues, io: CliIO): Promise<number> {
   const D = (opts['head-dim'] as number | undefined) ?? 128;
   const dtype = ((opts.dtype as string | undefined) ?? 'bf16') as Dtype;
   const reps = (opts.reps as number | undefined) ?? 10;
+  if (opts.out !== undefined) checkOutputPath(String(opts.out));
   const inner = 8;
   const invFreq = defaultInvFreq(1e6, D);
   const dev = onGpu ? (cuda.devices()[Number(device.slice(5))]?.name ?? device) : 'cpu';

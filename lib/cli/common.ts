@@ -1,4 +1,6 @@
 // Flags shared by several commands: one name per concept, so `--kv-heads` means the same everywhere.
+import * as fs from 'fs';
+import * as path from 'path';
 import { cuda, parseDevice, DeviceString } from '../device';
 import { ArgumentError } from '../errors';
 import { FlagSpec } from './args';
@@ -19,4 +21,14 @@ export function resolveDevice(v: unknown): DeviceString {
 
 export function checkHeads(heads: number, kvHeads: number): void {
   if (heads % kvHeads !== 0) throw new ArgumentError(`--heads (${heads}) must be a multiple of --kv-heads (${kvHeads})`);
+}
+
+/**
+ * Checked before the work starts (a benchmark may run for minutes): the folder of an output file exists
+ * (created when `create`) and is writable. Throws the fs error (reported as ERR_ARG by the runner).
+ */
+export function checkOutputPath(file: string, create = true): void {
+  const dir = path.dirname(path.resolve(file));
+  if (create) fs.mkdirSync(dir, { recursive: true });
+  fs.accessSync(dir, fs.constants.W_OK);
 }

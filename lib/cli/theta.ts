@@ -9,7 +9,7 @@ import {
 } from '../theta';
 import { EXACT_MODE_ANGLE_ERROR, EXACT_MODE_ANGLE_ERROR_MEASURED } from '../theta/precision';
 import { CliIO, FlagValues } from './args';
-import { JSON_FLAG } from './common';
+import { JSON_FLAG, checkOutputPath } from './common';
 
 export type { CliIO } from './args';
 
@@ -88,6 +88,7 @@ function angle(v: number): string {
 }
 
 async function run(f: Flags, io: CliIO): Promise<number> {
+  if (f.plot !== undefined) checkOutputPath(f.plot, false);
   let opts: RopeOptions;
   let context = f.context;
   let baseGiven: boolean;
