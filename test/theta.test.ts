@@ -572,3 +572,38 @@ t.test('CLI: one row per line, capped bf16 bound, one exact-mode constant, plot 
   t.match(big.errText, /^megabeam theta: ERR_ROPE_CONFIG: /);
   t.equal(big.errText.trim().split('\n').length, 1, 'one line');
 });
+
+t.test('every error from theta has a code (odd values at every parameter)', async (t) => {
+  const weird: unknown[] = [undefined, null, 0, -1, 1.5, NaN, Infinity, 1e308, 'x', Symbol('s'), 10n, {}, Object.create(null), [],
+    [1, 2], new Float64Array(3), () => 1, true, [Symbol('a')], [10n], { length: 1e12 }];
+  const fns: [string, (v: unknown) => unknown][] = [
+    ['frequencies', (v) => theta.frequencies(v as never)],
+    ['frequencies.factor', (v) => theta.frequencies({ type: 'yarn', headDim: 128, base: 1e4, factor: v, originalMaxPositionEmbeddings: 100 } as never)],
+    ['frequencies.headDim', (v) => theta.frequencies({ type: 'default', headDim: v, base: 1e4 } as never)],
+    ['frequencies.shortFactor', (v) => theta.frequencies({ type: 'longrope', headDim: 8, base: 1e4, shortFactor: v, longFactor: [1, 1, 1, 1], factor: 2, originalMaxPositionEmbeddings: 4 } as never)],
+    ['fromHFConfig', (v) => theta.fromHFConfig(v as never)],
+    ['fromHFConfig.rope_scaling', (v) => theta.fromHFConfig({ hidden_size: 64, num_attention_heads: 4, rope_theta: 1e4, max_position_embeddings: 100, rope_scaling: v } as never)],
+    ['baseLowerBound', (v) => theta.baseLowerBound(v as never, { headDim: 8 })],
+    ['baseLowerBound.options', (v) => theta.baseLowerBound(64, v as never)],
+    ['baseLowerBound.gridRatio', (v) => theta.baseLowerBound(64, { headDim: 8, gridRatio: v } as never)],
+    ['baseLowerBound.maxWork', (v) => theta.baseLowerBound(64, { headDim: 8, maxWork: v } as never)],
+    ['cosineSumScan', (v) => theta.cosineSumScan(v as never, 10)],
+    ['cosineSumEnvelope', (v) => theta.cosineSumEnvelope([0.1], 10, v as never)],
+    ['wavelength', (v) => theta.wavelength(v as never)],
+    ['criticalDim', (v) => theta.criticalDim(v as never)],
+    ['angleErrorBound.dtype', (v) => theta.angleErrorBound(5, [0.1], v as never)],
+    ['angleErrorBound.position', (v) => theta.angleErrorBound(v as never, [0.1], 'fp32')],
+    ['angleErrorBound.invFreq', (v) => theta.angleErrorBound(5, v as never, 'fp32')],
+    ['halfUlp', (v) => theta.halfUlp(v as never, theta.floatFormats.fp32)],
+    ['baseLowerBoundFit', (v) => theta.baseLowerBoundFit(v as never)],
+    ['defaultInvFreq', (v) => theta.defaultInvFreq(v as never, 8)],
+    ['yarnGetMscale', (v) => theta.yarnGetMscale(v as never)],
+  ];
+  const uncoded: string[] = [];
+  for (const [name, fn] of fns) for (const [i, v] of weird.entries()) {
+    try { fn(v); } catch (e) {
+      if (!(e instanceof MegabeamError)) uncoded.push(`${name} #${i}: ${(e as Error)?.name}: ${(e as Error)?.message}`);
+    }
+  }
+  t.same(uncoded, [], 'every thrown error is a MegabeamError with a code');
+});

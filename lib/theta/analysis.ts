@@ -7,8 +7,9 @@ import { base as checkBase, contextLength, dim, fail, finiteNumber, positive, po
 const MAX_GRID_STEPS = 1e5;
 
 function checkInvFreq(invFreq: ArrayLike<number>): void {
-  if (invFreq === null || typeof invFreq !== 'object' || typeof invFreq.length !== 'number' || invFreq.length === 0) {
-    fail('invFreq', `must be a non-empty array of numbers, got ${show(invFreq)}`);
+  if (invFreq === null || typeof invFreq !== 'object' || !Number.isSafeInteger(invFreq.length) || invFreq.length <= 0 ||
+      invFreq.length > 32768) {
+    fail('invFreq', `must be a non-empty array of at most 32768 numbers (head dim ≤ 65536), got ${show(invFreq)}`);
   }
   for (let i = 0; i < invFreq.length; i++) {
     const v = invFreq[i];
