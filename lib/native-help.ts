@@ -10,5 +10,5 @@ export function nativeLoadMessage(e: unknown, override: string | undefined): str
   const where = `${process.platform}-${process.arch}`;
   return `megabeam's native addon could not be loaded on ${where} (${reason}). Prebuilds cover linux-x64 and linux-arm64 ` +
     '(glibc >= 2.32, GCC 12 runtime); elsewhere install Python 3, make and a C++17 compiler, then run ' +
-    '`npm rebuild megabeam --allow-scripts=megabeam` (or `npm rebuild megabeam` on npm < 11), or set MEGABEAM_ADDON to a built megabeam.node';
+    '`npm rebuild megabeam` (npm >= 11 first needs `npm install-scripts approve megabeam`), or set MEGABEAM_ADDON to a built megabeam.node';
 }

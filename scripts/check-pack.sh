@@ -16,7 +16,7 @@ host="$(node -p "process.platform + '-' + process.arch")"
 
 if [ -n "${CHECK_PACK_TGZ:-}" ]; then
   # For iterating on this script: check an existing tarball instead of packing again.
-  cp "$CHECK_PACK_TGZ" "$work/"
+  cp "$CHECK_PACK_TGZ" "$work/megabeam-check.tgz"
 else
   echo "check-pack: npm pack (prepack builds the prebuilds; log in $work/pack.log)"
   npm pack --pack-destination "$work" >"$work/pack.log" 2>&1 || { tail -60 "$work/pack.log"; exit 1; }
@@ -46,8 +46,9 @@ clean() { env -i HOME="$HOME" PATH="$work/bin" CC=false CXX=false npm_config_nod
 # without it (node-gyp-build at require time), and with it allowed the script must report the prebuild.
 clean npm install --no-audit --no-fund "$tgz" >install.log 2>&1 || { cat install.log; exit 1; }
 test ! -d node_modules/megabeam/build || { echo 'check-pack: a source build ran'; exit 1; }
-if clean npm help install-scripts >/dev/null 2>&1; then allow=(--allow-scripts=megabeam); else allow=(); fi
-clean npm rebuild megabeam "${allow[@]}" >install-script.log 2>&1 || { cat install-script.log; exit 1; }
+# npm >= 11: approve megabeam's install script in the project (allowScripts in package.json).
+if clean npm help install-scripts >/dev/null 2>&1; then clean npm install-scripts approve megabeam >/dev/null 2>&1 || true; fi
+clean npm rebuild megabeam --foreground-scripts >install-script.log 2>&1 || { cat install-script.log; exit 1; }
 grep -q "megabeam: using prebuilds/$host/" install-script.log || { cat install-script.log; echo 'check-pack: the install script did not report the prebuild'; exit 1; }
 test ! -d node_modules/megabeam/build || { echo 'check-pack: a source build ran'; exit 1; }
 clean node -e "
@@ -65,8 +66,8 @@ JS
 clean node esm.mjs
 before=$(ls -A | sort)
 clean node_modules/.bin/megabeam --version
-clean node_modules/.bin/megabeam doctor | tee doctor.txt
-grep -qE "addon +prebuild: .*/prebuilds/$host/" doctor.txt || { echo 'check-pack: doctor does not report the prebuild'; exit 1; }
+clean node_modules/.bin/megabeam doctor | tee "$work/doctor.txt"
+grep -qE "addon +prebuild: .*/prebuilds/$host/" "$work/doctor.txt" || { echo 'check-pack: doctor does not report the prebuild'; exit 1; }
 clean node_modules/.bin/megabeam theta --context 4k --head-dim 64 --base 1e5 >/dev/null
 clean node_modules/.bin/megabeam bench rope --device cpu --tokens 256 --heads 2 --kv-heads 1 --head-dim 64 --reps 1 >/dev/null 2>&1
 after=$(ls -A | sort)
@@ -82,7 +83,7 @@ clean node -e "
     if (e.code !== 'ERR_NATIVE' || !/npm rebuild megabeam/.test(e.message) || e.message.includes('\\n')) { console.error(e); process.exit(1); }
     console.log('check-pack: without a prebuild, first use throws', e.code + ':', e.message.slice(0, 160) + '...');
   }"
-if clean npm rebuild megabeam "${allow[@]}" >rebuild.log 2>&1; then cat rebuild.log; echo 'check-pack: rebuild without prebuild or compilers succeeded?'; exit 1; fi
+if clean npm rebuild megabeam --foreground-scripts >rebuild.log 2>&1; then cat rebuild.log; echo 'check-pack: rebuild without prebuild or compilers succeeded?'; exit 1; fi
 grep -q 'megabeam: the native addon could not be installed' rebuild.log || { cat rebuild.log; echo "check-pack: megabeam's message is missing"; exit 1; }
 grep -q 'megabeam: no prebuilt addon for' rebuild.log || { cat rebuild.log; echo 'check-pack: no notice before the source build'; exit 1; }
 echo "check-pack: without a prebuild and compilers the install fails with megabeam's message:"
