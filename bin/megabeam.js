@@ -13,6 +13,10 @@ try {
   if (process.env.MEGABEAM_DEBUG && e && e.stack) console.error(e.stack);
   process.exit(1);
 }
+// `megabeam theta | head`: a closed pipe ends the output quietly, not with an EPIPE stack trace.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (e) => { if (e && e.code === 'EPIPE') process.exit(process.exitCode || 0); else throw e; });
+}
 cli.main(process.argv.slice(2)).then(
   (code) => { process.exitCode = code; },
   (e) => {

@@ -235,6 +235,10 @@ t.test('bin/megabeam.js (the built CLI)', { skip: distFresh ? false : 'dist/cli.
   t.equal(e.status, 2);
   t.match(e.stderr, /^megabeam demo: ERR_ARG: --seq must be a size/);
   t.equal(e.stderr.trim().split('\n').length, 1);
+  // A closed pipe (`| head -1`) ends quietly, without an EPIPE stack trace.
+  const p = spawnSync('sh', ['-c', `"${process.execPath}" "${bin}" theta --context 64k --head-dim 128 --base 1e6 | head -1`], { encoding: 'utf8' });
+  t.equal(p.stdout.trim().split('\n').length, 1);
+  t.notMatch(p.stderr, /EPIPE|\n\s+at /, 'no EPIPE trace');
 });
 
 t.test('an unwritable --out / --plot path is a one-line ERR_ARG', async (t) => {
