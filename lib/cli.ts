@@ -7,7 +7,7 @@
 //          usage: 'megabeam bench ring [options]',
 //          description: 'what it measures / does (a few lines)',
 //          flags: { seqs: { type: 'sizes', help: 'sequence lengths', default: '64k' }, json: JSON_FLAG, ... },
-//          async run(opts, io) { ...; return 0; },
+//          async run(opts, io) { ...; return 0; },   // takesArgs: true → run(opts, io, args) gets the rest
 //        };
 //      Flags come from lib/cli/args.ts (types bool|string|int|size|sizes|number|choice, min/max, choices,
 //      deprecated aliases). The parser rejects unknown flags, bad values and stray arguments with ERR_ARG;
@@ -22,7 +22,7 @@
 // never a stack trace (MEGABEAM_DEBUG=1 adds one). Return the exit code (0 = success).
 import * as fs from 'fs';
 import * as path from 'path';
-import { CliIO, FlagSpecs, FlagValues, formatHelp, parseFlags } from './cli/args';
+import { CliIO, FlagSpecs, FlagValues, formatHelp, parseCommandLine } from './cli/args';
 import { MegabeamError } from './errors';
 
 export type { CliIO } from './cli/args';
@@ -31,7 +31,13 @@ export interface Command {
   usage: string;
   description: string;
   flags: FlagSpecs;
-  run(opts: FlagValues, io: CliIO): Promise<number>;
+  /**
+   * Set for commands that take arguments (`megabeam launch [flags] script.js [script args...]`): the first
+   * non-flag argument, or `--`, ends the flags and the rest reaches run() as `args`, untouched. Without it
+   * any stray argument is ERR_ARG.
+   */
+  takesArgs?: boolean;
+  run(opts: FlagValues, io: CliIO, args: string[]): Promise<number>;
 }
 
 interface Entry {
@@ -112,7 +118,7 @@ export function reportError(e: unknown, name: string, io: CliIO): number {
 /** Parses argv for one command and runs it; every failure becomes one line on stderr. */
 export async function runCommand(cmd: Command, name: string, argv: readonly string[], io: CliIO = stdio): Promise<number> {
   try {
-    const opts = parseFlags(argv, cmd.flags, (w) => io.err(`megabeam ${name}: warning: ${w}`));
+    const { values: opts, args } = parseCommandLine(argv, cmd.flags, (w) => io.err(`megabeam ${name}: warning: ${w}`), !!cmd.takesArgs);
     if (opts.help) {
       io.out(formatHelp(cmd.usage, cmd.description, cmd.flags));
       return 0;
@@ -121,7 +127,7 @@ export async function runCommand(cmd: Command, name: string, argv: readonly stri
     const runIO: CliIO = opts.json === true
       ? { out: io.err, err: io.err, json: io.json ?? ((v) => io.out(JSON.stringify(v, null, 2))) }
       : { out: io.out, err: io.err, json: io.json ?? ((v) => io.out(JSON.stringify(v, null, 2))) };
-    return await cmd.run(opts, runIO);
+    return await cmd.run(opts, runIO, args);
   } catch (e) {
     return reportError(e, name, io);
   }

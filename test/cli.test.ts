@@ -6,8 +6,8 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { commandNames, main } from '../lib/cli';
-import { parseFlags, parseSize } from '../lib/cli/args';
+import { Command, commandNames, main, runCommand } from '../lib/cli';
+import { parseCommandLine, parseFlags, parseSize } from '../lib/cli/args';
 import { cudaStatus, doctor } from '../lib/cli/doctor';
 import { cuda } from '../lib/device';
 import { native } from '../lib/native';
@@ -124,6 +124,16 @@ t.test('one flag parser: --x=y and --x y, sizes, deprecated aliases', async (t) 
   throwsCode(t, () => parseFlags(['--kv-heads', '8', '--heads-kv', '8'], specs), 'ERR_ARG', 'alias and name both given');
   throwsCode(t, () => parseFlags(['-x'], specs), 'ERR_ARG', 'single-dash flag');
   throwsCode(t, () => parseFlags(['--seq', '--json'], specs), 'ERR_ARG', 'a flag where a value belongs');
+  // Commands that take arguments (launch): the first non-flag, or --, ends the flags; the rest is untouched.
+  const nproc = { nproc: { type: 'int', help: '' } } as const;
+  t.same(parseCommandLine(['--nproc', '2', 'train.js', '--lr', '3'], nproc, () => {}, true), { values: { nproc: 2 }, args: ['train.js', '--lr', '3'] });
+  t.same(parseCommandLine(['--nproc=2', '--', '--weird'], nproc, () => {}, true), { values: { nproc: 2 }, args: ['--weird'] });
+  throwsCode(t, () => parseCommandLine(['--lr', '3', 'train.js'], nproc, () => {}, true), 'ERR_ARG', 'unknown flag before the script');
+  const seen: string[][] = [];
+  const launchLike: Command = { usage: 'megabeam x [flags] script [args...]', description: '', flags: nproc, takesArgs: true,
+    run: async (_o, _io, args) => { seen.push(args); return 0; } };
+  t.equal(await runCommand(launchLike, 'x', ['--nproc', '1', 's.js', '--a'], { out: () => {}, err: () => {} }), 0);
+  t.same(seen, [['s.js', '--a']], 'run() receives the arguments');
   // Every command spells the shared concepts the same way.
   for (const name of commandNames()) {
     const r = await run(...name.split(' '), '--help');

@@ -112,7 +112,7 @@ async function benchAttentionRun(opts: FlagValues, io: CliIO): Promise<number> {
     for (const x of [q, k, v, dout]) x.dispose();
     const fwd = median(fwdT), bwd = median(bwdT);
     const row: AttentionBenchRow = {
-      device: onGpu ? (cuda.devices()[0]?.name ?? device) : 'cpu', seq: S, batch: b, headsQ: hq, headsKV: hkv, headDim: d, dtype, causal,
+      device: onGpu ? (cuda.devices()[Number(device.slice(5))]?.name ?? device) : 'cpu', seq: S, batch: b, headsQ: hq, headsKV: hkv, headDim: d, dtype, causal,
       fwd_s: fwd, bwd_s: bwd, fwd_tflops: fl / fwd / 1e12, bwd_tflops: (2.5 * fl) / bwd / 1e12, peak_gib: peak, reps,
     };
     rows.push(row);

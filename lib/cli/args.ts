@@ -89,9 +89,18 @@ function convert(raw: string, spec: FlagSpec, what: string): FlagValue {
 
 /**
  * Parses argv against `specs` (plus --help / -h, always allowed). Returns the values by canonical name;
- * flags not given are absent. `warn` receives deprecation notes.
+ * flags not given are absent. `warn` receives deprecation notes. Stray arguments are errors.
  */
 export function parseFlags(argv: readonly string[], specs: FlagSpecs, warn: (s: string) => void = () => {}): FlagValues & { help?: boolean } {
+  return parseCommandLine(argv, specs, warn, false).values;
+}
+
+/**
+ * The general form: with `allowArgs` the first argument that is not a flag, or `--`, ends the flags, and it
+ * and everything after it are returned as `args` untouched (`megabeam launch --nproc 2 train.js --lr 3`).
+ */
+export function parseCommandLine(argv: readonly string[], specs: FlagSpecs, warn: (s: string) => void, allowArgs: boolean):
+    { values: FlagValues & { help?: boolean }; args: string[] } {
   const byName = new Map<string, string>();
   for (const [name, spec] of Object.entries(specs)) {
     byName.set(name, name);
@@ -101,6 +110,8 @@ export function parseFlags(argv: readonly string[], specs: FlagSpecs, warn: (s: 
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === '-h' || arg === '--help') { out.help = true; continue; }
+    if (allowArgs && arg === '--') return { values: out, args: argv.slice(i + 1) };
+    if (allowArgs && !arg.startsWith('-')) return { values: out, args: argv.slice(i) };
     if (!arg.startsWith('--') || arg === '--') throw new ArgumentError(`unexpected argument ${JSON.stringify(arg)} (flags start with --)`);
     const eq = arg.indexOf('=');
     const given = eq > 0 ? arg.slice(2, eq) : arg.slice(2);
@@ -120,7 +131,7 @@ export function parseFlags(argv: readonly string[], specs: FlagSpecs, warn: (s: 
     }
     out[name] = raw === undefined ? true : convert(raw, spec, `--${given}`);
   }
-  return out;
+  return { values: out, args: [] };
 }
 
 function metavar(spec: FlagSpec): string {
