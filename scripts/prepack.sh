@@ -4,8 +4,8 @@
 #                           release fatbin: sm_80/86/89/90a + compute_90 PTX; CI sets 90a) when a CUDA toolkit
 #                           is found, else CPU-only (with a warning; MEGABEAM_REQUIRE_CUDA=1 makes it an error)
 #   prebuilds/linux-arm64/  CPU-only, cross-compiled by scripts/prebuild-arm64.sh when aarch64-linux-gnu-g++
-#                           exists (MEGABEAM_PREBUILD_ARM64=0 skips it, =1 requires it; MEGABEAM_ARM64_SMOKE=1 also tests it
-#                           under qemu). Without the toolchain an existing prebuilds/linux-arm64 is kept.
+#                           exists (MEGABEAM_PREBUILD_ARM64=0 skips it, =1 requires it; MEGABEAM_ARM64_SMOKE=1
+#                           also tests it under qemu). Without the toolchain an existing one is re-used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 host="$(node -p "process.platform + '-' + process.arch")"
