@@ -53,6 +53,9 @@ const commands: Entry[] = [
   { name: 'demo', summary: 'long-context attention forward+backward with a float64 check (GPU if present, else CPU)', load: () => import('./cli/demo') },
   { name: 'bench attention', summary: 'flash attention forward/backward time, TFLOP/s and peak memory', load: () => import('./bench/attention') },
   { name: 'bench rope', summary: 'RoPE bandwidth against a device copy', load: () => import('./bench/rope') },
+  { name: 'bench gemm', summary: 'matmul TFLOP/s at the Mistral-7B projection shapes (cuBLASLt, builtin, torch)', load: () => import('./bench/gemm') },
+  { name: 'bench ring', summary: 'ring attention per-rank compute on virtual ranks; --model: the scaling model', load: () => import('./bench/ring') },
+  { name: 'bench nn', summary: 'layer ops (rmsNorm, swiglu, embedding, cross-entropy) against a device copy', load: () => import('./bench/nn') },
   { name: 'doctor', summary: 'version, loaded addon, CUDA build/driver/runtime, GPUs, optional libraries', load: () => import('./cli/doctor') },
   { name: 'info', summary: 'same as doctor', load: () => import('./cli/doctor'), hidden: true },
 ];

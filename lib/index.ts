@@ -10,3 +10,12 @@ export * as theta from './theta';
 export { rope, RopeOptions, RopeStyle, RopePrecision } from './rope';
 export { attention, AttentionOptions, AttentionForwardResult, AttentionBackwardResult } from './attention';
 export { add, scale, AxpbyOptions } from './elementwise';
+export { AdamW, AdamWOptions, ParamEntry, gradNorm, schedules, Schedule } from './optim';
+export { tokens, TokenFile, Sampler, SamplerState, Batch, TokenWidth, TextTokenizer } from './data';
+export * as dist from './dist';
+export {
+  ring, RingOptions, RingLayout, RingAlgorithm, RingForwardResult, RingBackwardResult, Chunk as RingChunk, ShardOptions,
+  AttentionLayerOptions,
+} from './ring';
+export { matmul, linear, gemmInfo, MatmulOptions, LinearOptions, GemmInfo } from './matmul';
+export * as nn from './nn';

@@ -32,3 +32,13 @@ export function checkOutputPath(file: string, create = true): void {
   if (create) fs.mkdirSync(dir, { recursive: true });
   fs.accessSync(dir, fs.constants.W_OK);
 }
+
+/** A comma list flag whose items must come from `allowed` (e.g. --passes fwd,dx). */
+export function listOf(v: unknown, allowed: readonly string[], flag: string, def: string[]): string[] {
+  if (v === undefined) return def;
+  const items = String(v).split(',').map((x) => x.trim());
+  for (const x of items) {
+    if (!allowed.includes(x)) throw new ArgumentError(`${flag}: ${JSON.stringify(x)} is not one of ${allowed.join(', ')}`);
+  }
+  return items;
+}

@@ -12,7 +12,7 @@ import { CliIO, FlagValues } from './args';
 import { JSON_FLAG } from './common';
 
 /** What an optional-library probe (native().ncclInfo / gemmInfo) returns. */
-export interface LibraryProbe { found: boolean; path?: string; version?: string; error?: string }
+export interface LibraryProbe { found: boolean; path?: string; version?: string; error?: string; backend?: string }
 
 interface BuildInfo {
   cuda: boolean; cudaArchs: string[]; cudaCompiledVersion?: number; cudaRuntimeVersion?: number;
@@ -117,8 +117,9 @@ export async function doctor(): Promise<DoctorReport> {
 
 function lib(p: LibraryProbe | string): string {
   if (typeof p === 'string') return p;
-  if (!p.found) return `not found${p.error ? `: ${p.error}` : ''}`;
-  return `found${p.version ? ` ${p.version}` : ''}${p.path ? ` (${p.path})` : ''}`;
+  const using = p.backend ? `; in use: ${p.backend}` : '';
+  if (!p.found) return `not found${p.error ? `: ${p.error}` : ''}${using}`;
+  return `found${p.version ? ` ${p.version}` : ''}${p.path ? ` (${p.path})` : ''}${using}`;
 }
 
 export const command: Command = {
