@@ -156,6 +156,10 @@ t.test('--json: stdout is the JSON value alone; tables and progress go to stderr
       (v) => Array.isArray(v.rows) && (v.rows as unknown[]).length > 0],
     [['theta', '--context', '4k', '--head-dim', '64', '--base', '1e5', '--json'], (v) => v.context === 4096],
     [['doctor', '--json'], (v) => v.version === pkg.version],
+    [['bench', 'gemm', '--device', 'cpu', '--tokens', '64', '--shapes', 'o', '--passes', 'fwd', '--reps', '1', '--json'],
+      (v) => Array.isArray(v.rows) && (v.rows as { tokens: number }[]).every((r) => r.tokens === 64)],
+    [['bench', 'nn', '--device', 'cpu', '--tokens', '64', '--hidden', '64', '--ffn', '128', '--vocab', '256', '--ce-tokens', '16', '--reps', '1', '--json'],
+      (v) => Array.isArray(v.rows) && (v.rows as unknown[]).length > 0],
   ];
   for (const [argv, check] of cases) {
     const r = await run(...argv);
@@ -165,6 +169,13 @@ t.test('--json: stdout is the JSON value alone; tables and progress go to stderr
     t.doesNotThrow(() => JSON.parse(r.out[0]), 'stdout parses as JSON');
     t.ok(check(r.json[0] as Record<string, unknown>), `${argv.slice(0, 2).join(' ')}: content`);
   }
+  // bench ring exits 1 when its timing bar fails (noise on a shared CPU): only the output contract is checked.
+  const ring = await run('bench', 'ring', '--device', 'cpu', '--world', '2', '--seq', '256', '--heads', '2', '--kv-heads', '1',
+    '--head-dim', '16', '--dtype', 'f32', '--json');
+  t.ok(ring.code === 0 || ring.code === 1, `bench ring: exit ${ring.code} (${ring.err.join(' | ').slice(0, 300)})`);
+  t.equal(ring.out.length, 1, 'bench ring: stdout holds only the JSON value');
+  t.equal((ring.json[0] as { seq?: number } | undefined)?.seq, 256, 'bench ring: content');
+  oneLineError(t, await run('bench', 'gemm', '--device', 'cpu', '--shapes', 'qkv,nope'), 'bench gemm', 'ERR_ARG', 2, 'bench gemm --shapes nope', /"nope" is not one of/);
   t.same(fs.readdirSync(dir), [], 'no files written into the working directory');
   const out = path.join(dir, 'sub', 'rope.json');
   const r = await run('bench', 'rope', '--device', 'cpu', '--tokens', '128', '--heads', '2', '--kv-heads', '1', '--head-dim', '32', '--reps', '1', '--out', out);
