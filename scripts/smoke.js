@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Smoke test of an addon on any platform (used under qemu-aarch64 for the linux-arm64 prebuild):
-// tensors, the RNG, RoPE and CPU attention against small float64 references computed here.
+// tensors, the RNG, RoPE, CPU attention and matmul against small float64 references computed here.
 // Prints one line "smoke ok <json>" where json holds randn bits, so a caller can compare platforms
 // (the generator gives the same bits everywhere). Exit 1 on any mismatch.
 //   MEGABEAM_ADDON=prebuilds/linux-arm64/megabeam.node node scripts/smoke.js   (needs dist/: npm run build:ts)
@@ -63,6 +63,20 @@ async function main() {
     const arr = await tt.toArray();
     if (!arr.every(Number.isFinite)) fail(`backward ${name} not finite`);
   }
-  console.log(`smoke ok ${JSON.stringify({ arch: process.arch, cudaBuilt: mb.cuda.isBuilt(), randnBits: bits, ropeErr: worst, attnErr: aw })}`);
+  // CPU GEMM (blocked; the AVX2 micro-kernel is x86-only, so arm64 runs the portable path), f32 [17x33]·[33x9].
+  let gw = 0;
+  if (typeof mb.matmul === 'function') {
+    const M = 17, K = 33, N = 9;
+    const A = mb.randn([M, K], { seed: 21 }), Bm = mb.randn([K, N], { seed: 22 });
+    const [Av, Bv] = await Promise.all([A.toArray(), Bm.toArray()]);
+    const C = await mb.matmul(A, Bm).toArray();
+    for (let i = 0; i < M; i++) for (let j = 0; j < N; j++) {
+      let ref = 0;
+      for (let k = 0; k < K; k++) ref += Av[i * K + k] * Bv[k * N + j];
+      gw = Math.max(gw, Math.abs(C[i * N + j] - ref));
+    }
+    if (!(gw < 1e-4)) fail(`matmul error ${gw}`);
+  }
+  console.log(`smoke ok ${JSON.stringify({ arch: process.arch, cudaBuilt: mb.cuda.isBuilt(), randnBits: bits, ropeErr: worst, attnErr: aw, gemmErr: gw })}`);
 }
 main().catch((e) => fail(e && e.message ? e.message : String(e)));
