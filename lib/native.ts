@@ -2,6 +2,7 @@
 // named by MEGABEAM_ADDON (for side builds). A failure becomes ERR_NATIVE with the reason.
 import * as path from 'path';
 import { NativeLoadError } from './errors';
+import { nativeLoadMessage } from './native-help';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 export type NativeHandle = { dispose(): void; isDisposed(): boolean };
@@ -21,7 +22,7 @@ export function native(): Native {
     cached = override ? require(path.resolve(override)) : require('node-gyp-build')(path.join(__dirname, '..'));
     return cached!;
   } catch (e) {
-    failure = new NativeLoadError(`megabeam's native addon could not be loaded: ${(e as Error).message}`);
+    failure = new NativeLoadError(nativeLoadMessage(e, process.env.MEGABEAM_ADDON));
     throw failure;
   }
 }

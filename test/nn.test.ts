@@ -222,6 +222,8 @@ t.test('embedding: out-of-range ids fail the queued op with ERR_ARG (cpu)', asyn
     await rejectsCode(t, () => dw.toArray(), 'ERR_ARG', `backward with id ${badId} -> ERR_ARG`);
     await rejectsCode(t, () => dw.toArray(), 'ERR_ARG', 'a failed output stays failed (never reads as data)');
     t.same(Array.from(await w.toArray()).length, 80, 'the input weight is not poisoned by the failure');
+    // the failure was also recorded for this thread's next synchronize(): take it, so it does not leak
+    await rejectsCode(t, () => synchronize('cpu'), 'ERR_ARG', 'the thread-level error of the failed backward');
     ids.dispose(); e.dispose(); dw.dispose();
   }
   await nn.checkIds('cpu');

@@ -79,10 +79,10 @@ Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
   }
   p.losses = static_cast<float*>(li->data());
   p.dlogits = di ? di->data() : nullptr;
-  std::vector<StoragePtr> in, out;
-  keep_all(in, {x, labels});
-  keep_all(out, {li, di, count, bad});
-  run_on_device(x->device, std::move(in), std::move(out), [p](void* s) {
+  std::vector<StoragePtr> ins, outs;
+  keep_all(ins, {x, labels});
+  keep_all(outs, {li, di, count, bad});
+  run_on_device(x->device, std::move(ins), std::move(outs), [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { cross_entropy_cuda(p, (cudaStream_t)s); return; }
 #endif

@@ -31,10 +31,10 @@ Napi::Value Swiglu(const Napi::CallbackInfo& info) {
   Napi::Value yv = out ? b.raw("out") : TensorImpl::Create(info.Env(), g->shape, g->dtype, g->device);
   TensorImpl* y = out ? out : TensorImpl::Unwrap(yv.As<Napi::Object>());
   p.y = y->data();
-  std::vector<StoragePtr> in, out;
-  keep_all(in, {g, u});
-  keep_all(out, {y});
-  run_on_device(g->device, std::move(in), std::move(out), [p](void* s) {
+  std::vector<StoragePtr> ins, outs;
+  keep_all(ins, {g, u});
+  keep_all(outs, {y});
+  run_on_device(g->device, std::move(ins), std::move(outs), [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { swiglu_cuda(p, (cudaStream_t)s); return; }
 #endif
@@ -77,10 +77,10 @@ Napi::Value SwigluBackward(const Napi::CallbackInfo& info) {
   TensorImpl* dgi = dg ? dg : TensorImpl::Unwrap(dgv.As<Napi::Object>());
   TensorImpl* dui = du ? du : TensorImpl::Unwrap(duv.As<Napi::Object>());
   p.dgate = dgi->data(); p.dup = dui->data();
-  std::vector<StoragePtr> in, out;
-  keep_all(in, {dy, g, u});
-  keep_all(out, {dgi, dui});
-  run_on_device(g->device, std::move(in), std::move(out), [p](void* s) {
+  std::vector<StoragePtr> ins, outs;
+  keep_all(ins, {dy, g, u});
+  keep_all(outs, {dgi, dui});
+  run_on_device(g->device, std::move(ins), std::move(outs), [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { swiglu_bwd_cuda(p, (cudaStream_t)s); return; }
 #endif
