@@ -8,7 +8,8 @@ commands:
   info       build, devices and memory
 `;
 
-type IO = { out: (s: string) => void; err: (s: string) => void };
+import type { IO } from './bench/util';
+
 const io: IO = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n') };
 
 export async function main(argv: string[]): Promise<number> {

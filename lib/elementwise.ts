@@ -1,7 +1,7 @@
 // Element-wise arithmetic: fp32 math between any float dtypes, rounded once to the output's dtype.
 // The native op decides validity (csrc/ops/elementwise: axpby_check); this file only coerces options.
 import { Dtype, checkDtype } from './dtype';
-import { ArgumentError, native as call } from './errors';
+import { ArgumentError, callNative as call } from './errors';
 import { native } from './native';
 import { Tensor, arg } from './tensor';
 

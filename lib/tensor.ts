@@ -4,7 +4,7 @@
 import { randomBytes } from 'crypto';
 import { Dtype, checkDtype, dtypeCode, dtypeSize } from './dtype';
 import { DeviceLike, DeviceString, deviceIndex, parseDevice } from './device';
-import { ArgumentError, DeviceError, DisposedError, DtypeError, ShapeError, UnsupportedError, native as call } from './errors';
+import { ArgumentError, DeviceError, DisposedError, DtypeError, ShapeError, UnsupportedError, callNative as call } from './errors';
 import { NativeHandle, native } from './native';
 
 export type Shape = readonly number[];

@@ -349,8 +349,10 @@ Napi::Value SynchronizeSync(const Napi::CallbackInfo& info) {
 }
 MB_EXPORT("synchronizeSync", SynchronizeSync);
 
+#if defined(MEGABEAM_TEST_HOOKS)
 // debugQueueError(device, code, message): queues a CPU task that fails, so tests can check that queued
-// errors surface at the next sync point and are cleared after. Test hook; not part of the public API.
+// errors surface at the next sync point and are cleared after. A test hook: only in test builds
+// (cmake -DMEGABEAM_TEST_HOOKS=ON), never in the shipped addon.
 Napi::Value DebugQueueError(const Napi::CallbackInfo& info) {
   int dev = device_arg(info[0], "device");
   if (dev != kCpu) throw Error("ERR_UNSUPPORTED", "debugQueueError: CPU queue only");
@@ -361,6 +363,7 @@ Napi::Value DebugQueueError(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 MB_EXPORT("debugQueueError", DebugQueueError);
+#endif
 
 Napi::Value Memory(const Napi::CallbackInfo& info) {
   int dev = device_arg(info[0], "device");

@@ -31,7 +31,7 @@
 #else
 #define MB_UNROLL _Pragma("GCC unroll 16")
 #endif
-#if defined(__x86_64__) && !defined(__AVX2__) && !defined(MB_ATTN_NO_AVX2)
+#if defined(__x86_64__) && !defined(__AVX2__)
 #define MB_AVX2_DISPATCH 1
 #include <immintrin.h>
 #endif
@@ -643,18 +643,38 @@ void bwd_impl(const AttnBwdParams& p) {
 
 }  // namespace
 
+void attention_fwd_check(const AttnFwdParams& p, bool cuda) {
+  check_common(p, "attention");
+#if defined(MEGABEAM_CUDA)
+  if (cuda) attention_fwd_cuda_check(p);
+#else
+  MB_CHECK(!cuda, "ERR_NO_CUDA", "attention: this build has no CUDA kernels");
+#endif
+}
+
+void attention_bwd_check(const AttnBwdParams& p, bool cuda, AttnBwdKernel kernel) {
+  check_common(p, "attention");
+  const bool has_q = (int64_t)p.batch * p.seqlen_q > 0;
+  const bool has_k = (int64_t)p.batch * p.seqlen_k > 0;
+  MB_CHECK(!has_q || (p.dout && p.dq), "ERR_ARG", "attention: null dout/dq pointer");
+  MB_CHECK(!has_k || (p.dk && p.dv), "ERR_ARG", "attention: null dk/dv pointer");
+  MB_CHECK(kernel == AttnBwdKernel::Auto || kernel == AttnBwdKernel::Mma || kernel == AttnBwdKernel::MmaSmall,
+           "ERR_ARG", "attention: unknown backward kernel choice");
+#if defined(MEGABEAM_CUDA)
+  if (cuda) attention_bwd_cuda_check(p, kernel);
+#else
+  MB_CHECK(!cuda, "ERR_NO_CUDA", "attention: this build has no CUDA kernels");
+#endif
+}
+
 void attention_fwd_cpu(const AttnFwdParams& p) {
-  check_common(p, "attention_fwd_cpu");
+  if ((int64_t)p.batch * p.seqlen_q == 0) return;  // nothing to write: no scratch, no tasks
   MB_DISPATCH_FLOAT(p.dtype, D, fwd_impl<D>(p));
 }
 
 void attention_bwd_cpu(const AttnBwdParams& p) {
-  check_common(p, "attention_bwd_cpu");
-  const bool has_q = (int64_t)p.batch * p.seqlen_q > 0;
-  const bool has_k = (int64_t)p.batch * p.seqlen_k > 0;
-  MB_CHECK(!has_q || (p.dout && p.dq), "ERR_ARG", "attention_bwd_cpu: null dout/dq pointer");
-  MB_CHECK(!has_k || (p.dk && p.dv), "ERR_ARG", "attention_bwd_cpu: null dk/dv pointer");
-  // workspace is unused on the CPU (it may be null); scratch is allocated per call.
+  // workspace is unused on the CPU (it may be null); scratch is allocated per call, sized by the work.
+  if ((int64_t)p.batch * (p.seqlen_q + p.seqlen_k) == 0) return;
   MB_DISPATCH_FLOAT(p.dtype, D, bwd_impl<D>(p));
 }
 
