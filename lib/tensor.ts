@@ -41,8 +41,14 @@ export class Tensor<D extends Dtype = Dtype> {
   get nbytes(): number { return this.numel * dtypeSize(this.dtype); }
   get disposed(): boolean { return this.#handle === null; }
 
-  /** @internal the live native handle; throws ERR_DISPOSED. */
+  /** @internal a Tensor built by megabeam (not an object that only has its prototype). */
+  static isTensor(t: unknown): t is Tensor {
+    return typeof t === 'object' && t !== null && #handle in t;
+  }
+
+  /** @internal the live native handle; throws ERR_DISPOSED (ERR_ARG for a fake Tensor). */
   handle(what = 'tensor'): NativeHandle {
+    if (!Tensor.isTensor(this)) throw new ArgumentError(`${what} must be a Tensor made by megabeam`);
     if (this.#handle === null) throw new DisposedError(`${what} was disposed`);
     return this.#handle;
   }
@@ -326,7 +332,7 @@ export function emptyCache(device: DeviceLike = 'cuda'): void {
 
 /** @internal checks a tensor argument of an op and returns its handle. */
 export function arg(t: unknown, what: string): NativeHandle {
-  if (!(t instanceof Tensor)) throw new ArgumentError(`${what} must be a Tensor`);
+  if (!Tensor.isTensor(t)) throw new ArgumentError(`${what} must be a Tensor`);
   return t.handle(what);
 }
 
