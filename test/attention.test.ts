@@ -212,6 +212,31 @@ cpuCases.push(
   base({ batch: 0, seqQ: 4, seqK: 5, headsQ: 2, headsKv: 1, headDim: 8 }),
 );
 
+// Issue 13: the CPU scratch was sized by headDim x 64 rows/keys whatever the sequence lengths (one key
+// and headDim 2^18 took ~1 GB of scratch per worker thread); it follows the work now. First in the file,
+// so the process's peak RSS is still near its start.
+t.test('cpu: scratch follows the work (one query, one key, headDim 2^18)', async (tt) => {
+  const r0 = process.resourceUsage().maxRSS;
+  const d = 2 ** 18;
+  const q = randn([1, 1, 2, d], { seed: 11 }), k = randn([1, 1, 1, d], { seed: 12 }), v = randn([1, 1, 1, d], { seed: 13 });
+  const { out, lse } = attention.forward(q, k, v);
+  const g = attention.backward(q, q, k, v, out, lse);
+  const [o, l, dv] = await Promise.all([out.toArray(), lse.toArray(), g.dv.toArray()]);
+  const grownMiB = (process.resourceUsage().maxRSS - r0) / 1024;
+  // inputs + outputs are ~14 MiB; the scratch is now ~16 x headDim floats per buffer (VW-padded keys)
+  tt.ok(grownMiB < 450, `peak RSS grew by ${grownMiB.toFixed(0)} MiB (was > 1 GiB)`);
+  // one key: softmax weight 1, out = v, dv = dout summed over the 2 q heads (dout = q here)
+  const vv = await v.toArray(), qq = await q.toArray();
+  let bad = 0;
+  for (let x = 0; x < d; x += 997) {
+    if (Math.abs(o[x] - vv[x]) > 1e-6 || Math.abs(o[d + x] - vv[x]) > 1e-6) bad++;
+    if (Math.abs(dv[x] - (qq[x] + qq[d + x])) > 1e-5) bad++;
+  }
+  tt.equal(bad, 0, 'out = v and dv = sum of dout with a single key');
+  tt.ok(Number.isFinite(l[0]), 'lse finite');
+  for (const x of [q, k, v, out, lse, g.dq, g.dk, g.dv]) x.dispose();
+});
+
 for (const c of cpuCases) {
   t.test(`cpu ${describe(c)}`, async (tt) => {
     await checkCase(tt, c, 'cpu', TOL[c.dtype]);
