@@ -23,7 +23,7 @@
 #pragma GCC diagnostic ignored "-Wpsabi"  // vector arguments of internal always-inline helpers
 #endif
 
-#if (defined(__GNUC__) || defined(__clang__)) && !defined(MB_ATTN_PORTABLE)
+#if defined(__GNUC__) || defined(__clang__)
 #define MB_VEC 1
 #define MB_AI __attribute__((always_inline)) inline
 #if defined(__clang__)
