@@ -4,7 +4,7 @@
 // is noise. 'fp32' and 'bf16' reproduce those failure modes on purpose. See docs/rope.md.
 import { ArgumentError, RopeConfigError, callNative as call } from './errors';
 import { native, RopeBaton } from './native';
-import { base as checkBase, show } from './theta/validate';
+import { base as checkBase } from './theta/validate';
 import { Tensor, arg } from './tensor';
 
 export type RopeStyle = 'neox' | 'interleaved';
