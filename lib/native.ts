@@ -74,6 +74,35 @@ export interface AxpbyBaton {
   dtype?: Dtype;
 }
 
+/** The other ops' batons (one object each; see the header comment of each csrc/binding/<op>.cpp). */
+type H = NativeHandle;
+export interface GemmBaton {
+  a: H; b: H; out?: H; transA?: boolean; transB?: boolean; alpha?: number; beta?: number; dtype?: Dtype;
+  backend?: 'auto' | 'builtin' | 'cublaslt';
+}
+export interface NativeGemmInfo { found: boolean; backend: 'cublaslt' | 'builtin' | 'cpu'; path?: string; version?: string; error?: string }
+export interface EmbeddingBaton { ids: H; weight: H; dtype?: Dtype; bad?: unknown }
+export interface EmbeddingBackwardBaton { dy: H; ids: H; dweight: H; bad?: unknown }
+export interface CrossEntropyBaton {
+  logits: H; labels: H; losses?: H; ignoreIndex?: number; gradScale?: number; dlogits?: H; count?: H; bad?: unknown;
+}
+export interface LossCountBaton { labels: H; ignoreIndex?: number; out: H }
+export interface LossMeanBaton { losses: H; out: H; count?: H; divisor?: number }
+export interface RmsNormBaton { x: H; weight: H; eps?: number; residual?: H }
+export interface RmsNormBackwardBaton { dy: H; x: H; weight: H; rstd: H; dweight: H; dx?: H }
+export interface SwigluBaton { gate: H; up: H; out?: H }
+export interface SwigluBackwardBaton { dy: H; gate: H; up: H; dgate?: H; dup?: H }
+export interface AdamWBaton {
+  param: H; grad: H; m: H; v: H; master?: H; lr: number; beta1: number; beta2: number; eps: number; weightDecay: number;
+  step: number; gradScale?: number; sumsq?: H; maxNorm?: number;
+}
+export interface SumsqBaton { x: H; out: H }
+export interface RingMergeBaton { outAcc: H; lseAcc: H; out: H; lse: H }
+export interface RowCopyBaton {
+  src: H; dst: H; outer: number; inner: number; srcRows: number; dstRows: number; srcRow: number; dstRow: number; rows: number;
+}
+export interface MaximumBaton { a: H; b: H; out: H }
+
 export interface NativeMemory { allocated: number; reserved: number; peak: number; allocations: number; frees: number; deviceMallocs: number }
 export interface NativeCudaInfo {
   built: boolean;
@@ -108,6 +137,22 @@ export interface NativeModule {
   /** '' when the CUDA kernels take this problem, else their reason (no GPU needed). */
   attentionCudaCheck(o: AttentionCudaCheckBaton): string;
   axpby(o: AxpbyBaton): NativeHandle;
+  gemm(o: GemmBaton): NativeHandle;
+  gemmInfo(): NativeGemmInfo;
+  embedding(o: EmbeddingBaton): NativeHandle;
+  embeddingBackward(o: EmbeddingBackwardBaton): void;
+  crossEntropy(o: CrossEntropyBaton): { losses: NativeHandle; dlogits?: NativeHandle };
+  lossCount(o: LossCountBaton): void;
+  lossMean(o: LossMeanBaton): void;
+  rmsNorm(o: RmsNormBaton): { y: NativeHandle; rstd: NativeHandle; h?: NativeHandle };
+  rmsNormBackward(o: RmsNormBackwardBaton): { dx: NativeHandle };
+  swiglu(o: SwigluBaton): NativeHandle;
+  swigluBackward(o: SwigluBackwardBaton): { dgate: NativeHandle; dup: NativeHandle };
+  adamw(o: AdamWBaton): void;
+  sumsq(o: SumsqBaton): void;
+  ringMerge(o: RingMergeBaton): void;
+  rowCopy(o: RowCopyBaton): void;
+  maximum(o: MaximumBaton): void;
 }
 
 let cached: NativeModule | undefined;

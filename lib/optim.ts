@@ -1,0 +1,279 @@
+// AdamW with fp32 master weights and moments, a global gradient-norm clip that never leaves the device,
+// learning-rate schedules, and ZeRO-1 sharding of the optimizer state across a process group.
+//
+// One step = for every parameter: (clip) -> decoupled weight decay -> Adam moments -> update, fused in one
+// kernel per tensor (csrc/ops/optim). Everything is enqueued: step() returns at once.
+import { ArgumentError, UnsupportedError, callNative as call } from './errors';
+import { native } from './native';
+import { Tensor, arg, empty, zeros } from './tensor';
+import { scale } from './elementwise';
+import type { Group } from './dist/types';
+
+export interface ParamEntry {
+  name: string;
+  param: Tensor;
+  /** Gradient with param's element count (any float dtype; f32 recommended for accumulation). */
+  grad: Tensor;
+  /** Apply weight decay (default true; false is usual for norms and biases). */
+  decay?: boolean;
+}
+
+export interface AdamWOptions {
+  lr: number;
+  betas?: [number, number];
+  eps?: number;
+  weightDecay?: number;
+  /** Keep f32 master weights (default: true for bf16/f16 params; f32 params are their own master). */
+  masterWeights?: boolean;
+  /** Clip the global gradient norm to this (default: no clipping). */
+  maxGradNorm?: number;
+  /**
+   * ZeRO-1: shard m, v and master weights across this group (each rank updates 1/W of every parameter,
+   * then all-gathers the parameters). Gradients must then be the rank's local (unreduced) gradients: the
+   * step reduce-scatters them (averaging over ranks). Without a group (or world 1) gradients are used as given.
+   */
+  group?: Group;
+}
+
+interface Slot {
+  entry: ParamEntry;
+  decay: boolean;
+  numel: number;
+  /** This rank's slice [start, start+len) of the flattened parameter (the whole tensor without sharding). */
+  start: number;
+  len: number;
+  m: Tensor;
+  v: Tensor;
+  master: Tensor | null;
+}
+
+function check(op: string, ok: boolean, msg: string): void {
+  if (!ok) throw new ArgumentError(`${op}: ${msg}`);
+}
+
+export class AdamW {
+  readonly lr: number;
+  readonly betas: [number, number];
+  readonly eps: number;
+  readonly weightDecay: number;
+  readonly maxGradNorm: number;
+  readonly group: Group | undefined;
+  #slots: Slot[] = [];
+  #step = 0;
+  #sumsq: Tensor | null = null;
+
+  constructor(params: readonly ParamEntry[], opts: AdamWOptions) {
+    const op = 'AdamW';
+    check(op, Array.isArray(params) && params.length > 0, 'params must be a non-empty array of { name, param, grad }');
+    check(op, !!opts && typeof opts === 'object', 'options must be an object');
+    check(op, typeof opts.lr === 'number' && Number.isFinite(opts.lr) && opts.lr >= 0, 'lr must be a finite number >= 0');
+    const betas = opts.betas ?? [0.9, 0.999];
+    check(op, Array.isArray(betas) && betas.length === 2 && betas.every((b) => typeof b === 'number' && b >= 0 && b < 1),
+      'betas must be two numbers in [0, 1)');
+    this.lr = opts.lr;
+    this.betas = [betas[0], betas[1]];
+    this.eps = opts.eps ?? 1e-8;
+    this.weightDecay = opts.weightDecay ?? 0;
+    this.maxGradNorm = opts.maxGradNorm ?? 0;
+    check(op, typeof this.eps === 'number' && this.eps > 0 && Number.isFinite(this.eps), 'eps must be > 0');
+    check(op, typeof this.weightDecay === 'number' && this.weightDecay >= 0 && Number.isFinite(this.weightDecay),
+      'weightDecay must be >= 0');
+    check(op, typeof this.maxGradNorm === 'number' && this.maxGradNorm >= 0 && Number.isFinite(this.maxGradNorm),
+      'maxGradNorm must be >= 0');
+    this.group = opts.group && opts.group.worldSize > 1 ? opts.group : undefined;
+    const W = this.group?.worldSize ?? 1, r = this.group?.rank ?? 0;
+    const names = new Set<string>();
+    const device = params[0].param?.device;
+    try {
+      for (const e of params) {
+        check(op, !!e && typeof e.name === 'string' && !names.has(e.name), 'every param needs a unique name');
+        names.add(e.name);
+        arg(e.param, `${op}: ${e.name}.param`);
+        arg(e.grad, `${op}: ${e.name}.grad`);
+        check(op, e.grad.numel === e.param.numel, `${e.name}: grad and param differ in size`);
+        check(op, e.param.device === device && e.grad.device === device, `${e.name}: all tensors must be on ${device}`);
+        if (e.param.dtype === 'i32') throw new UnsupportedError(`${op}: ${e.name} is an i32 tensor`);
+        const numel = e.param.numel;
+        // Even shards: rank r owns [r·ceil(n/W), ...) clipped to n (the last ranks may own less or nothing).
+        const per = Math.ceil(numel / W);
+        const start = Math.min(numel, r * per), len = Math.min(numel, start + per) - start;
+        const useMaster = opts.masterWeights ?? e.param.dtype !== 'f32';
+        const slot: Slot = {
+          entry: e, decay: e.decay ?? true, numel, start, len,
+          m: zeros([len], { dtype: 'f32', device }), v: zeros([len], { dtype: 'f32', device }), master: null,
+        };
+        this.#slots.push(slot);
+        if (useMaster) {
+          const flat = e.param.reshape([numel]);
+          const mine = flat.narrow(0, start, len);
+          slot.master = scale(mine, 1, { dtype: 'f32' });
+          mine.dispose(); flat.dispose();
+        }
+      }
+    } catch (err) {
+      this.dispose();
+      throw err;
+    }
+  }
+
+  get stepCount(): number { return this.#step; }
+
+  /**
+   * One optimizer step over every parameter (enqueued). `lr` overrides the base rate (schedules);
+   * `gradScale` multiplies the gradients first (e.g. 1/microbatches). Resolves once everything is issued.
+   */
+  async step(opts: { lr?: number; gradScale?: number } = {}): Promise<void> {
+    const lr = opts.lr ?? this.lr;
+    const gradScale = opts.gradScale ?? 1;
+    check('AdamW.step', Number.isFinite(lr) && lr >= 0, 'lr must be a finite number >= 0');
+    check('AdamW.step', Number.isFinite(gradScale), 'gradScale must be finite');
+    const g = this.group;
+    const W = g?.worldSize ?? 1;
+    const device = this.#slots[0].entry.param.device;
+    // With sharding: reduce-scatter every gradient (sum), so each rank holds the summed slice it owns.
+    const local: Tensor[] = [];
+    try {
+      for (const s of this.#slots) {
+        if (!g) { local.push(s.entry.grad); continue; }
+        const per = Math.ceil(s.numel / W);
+        const padded = per * W;
+        let src = s.entry.grad.reshape([s.numel]);
+        if (padded !== s.numel) {
+          const p = zeros([padded], { dtype: s.entry.grad.dtype, device });
+          const head = p.narrow(0, 0, s.numel);
+          scale(src, 1, { out: head });
+          head.dispose(); src.dispose();
+          src = p;
+        }
+        const mine = empty([per], { dtype: s.entry.grad.dtype, device });
+        await g.reduceScatter(mine, src, { op: 'sum' });
+        src.dispose();
+        local.push(mine.narrow(0, 0, s.len));
+        if (s.len !== per) mine.dispose();
+      }
+      let sumsq: Tensor | null = null;
+      if (this.maxGradNorm > 0) {
+        sumsq = this.#sumsq ??= zeros([1], { dtype: 'f32', device });
+        sumsq.fill_(0);
+        for (const t of local) call(() => native().sumsq({ x: arg(t, 'grad'), out: sumsq!.handle() }));
+        if (g) await g.allReduce(sumsq, { op: 'sum' });
+      }
+      this.#step++;
+      // Averaging over ranks folds into the gradient scale; the clip sees the averaged norm too.
+      const scaleAll = gradScale / W;
+      if (sumsq && W > 1) scale(sumsq, 1 / (W * W), { out: sumsq });
+      for (let i = 0; i < this.#slots.length; i++) {
+        const s = this.#slots[i];
+        if (s.len === 0) continue;
+        const flat = s.entry.param.reshape([s.numel]);
+        const mine = flat.narrow(0, s.start, s.len);
+        try {
+          call(() => native().adamw({
+            param: mine.handle(), grad: arg(local[i], 'grad'), m: s.m.handle(), v: s.v.handle(),
+            master: s.master?.handle(), lr, beta1: this.betas[0], beta2: this.betas[1], eps: this.eps,
+            weightDecay: s.decay ? this.weightDecay : 0, step: this.#step, gradScale: scaleAll,
+            sumsq: sumsq?.handle(), maxNorm: sumsq ? this.maxGradNorm : undefined,
+          }));
+        } finally {
+          mine.dispose(); flat.dispose();
+        }
+      }
+      // Everyone gets the updated parameters back.
+      if (g) {
+        for (const s of this.#slots) {
+          const per = Math.ceil(s.numel / W);
+          const full = empty([per * W], { dtype: s.entry.param.dtype, device });
+          const piece = empty([per], { dtype: s.entry.param.dtype, device });
+          if (s.len > 0) {
+            const flat = s.entry.param.reshape([s.numel]);
+            const mine = flat.narrow(0, s.start, s.len), dst = piece.narrow(0, 0, s.len);
+            scale(mine, 1, { out: dst });
+            mine.dispose(); flat.dispose(); dst.dispose();
+          }
+          await g.allGather(full, piece);
+          const head = full.narrow(0, 0, s.numel), flat = s.entry.param.reshape([s.numel]);
+          scale(head, 1, { out: flat });
+          for (const t of [piece, full, head, flat]) t.dispose();
+        }
+      }
+    } finally {
+      if (g) for (const t of local) t.dispose();
+    }
+  }
+
+  /** Σg² of the last step's (reduced) gradients, as a device tensor (only with maxGradNorm). */
+  lastGradSumsq(): Tensor | null { return this.#sumsq; }
+
+  /**
+   * The optimizer state as named tensors (this rank's shards) plus its step count, for checkpoints:
+   * `<name>.exp_avg`, `<name>.exp_avg_sq`, `<name>.master` (when kept). The tensors are the live state.
+   */
+  state(): { step: number; tensors: Map<string, Tensor> } {
+    const tensors = new Map<string, Tensor>();
+    for (const s of this.#slots) {
+      tensors.set(`${s.entry.name}.exp_avg`, s.m);
+      tensors.set(`${s.entry.name}.exp_avg_sq`, s.v);
+      if (s.master) tensors.set(`${s.entry.name}.master`, s.master);
+    }
+    return { step: this.#step, tensors };
+  }
+
+  /** Restores state() output (copied in; shapes must match this optimizer's shards). */
+  loadState(state: { step: number; tensors: Map<string, Tensor> }): void {
+    check('AdamW.loadState', Number.isSafeInteger(state?.step) && state.step >= 0, 'step must be an integer >= 0');
+    for (const [name, t] of this.state().tensors) {
+      const src = state.tensors.get(name);
+      if (!src) throw new ArgumentError(`AdamW.loadState: missing ${name}`);
+      if (src.numel !== t.numel) throw new ArgumentError(`AdamW.loadState: ${name} has ${src.numel} elements, expected ${t.numel}`);
+      const moved = src.device === t.device ? src : src.to(t.device);
+      scale(moved, 1, { out: t });
+      if (moved !== src) moved.dispose();
+    }
+    this.#step = state.step;
+  }
+
+  dispose(): void {
+    for (const s of this.#slots) { s.m.dispose(); s.v.dispose(); s.master?.dispose(); }
+    this.#slots = [];
+    this.#sumsq?.dispose();
+    this.#sumsq = null;
+  }
+}
+
+/** The global L2 norm of gradients (waits for them; for logging). */
+export async function gradNorm(grads: readonly Tensor[]): Promise<number> {
+  check('gradNorm', Array.isArray(grads) && grads.length > 0, 'grads must be a non-empty array');
+  const acc = zeros([1], { dtype: 'f32', device: grads[0].device });
+  try {
+    for (const t of grads) call(() => native().sumsq({ x: arg(t, 'grad'), out: acc.handle() }));
+    return Math.sqrt((await acc.toArray())[0]);
+  } finally {
+    acc.dispose();
+  }
+}
+
+export type Schedule = (step: number) => number;
+
+/** Learning-rate schedules: functions of the 1-based step. */
+export const schedules = {
+  constant: (lr: number): Schedule => () => lr,
+  /** Linear warmup from 0 to `peak` over `warmup` steps, then cosine (or linear) decay to `min` at `total`. */
+  warmupCosine({ peak, warmup, total, min = 0 }: { peak: number; warmup: number; total: number; min?: number }): Schedule {
+    check('schedules.warmupCosine', [peak, warmup, total, min].every(Number.isFinite) && warmup >= 0 && total > 0 && peak >= min,
+      'need finite peak >= min, warmup >= 0, total > 0');
+    return (step) => {
+      if (step <= warmup) return warmup === 0 ? peak : (peak * step) / warmup;
+      const p = Math.min(1, (step - warmup) / Math.max(1, total - warmup));
+      return min + (peak - min) * 0.5 * (1 + Math.cos(Math.PI * p));
+    };
+  },
+  warmupLinear({ peak, warmup, total, min = 0 }: { peak: number; warmup: number; total: number; min?: number }): Schedule {
+    check('schedules.warmupLinear', [peak, warmup, total, min].every(Number.isFinite) && warmup >= 0 && total > 0 && peak >= min,
+      'need finite peak >= min, warmup >= 0, total > 0');
+    return (step) => {
+      if (step <= warmup) return warmup === 0 ? peak : (peak * step) / warmup;
+      const p = Math.min(1, (step - warmup) / Math.max(1, total - warmup));
+      return peak + (min - peak) * p;
+    };
+  },
+};
