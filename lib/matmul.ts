@@ -85,6 +85,8 @@ export function matmul(a: Tensor, b: Tensor, opts?: MatmulOptions): Tensor {
 /** x [..., in] · wᵀ with w [out, in] -> [..., out] (one GEMM over all leading rows). */
 export function linear(x: Tensor, w: Tensor, opts?: LinearOptions): Tensor {
   const o = options<LinearOptions>('linear', opts);
+  arg(x, 'linear: x');  // ERR_ARG / ERR_DISPOSED before x.ndim is read
+  arg(w, 'linear: w');
   if (x.ndim === 1) {
     // [in] -> [1, in] view, result back to [out]
     const x2 = x.reshape([1, x.shape[0]]);

@@ -103,6 +103,15 @@ export interface RowCopyBaton {
 }
 export interface MaximumBaton { a: H; b: H; out: H }
 
+/** An NCCL communicator (csrc/binding/nccl.cpp), opaque to TypeScript. */
+export type NativeComm = unknown;
+export interface NativeNcclInfo { found: boolean; path?: string; version?: string; versionCode?: number; error?: string }
+export interface NcclIssueBaton { items: unknown[]; timeoutMs: number; deferred?: boolean }
+export interface NativeQueueInfo {
+  pending: number; pendingBytes: number; maxTasks: number; maxBytes: number; issued: number; completed: number;
+  blockedEnqueues: number;
+}
+
 export interface NativeMemory { allocated: number; reserved: number; peak: number; allocations: number; frees: number; deviceMallocs: number }
 export interface NativeCudaInfo {
   built: boolean;
@@ -130,6 +139,21 @@ export interface NativeModule {
   resetPeak(device: NativeDevice): void;
   emptyCache(device: NativeDevice): void;
   cudaInfo(): NativeCudaInfo;
+  queueInfo(): NativeQueueInfo;
+  // test hooks (csrc/binding/tensor.cpp): not part of the public API
+  debugQueueError(device: NativeDevice, code: string, message: string, output?: NativeHandle): void;
+  debugQueueSleep(ms: number): void;
+  debugExternalMemory(): number;
+  // NCCL (csrc/binding/nccl.cpp; lib/dist/nccl.ts)
+  ncclInfo(): NativeNcclInfo;
+  ncclUniqueId(): Uint8Array;
+  ncclInitAll(o: { devices: number[] }): Promise<NativeComm[]>;
+  ncclInitRank(o: { id: Uint8Array; rank: number; worldSize: number; device: number }): Promise<NativeComm>;
+  ncclIssue(o: NcclIssueBaton): void;
+  ncclJoin(o: { comm: NativeComm }): void;
+  ncclStatus(o: { comm: NativeComm }): null | { code: string; message: string; pending: number };
+  ncclAbort(o: { comm: NativeComm; reason?: string }): void;
+  ncclDestroy(o: { comm: NativeComm }): Promise<void> | void;
   // ops: one named-options object each
   rope(o: RopeBaton): { x: NativeHandle; k?: NativeHandle };
   attentionForward(o: AttentionForwardBaton): { out: NativeHandle; lse: NativeHandle };

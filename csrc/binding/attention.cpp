@@ -162,7 +162,7 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   fill_fwd(p, d, q, k, v, out, lse, s);
   attention_fwd_check(p, dev != kCpu);  // the one validity check, before anything is queued
 
-  run_on_device(dev, {q->storage, k->storage, v->storage, out->storage, lse->storage}, [p](void* stream) {
+  run_on_device(dev, {q->storage, k->storage, v->storage}, {out->storage, lse->storage}, [p](void* stream) {
 #if defined(MEGABEAM_CUDA)
     if (stream) {
       attention_fwd_cuda(p, (cudaStream_t)stream);
@@ -216,9 +216,8 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   p.workspace = nullptr;  // the CPU allocates its own scratch; CUDA's is allocated with the launch
   attention_bwd_check(p, dev != kCpu, kernel);  // the one validity check, before anything is queued
 
-  run_on_device(dev,
-                {dout->storage, q->storage, k->storage, v->storage, out->storage, lse->storage, dq->storage,
-                 dk->storage, dv->storage},
+  run_on_device(dev, {dout->storage, q->storage, k->storage, v->storage, out->storage, lse->storage},
+                {dq->storage, dk->storage, dv->storage},
                 [p, dev, kernel](void* stream) mutable {
 #if defined(MEGABEAM_CUDA)
                   if (stream) {

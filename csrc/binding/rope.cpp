@@ -166,13 +166,14 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   Napi::Object res = result(env, {{"x", hx}});
   if (k) res.Set("k", hk);
 
-  std::vector<StoragePtr> keep{ox->storage};
-  if (ok) keep.push_back(ok->storage);
-  for (const TensorImpl* t : all) keep.push_back(t->storage);
+  // Storages read and written (in place, x's storage is both): a failure marks only the outputs.
+  std::vector<StoragePtr> inputs, outputs{ox->storage};
+  if (ok) outputs.push_back(ok->storage);
+  for (const TensorImpl* t : all) inputs.push_back(t->storage);
   const bool work = (int64_t)B * S * (x->shape[2] + (k ? k->shape[2] : 0)) > 0;
   if (!work) return res;
   if (dev == kCpu) {
-    run_on_device(dev, std::move(keep), [p, inv](void*) { rope_cpu(p); });
+    run_on_device(dev, std::move(inputs), std::move(outputs), [p, inv](void*) { rope_cpu(p); });
     return res;
   }
 #if defined(MEGABEAM_CUDA)
@@ -180,7 +181,7 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   // launch (later work on the stream is ordered after this kernel). From pageable memory the copy
   // returns once `inv` is staged.
   StoragePtr dinv = alloc_storage(dev, inv->size() * sizeof(double));
-  run_on_device(dev, std::move(keep), [p, inv, dinv](void* s) mutable {
+  run_on_device(dev, std::move(inputs), std::move(outputs), [p, inv, dinv](void* s) mutable {
     cudaStream_t stream = (cudaStream_t)s;
     cuda_check(cudaMemcpyAsync(dinv->ptr, inv->data(), inv->size() * sizeof(double), cudaMemcpyHostToDevice, stream),
                "rope invFreq upload");
