@@ -89,6 +89,8 @@ function collect(obj: Record<string, unknown>, prefix: string, out: [string, (..
   for (const [k, v] of Object.entries(obj)) {
     // skip classes, and functions that write files (garbage could name a path in the working directory)
     if (k === 'Tensor' || /Error$/.test(k) || /^(save\w*|write\w*|fromTexts)$/.test(k)) continue;
+    // classes are constructed, not called: calling one is JavaScript's own TypeError, not the API's
+    if (typeof v === 'function' && /^class\b/.test(Function.prototype.toString.call(v))) continue;
     if (typeof v === 'function') out.push([prefix + k, v as (...a: unknown[]) => unknown]);
     else if (v && typeof v === 'object' && !Array.isArray(v) && prefix.split('.').length < 3)
       collect(v as Record<string, unknown>, `${prefix}${k}.`, out);
