@@ -206,7 +206,7 @@ t.test('doctor: version, addon, build, CUDA status, optional library probes', as
     t.match(rep.cuda!.status, /no NVIDIA driver installed/);
   }
   t.equal(rep.gpus.length, cuda.deviceCount());
-  const m = native() as Record<string, unknown>;
+  const m = native() as unknown as Record<string, unknown>;
   const had = { nccl: m.ncclInfo, gemm: m.gemmInfo };
   if (typeof had.nccl !== 'function') t.equal(rep.libraries.nccl, 'not checked (this build has no probe)');
   // A probe, once a helper adds one, is called and shown as it answers.

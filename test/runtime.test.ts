@@ -163,7 +163,7 @@ t.test('forgotten views of disposed tensors are collected under memory pressure'
 t.test('native view() checks shape overflow and bounds itself', async (t) => {
   const x = randn([16], { seed: 6 });
   const n = native();
-  const call = (...a: unknown[]) => () => { try { return n.view(...a); } catch (e) { throw (require('../lib/errors').fromNative(e)); } };
+  const call = (...a: unknown[]) => () => { try { return (n.view as (...x: unknown[]) => unknown)(...a); } catch (e) { throw (require('../lib/errors').fromNative(e)); } };
   throwsCode(t, call(x.handle(), [2 ** 40, 2 ** 40]), 'ERR_SHAPE', 'product overflow');
   throwsCode(t, call(x.handle(), [2 ** 26, 2 ** 26, 2 ** 26, 0, 2 ** 26]), 'ERR_SHAPE', 'overflow before a zero');
   throwsCode(t, call(x.handle(), [17]), 'ERR_SHAPE', 'past the end');

@@ -6,7 +6,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { performance } from 'perf_hooks';
-import { rope, RopeOptions } from '../rope';
+import { rope, RopeApplyOptions } from '../rope';
 import { cuda, DeviceLike } from '../device';
 import { Dtype } from '../dtype';
 import { Tensor, randn, synchronize, tensor } from '../tensor';
@@ -87,7 +87,7 @@ async function benchRopeRun(opts: FlagValues, io: CliIO): Promise<number> {
     rows.push(row);
     io.err(`${name}: ${row.rope_ms.toFixed(3)} ms, ${row.rope_gbps.toFixed(0)} GB/s = ${(100 * row.ratio).toFixed(1)}% of copy`);
   };
-  const o: RopeOptions = { invFreq, positionOffset: 0 };
+  const o: RopeApplyOptions = { invFreq, positionOffset: 0 };
   await measure(`apply ${dtype} neox exact`, [x], () => rope.apply(x, o).dispose());
   await measure(`apply in place`, [x], () => { rope.apply(x, { ...o, inplace: true }); });
   await measure(`backward`, [x], () => rope.backward(x, o).dispose());
