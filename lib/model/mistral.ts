@@ -21,7 +21,7 @@ import { Tensor, empty, randn, tensor, ones } from '../tensor';
 import { scale } from '../elementwise';
 import { fromHFConfig } from '../theta/hf';
 import { attend, AttendGroup, ringGroup, worldOf } from './attend';
-import { ring, RingLayout } from '../ring';
+import { ring, RingAlgorithm, RingLayout } from '../ring';
 import type { Group } from '../dist/types';
 import { ConfigOptions, ModelConfig, configFromHF, parameterShapes } from './config';
 
@@ -80,6 +80,8 @@ export interface ForwardBackwardOptions {
   lossDivisor?: number;
   /** Timeout of each communication call with a group (default: the group's). */
   timeoutMs?: number;
+  /** Ring attention's algorithm with a group of world > 1: 'ring', 'allgather' or 'auto' (default, ring.chooseAlgorithm). */
+  ringAlgorithm?: RingAlgorithm;
 }
 
 /** Where this call's tokens sit in the sequence, and the group that shares it. */
@@ -93,6 +95,9 @@ interface SeqPar {
   rank: number;
   /** Zigzag with world > 1: this shard's global positions, i32 [B, S] on the model's device (owned by the caller). */
   positions?: Tensor;
+  /** Passed on to ring attention. */
+  algorithm?: RingAlgorithm;
+  timeoutMs?: number;
 }
 
 /** An attention call a layer's code yields to its driver: plain attention runs it at once, ring attention awaits it. */
@@ -295,7 +300,8 @@ export class Model {
    * Validates the sequence-parallel options. With a group of world > 1 and the zigzag layout it makes
    * the shard's positions tensor (for B rows of S local tokens): the caller disposes sp.positions.
    */
-  #seqPar(o: { group?: AttendGroup | Group; positionOffset?: number; layout?: RingLayout }, B: number, S: number): SeqPar {
+  #seqPar(o: { group?: AttendGroup | Group; positionOffset?: number; layout?: RingLayout; ringAlgorithm?: RingAlgorithm; timeoutMs?: number },
+      B: number, S: number): SeqPar {
     const off = o.positionOffset ?? 0;
     if (typeof off !== 'number' || !Number.isSafeInteger(off) || off < 0)
       throw new ArgumentError(`model: positionOffset must be a non-negative integer, got ${String(off)}`);
@@ -305,7 +311,7 @@ export class Model {
     const g = ringGroup(o.group, 'model');
     if (!g) return { group: o.group, positionOffset: off, layout, world: 1, rank: 0 };
     if (g.device !== this.device) throw new DeviceError(`model: the group is on ${g.device}, the model on ${this.device}`);
-    const sp: SeqPar = { group: g, positionOffset: off, layout, world: g.worldSize, rank: g.rank };
+    const sp: SeqPar = { group: g, positionOffset: off, layout, world: g.worldSize, rank: g.rank, algorithm: o.ringAlgorithm, timeoutMs: o.timeoutMs };
     // chunks() checks that the shard splits as the layout needs (zigzag: two equal halves).
     ring.chunks(S * sp.world, sp.rank, sp.world, layout);
     if (layout === 'zigzag')
