@@ -4,6 +4,8 @@
 // (within f32 rounding), for W = 1..4, zigzag and contiguous, ring and all-gather attention. Then a few
 // AdamW steps with ZeRO-1 (and with a replicated optimizer) must give the world-1 parameters.
 import t, { Test } from 'tap';
+import { spawn } from 'child_process';
+import * as path from 'path';
 import * as modelLib from '../lib/model';
 import type { Model } from '../lib/model';
 import { localGroups } from '../lib/dist/local';
@@ -256,4 +258,22 @@ t.test('CUDA: sequence-parallel forwardBackward (bf16, virtual ranks on one GPU)
       await cleanup(run);
     }
   }
+});
+
+// ---- TCP backend: 2 processes started by `megabeam launch` ----------------------------------------
+
+t.test('tcp: SP training across 2 launched processes (ZeRO-1) = world 1', async (t) => {
+  const root = path.join(__dirname, '..');
+  const args = ['--import', 'tsx', path.join(__dirname, 'helpers', 'cli-entry.ts'), 'launch', '--nproc', '2',
+    path.join(__dirname, 'dist', 'sp-worker.ts'), 'zigzag', String(seed)];
+  const r = await new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+    const cp = spawn(process.execPath, args, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '', err = '';
+    cp.stdout.on('data', (d) => (out += d));
+    cp.stderr.on('data', (d) => (err += d));
+    const timer = setTimeout(() => cp.kill('SIGKILL'), 60000);
+    cp.on('exit', (code) => { clearTimeout(timer); resolve({ code, out, err }); });
+  });
+  t.equal(r.code, 0, `launcher exit code (stderr: ${r.err.slice(-2000)})`);
+  for (let k = 0; k < 2; k++) t.match(r.out, `[rank ${k}] RESULT sp ok`, `rank ${k} matched world 1`);
 });
