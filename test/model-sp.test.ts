@@ -277,3 +277,33 @@ t.test('tcp: SP training across 2 launched processes (ZeRO-1) = world 1', async 
   t.equal(r.code, 0, `launcher exit code (stderr: ${r.err.slice(-2000)})`);
   for (let k = 0; k < 2; k++) t.match(r.out, `[rank ${k}] RESULT sp ok`, `rank ${k} matched world 1`);
 });
+
+t.test('SP: nothing leaks; a bad id on one rank fails every rank at once (no wait for the timeout)', async (t) => {
+  const { memory, synchronize } = await import('../lib/tensor');
+  const W = 2;
+  const groups = localGroups(W, { timeoutMs: 20000 });
+  const models = groups.map(() => modelLib.fromConfig(tiny, { seed: 4, dtype: 'f32' }));
+  for (const m of models) m.grads();
+  await synchronize('cpu');
+  const base = memory('cpu').allocated;
+  const { ids, labels } = batch(2, 50);
+  for (const layout of ['zigzag', 'contiguous'] as const) {
+    await Promise.all(groups.map((g, r) => {
+      const sh = modelLib.shardBatch({ ids, labels }, r, W, { layout });
+      return models[r].forwardBackward(sh.ids, sh.labels, { group: g, layout, checkpoint: layout === 'zigzag', reduceGrads: false });
+    }));
+    await synchronize('cpu');
+    t.equal(memory('cpu').allocated, base, `${layout}: allocated memory back to params + grads`);
+  }
+  const t0 = Date.now();
+  await Promise.all(groups.map((g, r) => {
+    const sh = modelLib.shardBatch({ ids, labels }, r, W);
+    if (r === 1) sh.labels[0][3] = 50;
+    return rejectsCode(t, () => models[r].forwardBackward(sh.ids, sh.labels, { group: g }), 'ERR_ARG', `rank ${r} rejects`);
+  }));
+  t.ok(Date.now() - t0 < 10000, `every rank failed at once (${Date.now() - t0} ms)`);
+  await synchronize('cpu').catch(() => undefined);
+  t.equal(memory('cpu').allocated, base, 'nothing left behind by the failed step');
+  for (const m of models) m.dispose();
+  for (const g of groups) await g.destroy();
+});

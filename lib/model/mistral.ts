@@ -577,7 +577,7 @@ export class Model {
       let divisor = opts.lossDivisor;
       let globalCount: number | undefined;
       if (g) {
-        globalCount = await this.#globalCount(g, labT, opts.ignoreIndex ?? -100, opts.timeoutMs);
+        globalCount = await this.#globalCount(g, idT, labT, opts.ignoreIndex ?? -100, opts.timeoutMs);
         if (divisor === undefined && globalCount > 0) divisor = globalCount;
       }
       const run = g ? <R>(gen: AttnGen<R>) => runAsync(gen, sp!) : <R>(gen: AttnGen<R>) => runSync(gen, sp!);
@@ -646,15 +646,26 @@ export class Model {
     }
   }
 
-  /** Σ over the group of the counted labels (exact: sent as two f32 parts, < 2^12 and the rest). */
-  async #globalCount(g: Group, labels: Tensor, ignoreIndex: number, timeoutMs?: number): Promise<number> {
-    const lab = await labels.toArray();
-    let n = 0;
-    for (let i = 0; i < lab.length; i++) if (lab[i] !== ignoreIndex) n++;
-    const t = tensor(Float32Array.from([Math.floor(n / 4096), n % 4096]), { shape: [2], dtype: 'f32', device: this.device });
+  /**
+   * Σ over the group of the counted labels (exact: sent as two f32 parts, < 2^12 and the rest). The same
+   * allReduce carries a flag for ids/labels out of the vocabulary, so every rank fails at once (ERR_ARG)
+   * instead of the others waiting in the ring for a rank whose loss op threw.
+   */
+  async #globalCount(g: Group, ids: Tensor, labels: Tensor, ignoreIndex: number, timeoutMs?: number): Promise<number> {
+    const [id, lab] = [await ids.toArray(), await labels.toArray()];
+    const V = this.config.vocabSize;
+    let n = 0, bad = 0;
+    for (let i = 0; i < lab.length; i++) {
+      if (lab[i] !== ignoreIndex) { n++; if (!(lab[i] >= 0 && lab[i] < V)) bad = 1; }
+      if (!(id[i] >= 0 && id[i] < V)) bad = 1;
+    }
+    const t = tensor(Float32Array.from([Math.floor(n / 4096), n % 4096, bad]), { shape: [3], dtype: 'f32', device: this.device });
     try {
       await g.allReduce(t, { op: 'sum', timeoutMs });
-      const [hi, lo] = await t.toArray();
+      const [hi, lo, anyBad] = await t.toArray();
+      if (anyBad > 0)
+        throw new ArgumentError(bad ? `forwardBackward: rank ${g.rank}'s ids or labels hold values outside [0, ${V}) (labels may also be ignoreIndex ${ignoreIndex})`
+          : `forwardBackward: another rank's ids or labels are outside [0, ${V})`);
       return hi * 4096 + lo;
     } finally {
       t.dispose();

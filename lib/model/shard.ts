@@ -37,6 +37,8 @@ function rowsOf(x: Tokens, batch: number | undefined, what: string): { rows: Arr
 /**
  * Rank `rank`'s shard of every row of `x` (token ids or labels, [seq] / [batch, seq] flat with
  * opts.batch / number[][]): a flat Int32Array [batch · seq/world] for flat input, number[][] for nested.
+ * (forwardBackward reads a flat array as one row: for batch > 1 pass nested arrays, or make an i32
+ * Tensor of shape [batch, seq/world] from the flat result.)
  */
 export function shardTokens(x: Int32Array | readonly number[], rank: number, world: number, opts?: ShardOptions): Int32Array;
 export function shardTokens(x: readonly (readonly number[])[], rank: number, world: number, opts?: ShardOptions): number[][];
