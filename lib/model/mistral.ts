@@ -51,7 +51,7 @@ export interface ForwardBackwardOptions {
   ignoreIndex?: number;
   /**
    * Sequence-parallel group (default: none = plain attention). With a lib/dist Group of world size W > 1,
-   * ids/labels are this rank's shard of one sequence (ring.shardIds / model.shardBatch cut it; `layout`),
+   * ids/labels are this rank's shard of one sequence (model.shardBatch / model.shardTokens cut it, as ring.shard does; `layout`),
    * attention is ring attention over the group, the loss is normalised by the global count of counted
    * tokens, the returned loss and count are global (the same on every rank) and, unless
    * `reduceGrads: false`, the parameter gradients are summed over the group: every rank then holds the
