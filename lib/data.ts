@@ -10,6 +10,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { ArgumentError, MegabeamError } from './errors';
+import { guardReceivers, show } from './guard';
 
 const HEADER_INTS = 256;
 const HEADER_BYTES = HEADER_INTS * 4;
@@ -25,6 +26,7 @@ export class TokenFile {
   #fd: number | null;
 
   constructor(file: string) {
+    markTokenFile(this);
     if (typeof file !== 'string' || file === '') throw new ArgumentError('tokens.open: path must be a non-empty string');
     this.path = path.resolve(file);
     let fd: number;
@@ -57,7 +59,7 @@ export class TokenFile {
   read(start: number, n: number): Int32Array {
     if (this.#fd === null) throw new ArgumentError(`tokens: ${this.path} is closed`);
     if (!Number.isSafeInteger(start) || !Number.isSafeInteger(n) || start < 0 || n < 0 || start + n > this.count)
-      throw new ArgumentError(`tokens.read: [${start}, ${start}+${n}) is outside 0..${this.count}`);
+      throw new ArgumentError(`tokens.read: [${show(start)}, +${show(n)}) is outside 0..${this.count}`);
     const bytes = this.width === 'u16' ? 2 : 4;
     const buf = Buffer.alloc(n * bytes);
     let got = 0;
@@ -81,14 +83,22 @@ export class TokenFile {
     this.#fd = null;
   }
 }
+const markTokenFile = guardReceivers(TokenFile);
 
 /** Writes a token file atomically (temporary name, then rename). uint16 unless an id needs 32 bits. */
 function write(file: string, ids: ArrayLike<number>, opts: { width?: TokenWidth } = {}): void {
   if (typeof file !== 'string' || file === '') throw new ArgumentError('tokens.write: path must be a non-empty string');
+  if (!Array.isArray(ids) && !(ArrayBuffer.isView(ids) && !(ids instanceof DataView)))
+    throw new ArgumentError(`tokens.write: ids must be an array or a typed array, got ${show(ids)}`);
+  if (opts === undefined || opts === null) opts = {};
+  if (typeof opts !== 'object') throw new ArgumentError(`tokens.write: options must be an object, got ${show(opts)}`);
+  if (opts.width !== undefined && opts.width !== 'u16' && opts.width !== 'u32')
+    throw new ArgumentError(`tokens.write: width must be 'u16' or 'u32', got ${show(opts.width)}`);
   let max = 0;
   for (let i = 0; i < ids.length; i++) {
     const v = ids[i];
-    if (!Number.isInteger(v) || v < 0 || v > 0x7fffffff) throw new ArgumentError(`tokens.write: id ${v} at ${i} is not a non-negative int32`);
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0x7fffffff)
+      throw new ArgumentError(`tokens.write: id ${show(v)} at ${i} is not a non-negative int32`);
     if (v > max) max = v;
   }
   if (ids.length > 0x7fffffff) throw new ArgumentError('tokens.write: more than 2^31 - 1 tokens in one file');
@@ -115,10 +125,29 @@ export interface TextTokenizer { encode(text: string): { ids: number[] }; token_
  * @huggingface/tokenizers (pure JS).
  */
 function loadTokenizer(tokenizerJson: string | object, config: object = {}): TextTokenizer {
-  const json = typeof tokenizerJson === 'string' ? JSON.parse(fs.readFileSync(tokenizerJson, 'utf8')) : tokenizerJson;
+  const op = 'tokens.loadTokenizer';
+  if (config === null || typeof config !== 'object' || Array.isArray(config))
+    throw new ArgumentError(`${op}: config must be an object (tokenizer_config.json), got ${show(config)}`);
+  let json: unknown = tokenizerJson;
+  if (typeof tokenizerJson === 'string') {
+    try {
+      json = JSON.parse(fs.readFileSync(tokenizerJson, 'utf8'));
+    } catch (e) {
+      throw new ArgumentError(`${op}: cannot read ${JSON.stringify(tokenizerJson)} as JSON: ${(e as Error)?.message}`);
+    }
+  }
+  if (json === null || typeof json !== 'object' || Array.isArray(json))
+    throw new ArgumentError(`${op}: expected a tokenizer.json path or its parsed object, got ${show(tokenizerJson)}`);
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { Tokenizer } = require('@huggingface/tokenizers') as { Tokenizer: new (j: object, c: object) => TextTokenizer };
-  return new Tokenizer(json, config);
+  try {
+    return new Tokenizer(json, config);
+  } catch (e) {
+    // The tokenizer package throws plain Errors for a malformed tokenizer.json: the caller's input.
+    let why = 'invalid tokenizer';
+    try { why = (e as Error)?.message ?? String(e); } catch { /* keep the generic text */ }
+    throw new ArgumentError(`${op}: ${why}`);
+  }
 }
 
 /**
@@ -170,6 +199,7 @@ export class Sampler {
   #order: Uint32Array | null = null;
 
   constructor(files: TokenFile | TokenFile[], opts: { seqLen: number; seed?: number; shuffle?: boolean }) {
+    markSampler(this);
     this.#files = Array.isArray(files) ? files : [files];
     if (this.#files.length === 0 || !this.#files.every((f) => f instanceof TokenFile))
       throw new ArgumentError('Sampler: files must be TokenFiles (tokens.open)');
@@ -230,3 +260,4 @@ export class Sampler {
     return p;
   }
 }
+const markSampler = guardReceivers(Sampler);

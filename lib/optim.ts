@@ -8,6 +8,7 @@ import { native } from './native';
 import { Tensor, arg, empty, zeros } from './tensor';
 import { scale } from './elementwise';
 import type { Group } from './dist/types';
+import { guardReceivers } from './guard';
 
 export interface ParamEntry {
   name: string;
@@ -72,6 +73,7 @@ export class AdamW {
   #sumsq: Tensor | null = null;
 
   constructor(params: readonly ParamEntry[], opts: AdamWOptions) {
+    markAdamW(this);
     const op = 'AdamW';
     check(op, Array.isArray(params) && params.length > 0, 'params must be a non-empty array of { name, param, grad }');
     check(op, !!opts && typeof opts === 'object', 'options must be an object');
@@ -253,6 +255,7 @@ export class AdamW {
     this.#sumsq = null;
   }
 }
+const markAdamW = guardReceivers(AdamW);
 
 /** The global L2 norm of gradients (waits for them; for logging). */
 export async function gradNorm(grads: readonly Tensor[]): Promise<number> {
@@ -268,11 +271,20 @@ export async function gradNorm(grads: readonly Tensor[]): Promise<number> {
 
 export type Schedule = (step: number) => number;
 
+function scheduleOptions<T>(op: string, o: T): T {
+  check(op, !!o && typeof o === 'object', 'options { peak, warmup, total, min? } must be an object');
+  return o;
+}
+
 /** Learning-rate schedules: functions of the 1-based step. */
 export const schedules = {
-  constant: (lr: number): Schedule => () => lr,
+  constant: (lr: number): Schedule => {
+    check('schedules.constant', typeof lr === 'number' && Number.isFinite(lr) && lr >= 0, 'lr must be a finite number >= 0');
+    return () => lr;
+  },
   /** Linear warmup from 0 to `peak` over `warmup` steps, then cosine (or linear) decay to `min` at `total`. */
-  warmupCosine({ peak, warmup, total, min = 0 }: { peak: number; warmup: number; total: number; min?: number }): Schedule {
+  warmupCosine(o: { peak: number; warmup: number; total: number; min?: number }): Schedule {
+    const { peak, warmup, total, min = 0 } = scheduleOptions('schedules.warmupCosine', o);
     check('schedules.warmupCosine', [peak, warmup, total, min].every(Number.isFinite) && warmup >= 0 && total > 0 && peak >= min,
       'need finite peak >= min, warmup >= 0, total > 0');
     return (step) => {
@@ -281,7 +293,8 @@ export const schedules = {
       return min + (peak - min) * 0.5 * (1 + Math.cos(Math.PI * p));
     };
   },
-  warmupLinear({ peak, warmup, total, min = 0 }: { peak: number; warmup: number; total: number; min?: number }): Schedule {
+  warmupLinear(o: { peak: number; warmup: number; total: number; min?: number }): Schedule {
+    const { peak, warmup, total, min = 0 } = scheduleOptions('schedules.warmupLinear', o);
     check('schedules.warmupLinear', [peak, warmup, total, min].every(Number.isFinite) && warmup >= 0 && total > 0 && peak >= min,
       'need finite peak >= min, warmup >= 0, total > 0');
     return (step) => {

@@ -28,6 +28,7 @@ import type { DeviceLike } from './device';
 import { RopeApplyOptions, rope } from './rope';
 import { Tensor, empty, tensor as makeTensor, zeros } from './tensor';
 import type { Group } from './dist/types';
+import { show } from './guard';
 
 export type RingLayout = 'zigzag' | 'contiguous';
 export type RingAlgorithm = 'ring' | 'allgather' | 'auto';
@@ -72,13 +73,13 @@ export const AUTO_ALLGATHER_MAX_SHARD = 4096;
 // Shard geometry
 
 function checkWorld(op: string, rank: number, world: number): void {
-  if (!Number.isSafeInteger(world) || world < 1) throw new ArgumentError(`${op}: world must be an integer >= 1, got ${String(world)}`);
-  if (!Number.isSafeInteger(rank) || rank < 0 || rank >= world) throw new ArgumentError(`${op}: rank must be in [0, ${world}), got ${String(rank)}`);
+  if (!Number.isSafeInteger(world) || world < 1) throw new ArgumentError(`${op}: world must be an integer >= 1, got ${show(world)}`);
+  if (!Number.isSafeInteger(rank) || rank < 0 || rank >= world) throw new ArgumentError(`${op}: rank must be in [0, ${world}), got ${show(rank)}`);
 }
 
 function checkLayout(op: string, layout: unknown): RingLayout {
   const l = layout ?? 'zigzag';
-  if (typeof l !== 'string' || !LAYOUTS.has(l)) throw new ArgumentError(`${op}: layout must be 'zigzag' or 'contiguous', got ${String(layout)}`);
+  if (typeof l !== 'string' || !LAYOUTS.has(l)) throw new ArgumentError(`${op}: layout must be 'zigzag' or 'contiguous', got ${show(layout)}`);
   return l as RingLayout;
 }
 
@@ -115,7 +116,7 @@ function rowCopy(src: Tensor, dst: Tensor, outer: number, inner: number, srcRow:
 function checkSeqDim(op: string, t: Tensor, seqDim: unknown): number {
   const d = seqDim ?? 1;
   if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0 || d >= t.ndim)
-    throw new ArgumentError(`${op}: seqDim must be a dimension of the ${t.ndim}-D tensor, got ${String(seqDim)}`);
+    throw new ArgumentError(`${op}: seqDim must be a dimension of the ${t.ndim}-D tensor, got ${show(seqDim)}`);
   return d;
 }
 
@@ -173,6 +174,8 @@ export function unshard(shards: readonly Tensor[], opts: ShardOptions = {}): Ten
 export function positions(seqLen: number, rank: number, world: number, layout: RingLayout = 'zigzag',
     opts: { batch?: number; device?: DeviceLike; offset?: number } = {}): Tensor {
   const cs = chunks(seqLen, rank, world, layout);
+  if (opts === undefined) opts = {};
+  if (opts === null || typeof opts !== 'object') throw new ArgumentError(`ring.positions: options must be an object, got ${show(opts)}`);
   const batch = opts.batch ?? 1, offset = opts.offset ?? 0;
   if (!Number.isSafeInteger(batch) || batch < 1) throw new ArgumentError('ring.positions: batch must be an integer >= 1');
   if (!Number.isSafeInteger(offset) || offset < 0 || offset + seqLen - 1 > 2 ** 31 - 1)
@@ -240,6 +243,12 @@ function blockOptions(ctx: Ctx, kind: BlockKind, q: Chunk, k: Chunk): AttentionO
  */
 export function chooseAlgorithm(p: { world: number; batch: number; shardLen: number; headsKv: number; headDim: number;
     dtypeBytes: number; allgatherMaxBytes?: number }): 'ring' | 'allgather' {
+  const op = 'ring.chooseAlgorithm';
+  if (p === null || typeof p !== 'object') throw new ArgumentError(`${op}: expected { world, batch, shardLen, headsKv, headDim, dtypeBytes }, got ${show(p)}`);
+  for (const k of ['world', 'batch', 'shardLen', 'headsKv', 'headDim', 'dtypeBytes'] as const)
+    if (!Number.isSafeInteger(p[k]) || p[k] < 1) throw new ArgumentError(`${op}: ${k} must be a positive integer, got ${show(p[k])}`);
+  if (p.allgatherMaxBytes !== undefined && (typeof p.allgatherMaxBytes !== 'number' || !(p.allgatherMaxBytes >= 0)))
+    throw new ArgumentError(`${op}: allgatherMaxBytes must be a number >= 0, got ${show(p.allgatherMaxBytes)}`);
   if (p.world === 1) return 'ring';
   const kvElems = 2 * p.batch * p.shardLen * p.world * p.headsKv * p.headDim;
   const bytes = kvElems * (p.dtypeBytes + 4);
@@ -269,7 +278,7 @@ function resolve(op: string, group: Group | null | undefined, q: Tensor, k: Tens
   };
   // Checked here too (attention would only see it at the first block, after the first transfer was issued).
   if (o.scale !== undefined && (typeof o.scale !== 'number' || !Number.isFinite(o.scale) || !(o.scale > 0)))
-    throw new ArgumentError(`${op}: scale must be a finite number > 0, got ${String(o.scale)}`);
+    throw new ArgumentError(`${op}: scale must be a finite number > 0, got ${show(o.scale)}`);
   if (o.timeoutMs !== undefined && (typeof o.timeoutMs !== 'number' || !(o.timeoutMs > 0)))
     throw new ArgumentError(`${op}: timeoutMs must be a number > 0`);
   if (o.allgatherMaxBytes !== undefined && (typeof o.allgatherMaxBytes !== 'number' || !(o.allgatherMaxBytes >= 0)))
@@ -284,7 +293,7 @@ function resolve(op: string, group: Group | null | undefined, q: Tensor, k: Tens
     throw new ShapeError(`${op}: q heads (${q.shape[2]}) must be a multiple of kv heads (${k.shape[2]})`);
   const algorithm = o.algorithm ?? 'auto';
   if (typeof algorithm !== 'string' || !ALGORITHMS.has(algorithm))
-    throw new ArgumentError(`${op}: algorithm must be 'ring', 'allgather' or 'auto', got ${String(algorithm)}`);
+    throw new ArgumentError(`${op}: algorithm must be 'ring', 'allgather' or 'auto', got ${show(algorithm)}`);
   const S = q.shape[1];
   if (causal && layout === 'zigzag' && W > 1 && S % 2 !== 0)
     throw new ShapeError(`${op}: a zigzag shard holds two equal chunks, its length (${S}) must be even`);

@@ -6,6 +6,7 @@ import { Dtype, checkDtype, dtypeCode, dtypeSize } from './dtype';
 import { DeviceLike, DeviceString, deviceIndex, parseDevice } from './device';
 import { ArgumentError, DeviceError, DisposedError, DtypeError, ShapeError, UnsupportedError, callNative as call } from './errors';
 import { NativeHandle, native } from './native';
+import { guardReceivers } from './guard';
 
 export type Shape = readonly number[];
 export type TensorData = Float32Array | Float64Array | Int32Array | Uint16Array | number[] | NestedArray;
@@ -29,6 +30,13 @@ export class Tensor<D extends Dtype = Dtype> {
 
   /** @internal use the creation functions (tensor, zeros, randn, ...) */
   constructor(handle: NativeHandle, shape: Shape, dtype: D, device: DeviceString) {
+    // Checked although internal: the class is exported, and a Tensor around garbage would fail later
+    // with a bare TypeError (dispose) or a wrong shape.
+    if (!(handle instanceof native().TensorHandle))
+      throw new ArgumentError('new Tensor: use the creation functions (tensor, zeros, randn, ...)');
+    checkShape(shape);
+    checkDtype(dtype);
+    if (typeof device !== 'string' || !/^(cpu|cuda:\d+)$/.test(device)) throw new DeviceError('new Tensor: device must be \'cpu\' or \'cuda:N\'');
     this.#handle = handle;
     this.shape = Object.freeze([...shape]);
     this.dtype = dtype;
@@ -152,6 +160,7 @@ export class Tensor<D extends Dtype = Dtype> {
 }
 
 const isTensor = (x: unknown): x is Tensor => Tensor.isTensor(x);
+guardReceivers(Tensor, isTensor);
 
 /** A short, never-throwing description of a user value for error messages. */
 function describe(v: unknown): string {

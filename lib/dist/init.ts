@@ -6,6 +6,7 @@ import type { Backend, Group } from './types';
 import { DistEnv, readDistEnv } from './rendezvous';
 import { TcpGroup } from './tcp';
 import { NcclGroup, ncclInfo, ncclLocalGroups, ncclProcessGroup } from './nccl';
+import { show } from '../guard';
 
 /** Default timeout of every call: MEGABEAM_TIMEOUT_MS, else 5 minutes. */
 export function defaultTimeoutMs(): number {
@@ -34,7 +35,7 @@ export interface InitOptions {
 
 function checkTimeout(t: unknown): number {
   const v = t ?? defaultTimeoutMs();
-  if (typeof v !== 'number' || !(v > 0)) throw new ArgumentError(`timeoutMs must be a positive number, got ${String(t)}`);
+  if (typeof v !== 'number' || !(v > 0)) throw new ArgumentError(`timeoutMs must be a positive number, got ${show(t)}`);
   return v;
 }
 

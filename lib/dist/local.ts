@@ -20,6 +20,7 @@ import { add, scale } from '../elementwise';
 import { native } from '../native';
 import { Tensor, empty } from '../tensor';
 import type { Backend, CommOptions, Group, P2POp, ReduceOp } from './types';
+import { show } from '../guard';
 
 export interface LocalGroupOptions {
   /** The one device every virtual rank uses (default 'cpu'). */
@@ -317,7 +318,7 @@ class LocalGroup implements Group {
 
   private peer(op: string, p: unknown): number {
     if (typeof p !== 'number' || !Number.isInteger(p) || p < 0 || p >= this.worldSize)
-      throw new ArgumentError(`${op}: peer must be a rank in [0, ${this.worldSize}), got ${String(p)}`);
+      throw new ArgumentError(`${op}: peer must be a rank in [0, ${this.worldSize}), got ${show(p)}`);
     return p;
   }
 
@@ -350,7 +351,7 @@ class LocalGroup implements Group {
 
   private reduceOp(op: string, opts?: { op?: ReduceOp }): ReduceOp {
     const r = opts?.op ?? 'sum';
-    if (r !== 'sum' && r !== 'avg' && r !== 'max') throw new ArgumentError(`${op}: op must be 'sum', 'avg' or 'max', got ${String(r)}`);
+    if (r !== 'sum' && r !== 'avg' && r !== 'max') throw new ArgumentError(`${op}: op must be 'sum', 'avg' or 'max', got ${show(r)}`);
     return r;
   }
 
@@ -425,7 +426,7 @@ class LocalGroup implements Group {
  * (e.g. `Promise.all(groups.map((g) => work(g)))`): a rank's call waits for its peers' calls.
  */
 export function localGroups(worldSize: number, opts: LocalGroupOptions = {}): Group[] {
-  if (!Number.isSafeInteger(worldSize) || worldSize < 1) throw new ArgumentError(`localGroups: worldSize must be an integer >= 1, got ${String(worldSize)}`);
+  if (!Number.isSafeInteger(worldSize) || worldSize < 1) throw new ArgumentError(`localGroups: worldSize must be an integer >= 1, got ${show(worldSize)}`);
   if (opts === null || typeof opts !== 'object') throw new ArgumentError('localGroups: options must be an object');
   const device = parseDevice(opts.device ?? 'cpu').name;
   const timeoutMs = opts.timeoutMs ?? 60_000;

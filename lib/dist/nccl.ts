@@ -16,7 +16,8 @@ import type { DeviceString } from '../device';
 import { ArgumentError, CommError, DeviceError, MegabeamError, TimeoutError, fromNative, callNative as call } from '../errors';
 import { native } from '../native';
 import type { Backend, CommOptions, Group, P2POp, ReduceOp } from './types';
-import type { TcpGroup } from './tcp';
+import { TcpGroup } from './tcp';
+import { guardReceivers, show } from '../guard';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 type Comm = unknown; // native communicator handle
@@ -140,6 +141,15 @@ export class NcclGroup implements Group {
     private batcher: Batcher | null,
     private tcp: TcpGroup | null,
   ) {
+    markNcclGroup(this);
+    // Internal, but the class is exported: garbage here would surface later in a timer, uncaught.
+    if (!Number.isSafeInteger(worldSize) || worldSize < 1 || !Number.isSafeInteger(rank) || rank < 0 || rank >= worldSize)
+      throw new ArgumentError(`NcclGroup: rank ${show(rank)} of world size ${show(worldSize)}`);
+    if (typeof device !== 'string' || !/^cuda:\d+$/.test(device)) throw new ArgumentError(`NcclGroup: device must be 'cuda:N', got ${show(device)}`);
+    if (typeof timeoutMs !== 'number' || !(timeoutMs > 0)) throw new ArgumentError(`NcclGroup: timeoutMs must be > 0, got ${show(timeoutMs)}`);
+    if (!comm || typeof comm !== 'object') throw new ArgumentError('NcclGroup: use dist.group() or dist.init()');
+    if (batcher !== null && !(batcher instanceof Batcher)) throw new ArgumentError('NcclGroup: use dist.group() or dist.init()');
+    if (tcp !== null && !(tcp instanceof TcpGroup)) throw new ArgumentError('NcclGroup: tcp must be a TcpGroup or null');
     // The native watchdog aborts a hung communicator; this notices it between calls.
     this.poller = setInterval(() => this.status(), 200);
     this.poller.unref();
@@ -262,6 +272,8 @@ export class NcclGroup implements Group {
     }
   }
 }
+
+const markNcclGroup = guardReceivers(NcclGroup);
 
 /** @internal one process, several GPUs */
 export async function ncclLocalGroups(devices: number[], timeoutMs: number): Promise<NcclGroup[]> {

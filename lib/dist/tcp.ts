@@ -23,6 +23,7 @@ import { Dtype, dtypeCode } from '../dtype';
 import { ArgumentError, CommError, DeviceError, DtypeError, MegabeamError, ShapeError, TimeoutError, callNative as call } from '../errors';
 import { native } from '../native';
 import type { Backend, CommOptions, Group, P2POp, ReduceOp } from './types';
+import { guardReceivers, show } from '../guard';
 import { Frame, FrameParser, Kind, WireOp, opCode, opName, writeFrame } from './wire';
 
 export interface TcpGroupOptions {
@@ -106,6 +107,17 @@ export class TcpGroup implements Group {
   private failureListeners: ((e: MegabeamError) => void)[] = [];
 
   private constructor(o: TcpGroupOptions) {
+    markTcpGroup(this);
+    if (!o || typeof o !== 'object') throw new ArgumentError(`TcpGroup: options must be an object, got ${show(o)}`);
+    if (!Number.isSafeInteger(o.worldSize) || o.worldSize < 1) throw new ArgumentError(`worldSize must be >= 1, got ${show(o.worldSize)}`);
+    if (!Number.isSafeInteger(o.rank) || o.rank < 0 || o.rank >= o.worldSize) throw new ArgumentError(`rank ${show(o.rank)} is not in [0, ${o.worldSize})`);
+    if (!(typeof o.timeoutMs === 'number' && o.timeoutMs > 0)) throw new ArgumentError('timeoutMs must be > 0');
+    if (o.device !== undefined && (typeof o.device !== 'string' || !/^(cpu|cuda:\d+)$/.test(o.device)))
+      throw new ArgumentError(`TcpGroup: device must be 'cpu' or 'cuda:N', got ${show(o.device)}`);
+    if (o.worldSize > 1 && (typeof o.masterAddr !== 'string' || o.masterAddr === ''))
+      throw new ArgumentError(`TcpGroup: masterAddr must be a host name or address, got ${show(o.masterAddr)}`);
+    if (o.worldSize > 1 && (!Number.isSafeInteger(o.masterPort) || o.masterPort < 1 || o.masterPort > 65535))
+      throw new ArgumentError(`TcpGroup: masterPort must be an integer in 1..65535, got ${show(o.masterPort)}`);
     this.rank = o.rank;
     this.worldSize = o.worldSize;
     this.device = o.device ?? 'cpu';
@@ -114,10 +126,7 @@ export class TcpGroup implements Group {
 
   /** Rendezvous and connect the mesh; resolves when this rank is linked to every other rank. */
   static async connect(o: TcpGroupOptions): Promise<TcpGroup> {
-    const g = new TcpGroup(o);
-    if (!Number.isSafeInteger(o.worldSize) || o.worldSize < 1) throw new ArgumentError(`worldSize must be >= 1, got ${o.worldSize}`);
-    if (!Number.isSafeInteger(o.rank) || o.rank < 0 || o.rank >= o.worldSize) throw new ArgumentError(`rank ${o.rank} is not in [0, ${o.worldSize})`);
-    if (!(o.timeoutMs > 0)) throw new ArgumentError('timeoutMs must be > 0');
+    const g = new TcpGroup(o);  // checks o
     g.peers = Array.from({ length: o.worldSize }, () => null);
     g.sent = new Array<number>(o.worldSize).fill(0);
     g.received = new Array<number>(o.worldSize).fill(0);
@@ -443,7 +452,7 @@ export class TcpGroup implements Group {
   }
   private checkPeer(peer: unknown, op: string): number {
     if (typeof peer !== 'number' || !Number.isSafeInteger(peer) || peer < 0 || peer >= this.worldSize)
-      throw new ArgumentError(`${op}: peer ${String(peer)} is not a rank of the group (0..${this.worldSize - 1})`);
+      throw new ArgumentError(`${op}: peer ${show(peer)} is not a rank of the group (0..${this.worldSize - 1})`);
     return peer;
   }
 
@@ -608,7 +617,7 @@ export class TcpGroup implements Group {
     return this.run('broadcast', opts, async (seq, waiting) => {
       const t = this.checkTensor(tensor, 'broadcast', 'tensor');
       if (typeof root !== 'number' || !Number.isSafeInteger(root) || root < 0 || root >= this.worldSize)
-        throw new ArgumentError(`broadcast: root ${String(root)} is not a rank of the group`);
+        throw new ArgumentError(`broadcast: root ${show(root)} is not a rank of the group`);
       if (this.rank === root) {
         const d = await raw(t);
         for (let p = 0; p < this.worldSize; p++) if (p !== root) this.post(p, 'broadcast', seq, 0, dtypeCode(t.dtype), d);
@@ -676,3 +685,4 @@ export class TcpGroup implements Group {
     }).then(() => result);
   }
 }
+const markTcpGroup = guardReceivers(TcpGroup);

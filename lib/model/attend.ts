@@ -8,6 +8,7 @@ import { ArgumentError, UnsupportedError } from '../errors';
 import { ring, RingLayout, RingAlgorithm } from '../ring';
 import { Tensor } from '../tensor';
 import type { Group } from '../dist/types';
+import { show } from '../guard';
 
 /**
  * The part of a process group attend needs to tell its size (a structural subset of lib/dist's Group).
@@ -41,7 +42,7 @@ export function worldOf(g: AttendGroup | Group | undefined): number {
   if (typeof g !== 'object') throw new ArgumentError('attend: group must be a process group');
   const a = g as AttendGroup;
   const w = a.worldSize ?? a.size ?? a.world ?? 1;
-  if (typeof w !== 'number' || !Number.isSafeInteger(w) || w < 1) throw new ArgumentError(`attend: group size must be a positive integer, got ${String(w)}`);
+  if (typeof w !== 'number' || !Number.isSafeInteger(w) || w < 1) throw new ArgumentError(`attend: group size must be a positive integer, got ${show(w)}`);
   return w;
 }
 

@@ -2,6 +2,7 @@
 // silently compute differently from transformers is rejected here, naming the field.
 import { ArgumentError, MegabeamError, UnsupportedError } from '../errors';
 import { fromHFConfig, HFRopeResult } from '../theta/hf';
+import { show } from '../guard';
 
 export interface ModelConfig {
   modelType: string;
@@ -64,7 +65,7 @@ export interface ConfigOptions {
 export function configFromHF(json: unknown, opts: ConfigOptions = {}): ModelConfig {
   if (opts === null || typeof opts !== 'object') throw new ArgumentError('configFromHF: options must be an object');
   if (opts.seqLen !== undefined && (typeof opts.seqLen !== 'number' || !Number.isSafeInteger(opts.seqLen) || opts.seqLen <= 0))
-    throw new ArgumentError(`configFromHF: seqLen must be a positive integer, got ${String(opts.seqLen)}`);
+    throw new ArgumentError(`configFromHF: seqLen must be a positive integer, got ${show(opts.seqLen)}`);
   if (typeof json === 'string') {
     try {
       json = JSON.parse(json);

@@ -24,6 +24,7 @@ import { attend, AttendGroup, ringGroup, worldOf } from './attend';
 import { ring, RingAlgorithm, RingLayout } from '../ring';
 import type { Group } from '../dist/types';
 import { ConfigOptions, ModelConfig, configFromHF, parameterShapes } from './config';
+import { show } from '../guard';
 
 export interface FromConfigOptions extends ConfigOptions {
   device?: DeviceLike;
@@ -304,10 +305,10 @@ export class Model {
       B: number, S: number): SeqPar {
     const off = o.positionOffset ?? 0;
     if (typeof off !== 'number' || !Number.isSafeInteger(off) || off < 0)
-      throw new ArgumentError(`model: positionOffset must be a non-negative integer, got ${String(off)}`);
+      throw new ArgumentError(`model: positionOffset must be a non-negative integer, got ${show(off)}`);
     const layout = o.layout ?? 'zigzag';
     if (layout !== 'zigzag' && layout !== 'contiguous')
-      throw new ArgumentError(`model: layout must be 'zigzag' or 'contiguous', got ${String(layout)}`);
+      throw new ArgumentError(`model: layout must be 'zigzag' or 'contiguous', got ${show(layout)}`);
     const g = ringGroup(o.group, 'model');
     if (!g) return { group: o.group, positionOffset: off, layout, world: 1, rank: 0 };
     if (g.device !== this.device) throw new DeviceError(`model: the group is on ${g.device}, the model on ${this.device}`);
@@ -533,7 +534,7 @@ export class Model {
 
   #mlpChunk(N: number, opt?: number): number {
     if (opt === undefined) return Math.min(N, 8192);
-    if (!Number.isSafeInteger(opt) || opt < 1) throw new ArgumentError(`model: mlpChunkTokens must be a positive integer, got ${String(opt)}`);
+    if (!Number.isSafeInteger(opt) || opt < 1) throw new ArgumentError(`model: mlpChunkTokens must be a positive integer, got ${show(opt)}`);
     return Math.min(N, opt);
   }
 
@@ -801,7 +802,7 @@ export function fromConfig(cfg: unknown, opts: FromConfigOptions = {}): Model {
   const dtype = checkDtype(opts.dtype ?? (device === 'cpu' ? 'f32' : 'bf16'), 'model dtype');
   if (dtype === 'i32') throw new DtypeError('model dtype must be a float dtype');
   const gd = opts.gradDtype ?? 'f32';
-  if (gd !== 'f32' && gd !== 'param') throw new ArgumentError(`model.fromConfig: gradDtype must be 'f32' or 'param', got ${String(gd)}`);
+  if (gd !== 'f32' && gd !== 'param') throw new ArgumentError(`model.fromConfig: gradDtype must be 'f32' or 'param', got ${show(gd)}`);
   let seed: bigint | undefined;
   if (opts.seed !== undefined) {
     if (typeof opts.seed === 'bigint') seed = opts.seed;

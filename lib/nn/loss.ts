@@ -5,6 +5,7 @@ import { matmul } from '../matmul';
 import { native } from '../native';
 import { Tensor, arg, empty, zeros } from '../tensor';
 import { badWord, opts, wrap } from './util';
+import { show } from '../guard';
 
 export interface CrossEntropyOptions {
   /** Rows whose label equals this get loss 0 and a zero gradient (default -100, must not be a class id). */
@@ -96,7 +97,7 @@ export function lmHeadLoss(hidden: Tensor, weight: Tensor, labels: Tensor, optio
   if (o.divisor !== undefined && !(typeof o.divisor === 'number' && o.divisor > 0 && Number.isFinite(o.divisor)))
     throw new ArgumentError('lmHeadLoss: divisor must be a finite number > 0');
   const ldt = o.logitsDtype ?? hidden.dtype;
-  if (ldt !== 'f32' && ldt !== 'f16' && ldt !== 'bf16') throw new DtypeError(`lmHeadLoss: logitsDtype must be f32, f16 or bf16, got ${String(ldt)}`);
+  if (ldt !== 'f32' && ldt !== 'f16' && ldt !== 'bf16') throw new DtypeError(`lmHeadLoss: logitsDtype must be f32, f16 or bf16, got ${show(ldt)}`);
   let T = o.chunkTokens ?? Math.max(1, Math.floor((512 * 2 ** 20) / (Math.max(V, 1) * (ldt === 'f32' ? 4 : 2))));
   if (!Number.isSafeInteger(T) || T < 1) throw new ArgumentError('lmHeadLoss: chunkTokens must be a positive integer');
   T = Math.min(T, Math.max(N, 1));
