@@ -10,7 +10,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { ArgumentError, MegabeamError } from './errors';
-import { guardReceivers, show } from './guard';
+import { guardReceivers, show, optionsArg } from './guard';
 
 const HEADER_INTS = 256;
 const HEADER_BYTES = HEADER_INTS * 4;
@@ -87,11 +87,10 @@ const markTokenFile = guardReceivers(TokenFile);
 
 /** Writes a token file atomically (temporary name, then rename). uint16 unless an id needs 32 bits. */
 function write(file: string, ids: ArrayLike<number>, opts: { width?: TokenWidth } = {}): void {
+  opts = optionsArg('tokens.write', opts);
   if (typeof file !== 'string' || file === '') throw new ArgumentError('tokens.write: path must be a non-empty string');
   if (!Array.isArray(ids) && !(ArrayBuffer.isView(ids) && !(ids instanceof DataView)))
     throw new ArgumentError(`tokens.write: ids must be an array or a typed array, got ${show(ids)}`);
-  if (opts === undefined || opts === null) opts = {};
-  if (typeof opts !== 'object') throw new ArgumentError(`tokens.write: options must be an object, got ${show(opts)}`);
   if (opts.width !== undefined && opts.width !== 'u16' && opts.width !== 'u32')
     throw new ArgumentError(`tokens.write: width must be 'u16' or 'u32', got ${show(opts.width)}`);
   let max = 0;

@@ -53,3 +53,10 @@ export function guardReceivers(C: Function, isInstance?: (x: unknown) => boolean
   }
   return (self: object) => { real.add(self); };
 }
+
+/** An options argument: undefined means none; anything but a plain object (null, a number...) is ERR_ARG. */
+export function optionsArg<T extends object>(op: string, o: T | undefined): T {
+  if (o === undefined) return {} as T;
+  if (o === null || typeof o !== 'object' || Array.isArray(o)) throw new ArgumentError(`${op}: options must be an object, got ${show(o)}`);
+  return o;
+}

@@ -8,7 +8,7 @@ import { native } from './native';
 import { Tensor, arg, empty, zeros } from './tensor';
 import { scale } from './elementwise';
 import type { Group } from './dist/types';
-import { guardReceivers } from './guard';
+import { guardReceivers, optionsArg } from './guard';
 
 export interface ParamEntry {
   name: string;
@@ -137,6 +137,7 @@ export class AdamW {
    * `gradScale` multiplies the gradients first (e.g. 1/microbatches). Resolves once everything is issued.
    */
   async step(opts: { lr?: number; gradScale?: number } = {}): Promise<void> {
+    opts = optionsArg('AdamW.step', opts);
     const lr = opts.lr ?? this.lr;
     const gradScale = opts.gradScale ?? 1;
     check('AdamW.step', Number.isFinite(lr) && lr >= 0, 'lr must be a finite number >= 0');

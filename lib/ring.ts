@@ -28,7 +28,7 @@ import type { DeviceLike } from './device';
 import { RopeApplyOptions, rope } from './rope';
 import { Tensor, empty, tensor as makeTensor, zeros } from './tensor';
 import type { Group } from './dist/types';
-import { show } from './guard';
+import { show, optionsArg } from './guard';
 
 export type RingLayout = 'zigzag' | 'contiguous';
 export type RingAlgorithm = 'ring' | 'allgather' | 'auto';
@@ -128,6 +128,7 @@ export interface ShardOptions {
 
 /** Rank `rank`'s shard of a full sequence (a new tensor, same dtype and device). */
 export function shard(full: Tensor, rank: number, world: number, opts: ShardOptions = {}): Tensor {
+  opts = optionsArg('ring.shard', opts);
   const op = 'ring.shard';
   if (!(full instanceof Tensor)) throw new ArgumentError(`${op}: full must be a Tensor`);
   full.handle(`${op}: full`);
@@ -144,6 +145,7 @@ export function shard(full: Tensor, rank: number, world: number, opts: ShardOpti
 
 /** The full sequence from every rank's shard (shards[r] from rank r). */
 export function unshard(shards: readonly Tensor[], opts: ShardOptions = {}): Tensor {
+  opts = optionsArg('ring.unshard', opts);
   const op = 'ring.unshard';
   if (!Array.isArray(shards) || shards.length < 1) throw new ArgumentError(`${op}: shards must be a non-empty array of Tensors`);
   const W = shards.length;
@@ -173,9 +175,8 @@ export function unshard(shards: readonly Tensor[], opts: ShardOptions = {}): Ten
  */
 export function positions(seqLen: number, rank: number, world: number, layout: RingLayout = 'zigzag',
     opts: { batch?: number; device?: DeviceLike; offset?: number } = {}): Tensor {
+  opts = optionsArg('ring.positions', opts);
   const cs = chunks(seqLen, rank, world, layout);
-  if (opts === undefined) opts = {};
-  if (opts === null || typeof opts !== 'object') throw new ArgumentError(`ring.positions: options must be an object, got ${show(opts)}`);
   const batch = opts.batch ?? 1, offset = opts.offset ?? 0;
   if (!Number.isSafeInteger(batch) || batch < 1) throw new ArgumentError('ring.positions: batch must be an integer >= 1');
   if (!Number.isSafeInteger(offset) || offset < 0 || offset + seqLen - 1 > 2 ** 31 - 1)

@@ -15,6 +15,7 @@ import { Dtype, checkDtype, dtypeSize } from './dtype';
 import { DeviceLike } from './device';
 import { ArgumentError, MegabeamError, UnsupportedError } from './errors';
 import { Tensor, tensor } from './tensor';
+import { optionsArg } from './guard';
 
 /** safetensors dtype names megabeam stores as tensors, and their megabeam dtype. */
 const ST_TO_DTYPE: Record<string, Dtype> = { BF16: 'bf16', F16: 'f16', F32: 'f32', I32: 'i32' };
@@ -249,6 +250,7 @@ function checkLoadable(t: TensorInfo, file: string): Dtype {
  * device. Tensors are read one at a time through one staging buffer (the size of the largest).
  */
 export async function load(p: string, opts: LoadOptions = {}): Promise<Map<string, Tensor>> {
+  opts = optionsArg('safetensors.load', opts);
   checkPath('load', p);
   if (opts === null || typeof opts !== 'object') throw new ArgumentError('safetensors.load: options must be an object');
   if (opts.names !== undefined && (opts.names === null || typeof (opts.names as Iterable<string>)[Symbol.iterator] !== 'function'))
@@ -391,6 +393,7 @@ function entriesOf(op: string, tensors: Map<string, Tensor> | Record<string, Ten
 
 /** Writes tensors to one .safetensors file atomically (temp file + rename). */
 export async function save(file: string, tensors: Map<string, Tensor> | Record<string, Tensor>, opts: SaveOptions = {}): Promise<void> {
+  opts = optionsArg('safetensors.save', opts);
   checkPath('save', file, 'file');
   const entries = entriesOf('save', tensors);
   const meta = checkMeta('save', opts);
@@ -408,6 +411,7 @@ export interface SaveShardedOptions extends SaveOptions {
  * With one shard it writes model.safetensors (and no index), also as HF does.
  */
 export async function saveSharded(dir: string, tensors: Map<string, Tensor> | Record<string, Tensor>, opts: SaveShardedOptions = {}): Promise<string[]> {
+  opts = optionsArg('safetensors.saveSharded', opts);
   checkPath('saveSharded', dir, 'dir');
   const meta = checkMeta('saveSharded', opts);
   const max = opts.maxShardBytes ?? 5e9;

@@ -53,6 +53,7 @@ export class Tensor<D extends Dtype = Dtype> {
 
   /** @internal the live native handle; throws ERR_DISPOSED (ERR_ARG for a fake Tensor). */
   handle(what = 'tensor'): NativeHandle {
+    if (typeof what !== 'string') what = 'tensor';
     if (!isTensor(this)) throw new ArgumentError(`${what} is not a Tensor made by megabeam`);
     if (this.#handle === null) throw new DisposedError(`${what} was disposed`);
     return this.#handle;

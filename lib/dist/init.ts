@@ -6,7 +6,7 @@ import type { Backend, Group } from './types';
 import { DistEnv, readDistEnv } from './rendezvous';
 import { TcpGroup } from './tcp';
 import { NcclGroup, ncclInfo, ncclLocalGroups, ncclProcessGroup } from './nccl';
-import { show } from '../guard';
+import { show, optionsArg } from '../guard';
 
 /** Default timeout of every call: MEGABEAM_TIMEOUT_MS, else 5 minutes. */
 export function defaultTimeoutMs(): number {
@@ -49,6 +49,7 @@ export function distEnv(): DistEnv {
  * communicator (CUDA tensors; the unique id travels over TCP).
  */
 export async function init(opts: InitOptions = {}): Promise<Group> {
+  opts = optionsArg('dist.init', opts);
   if (opts === null || typeof opts !== 'object') throw new ArgumentError('init: options must be an object');
   const env = distEnv();
   const rank = opts.rank ?? env.rank;

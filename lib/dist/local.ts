@@ -20,7 +20,7 @@ import { add, scale } from '../elementwise';
 import { native } from '../native';
 import { Tensor, empty } from '../tensor';
 import type { Backend, CommOptions, Group, P2POp, ReduceOp } from './types';
-import { show } from '../guard';
+import { show, optionsArg } from '../guard';
 
 export interface LocalGroupOptions {
   /** The one device every virtual rank uses (default 'cpu'). */
@@ -426,6 +426,7 @@ class LocalGroup implements Group {
  * (e.g. `Promise.all(groups.map((g) => work(g)))`): a rank's call waits for its peers' calls.
  */
 export function localGroups(worldSize: number, opts: LocalGroupOptions = {}): Group[] {
+  opts = optionsArg('dist.localGroups', opts);
   if (!Number.isSafeInteger(worldSize) || worldSize < 1) throw new ArgumentError(`localGroups: worldSize must be an integer >= 1, got ${show(worldSize)}`);
   if (opts === null || typeof opts !== 'object') throw new ArgumentError('localGroups: options must be an object');
   const device = parseDevice(opts.device ?? 'cpu').name;

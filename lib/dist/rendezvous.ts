@@ -51,6 +51,7 @@ function port(env: Env, fallback: number): number {
 }
 
 export function readDistEnv(env: Env = process.env): DistEnv {
+  if (env === null || typeof env !== 'object') throw new ArgumentError('readDistEnv: env must be an object (like process.env)');
   const check = (d: DistEnv): DistEnv => {
     if (d.worldSize < 1) throw new ArgumentError(`${d.source}: world size must be >= 1`);
     if (d.rank >= d.worldSize) throw new ArgumentError(`${d.source}: rank ${d.rank} is not below the world size ${d.worldSize}`);

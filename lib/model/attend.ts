@@ -8,7 +8,7 @@ import { ArgumentError, UnsupportedError } from '../errors';
 import { ring, RingLayout, RingAlgorithm } from '../ring';
 import { Tensor } from '../tensor';
 import type { Group } from '../dist/types';
-import { show } from '../guard';
+import { show, optionsArg } from '../guard';
 
 /**
  * The part of a process group attend needs to tell its size (a structural subset of lib/dist's Group).
@@ -87,6 +87,7 @@ export function backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Ten
 
 /** forward, or ring attention over the group's shards when its world size is > 1. */
 export async function forwardAsync(q: Tensor, k: Tensor, v: Tensor, opts: AttendOptions = {}): Promise<{ out: Tensor; lse: Tensor }> {
+  opts = optionsArg('model.attend.forwardAsync', opts);
   const g = ringGroup(opts.group);
   if (!g) return forward(q, k, v, opts);
   return ring.forward(g, q, k, v, ringOpts(opts));
@@ -95,6 +96,7 @@ export async function forwardAsync(q: Tensor, k: Tensor, v: Tensor, opts: Attend
 /** backward, or ring attention's backward over the group's shards when its world size is > 1. */
 export async function backwardAsync(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
     opts: AttendOptions = {}): Promise<{ dq: Tensor; dk: Tensor; dv: Tensor }> {
+  opts = optionsArg('model.attend.backwardAsync', opts);
   const g = ringGroup(opts.group);
   if (!g) return backward(dout, q, k, v, out, lse, opts);
   return ring.backward(g, dout, q, k, v, out, lse, ringOpts(opts));

@@ -2,7 +2,7 @@
 // silently compute differently from transformers is rejected here, naming the field.
 import { ArgumentError, MegabeamError, UnsupportedError } from '../errors';
 import { fromHFConfig, HFRopeResult } from '../theta/hf';
-import { show } from '../guard';
+import { show, optionsArg } from '../guard';
 
 export interface ModelConfig {
   modelType: string;
@@ -63,6 +63,7 @@ export interface ConfigOptions {
  * with `field` naming the config key.
  */
 export function configFromHF(json: unknown, opts: ConfigOptions = {}): ModelConfig {
+  opts = optionsArg('model.configFromHF', opts);
   if (opts === null || typeof opts !== 'object') throw new ArgumentError('configFromHF: options must be an object');
   if (opts.seqLen !== undefined && (typeof opts.seqLen !== 'number' || !Number.isSafeInteger(opts.seqLen) || opts.seqLen <= 0))
     throw new ArgumentError(`configFromHF: seqLen must be a positive integer, got ${show(opts.seqLen)}`);

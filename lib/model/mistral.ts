@@ -24,7 +24,7 @@ import { attend, AttendGroup, ringGroup, worldOf } from './attend';
 import { ring, RingAlgorithm, RingLayout } from '../ring';
 import type { Group } from '../dist/types';
 import { ConfigOptions, ModelConfig, configFromHF, parameterShapes } from './config';
-import { show } from '../guard';
+import { show, optionsArg } from '../guard';
 
 export interface FromConfigOptions extends ConfigOptions {
   device?: DeviceLike;
@@ -262,6 +262,7 @@ export class Model {
 
   /** Sets every gradient to 0 (or frees them with { free: true }). */
   zeroGrad(opts: { free?: boolean } = {}): void {
+    opts = optionsArg('model.zeroGrad', opts);
     this.#reduced = false;
     if (!this.#grads) return;
     for (const t of this.#grads.values()) opts.free ? t.dispose() : t.fill_(0);
@@ -513,6 +514,7 @@ export class Model {
    * returned as the gradient with respect to x; parameter gradients accumulate into grads().
    */
   layerForwardBackward(l: number, x: Tensor, dout: Tensor, opts: { batch?: number; checkpoint?: boolean; mlpChunkTokens?: number; group?: AttendGroup; positionOffset?: number } = {}): Tensor {
+    opts = optionsArg('model.layerForwardBackward', opts);
     if (!Number.isSafeInteger(l) || l < 0 || l >= this.config.numLayers) throw new ArgumentError(`layerForwardBackward: no layer ${l}`);
     this.#syncOnly('layerForwardBackward', opts);
     const N = x.shape[0], B = opts.batch ?? 1;
@@ -548,6 +550,7 @@ export class Model {
    * `layout`); see ForwardBackwardOptions.group.
    */
   async forwardBackward(ids: Ids, labels: Ids, opts: ForwardBackwardOptions = {}): Promise<ForwardBackwardResult> {
+    opts = optionsArg('model.forwardBackward', opts);
     if (opts === null || typeof opts !== 'object') throw new ArgumentError('forwardBackward: options must be an object');
     const checkpoint = opts.checkpoint ?? true;
     const reduce = opts.reduceGrads ?? true;
@@ -679,6 +682,7 @@ export class Model {
    * mean). forwardBackward({ group }) calls it unless reduceGrads: false. Every rank calls it.
    */
   async reduceGrads(group: Group, opts: { timeoutMs?: number } = {}): Promise<void> {
+    opts = optionsArg('model.reduceGrads', opts);
     const g = ringGroup(group, 'model.reduceGrads');
     if (!g) return;
     for (const t of this.grads().values()) await g.allReduce(t, { op: 'sum', timeoutMs: opts.timeoutMs });
@@ -687,6 +691,7 @@ export class Model {
 
   /** Final hidden states after the last norm, [batch·seq, hidden] (no gradients). */
   hidden(ids: Ids, opts: { group?: AttendGroup; positionOffset?: number; mlpChunkTokens?: number } = {}): Tensor {
+    opts = optionsArg('model.hidden', opts);
     this.#syncOnly('hidden', opts);
     const idT = this.#ids(ids, 'ids');
     const c = this.config;
@@ -715,6 +720,7 @@ export class Model {
 
   /** Logits [batch, seq, vocab] in the model dtype — whole, so for small checks only. */
   forward(ids: Ids, opts: { group?: AttendGroup; positionOffset?: number } = {}): Tensor {
+    opts = optionsArg('model.forward', opts);
     const idT = this.#ids(ids, 'ids');
     try {
       const [B, S] = idT.shape;
@@ -770,6 +776,7 @@ export class Model {
    * save_pretrained does (config.json + model.safetensors or shards with an index).
    */
   async save(p: string, opts: { maxShardBytes?: number } = {}): Promise<string[]> {
+    opts = optionsArg('model.save', opts);
     if (typeof p !== 'string' || p === '') throw new ArgumentError('model.save: path must be a non-empty string');
     const meta = { format: 'pt' };
     if (p.endsWith('.safetensors')) {
@@ -796,6 +803,7 @@ export class Model {
  * directory — then use fromPretrained to also load weights), randomly initialised with `seed`.
  */
 export function fromConfig(cfg: unknown, opts: FromConfigOptions = {}): Model {
+  opts = optionsArg('model.fromConfig', opts);
   if (opts === null || typeof opts !== 'object') throw new ArgumentError('model.fromConfig: options must be an object');
   const config = configFromHF(cfg, { seqLen: opts.seqLen });
   const device = parseDevice(opts.device).name;
@@ -816,6 +824,7 @@ export function fromConfig(cfg: unknown, opts: FromConfigOptions = {}): Model {
 
 /** config.json + weights from an HF model directory (or a config path and a weights path). */
 export async function fromPretrained(dir: string, opts: Omit<FromConfigOptions, 'seed' | 'empty'> = {}): Promise<Model> {
+  opts = optionsArg('model.fromPretrained', opts);
   if (typeof dir !== 'string' || dir === '') throw new ArgumentError('model.fromPretrained: dir must be a non-empty string');
   if (opts === null || typeof opts !== 'object') throw new ArgumentError('model.fromPretrained: options must be an object');
   let text: string;

@@ -4,6 +4,7 @@
 // alike: a token and its label stay together.
 import { ArgumentError, ShapeError } from '../errors';
 import { chunks, RingLayout } from '../ring';
+import { optionsArg } from '../guard';
 
 export interface ShardOptions {
   /** 'zigzag' (default) or 'contiguous'; the same as forwardBackward's `layout`. */
@@ -43,6 +44,7 @@ function rowsOf(x: Tokens, batch: number | undefined, what: string): { rows: Arr
 export function shardTokens(x: Int32Array | readonly number[], rank: number, world: number, opts?: ShardOptions): Int32Array;
 export function shardTokens(x: readonly (readonly number[])[], rank: number, world: number, opts?: ShardOptions): number[][];
 export function shardTokens(x: Tokens, rank: number, world: number, opts: ShardOptions = {}): Int32Array | number[][] {
+  opts = optionsArg('model.shardTokens', opts);
   const { rows, nested } = rowsOf(x, opts.batch, 'tokens');
   const S = rows.length ? rows[0].length : 0;
   const cs = chunks(S, rank, world, opts.layout ?? 'zigzag');
@@ -63,6 +65,7 @@ export function shardTokens(x: Tokens, rank: number, world: number, opts: ShardO
 export function shardBatch<T extends Tokens>(batch: { ids: T; labels: T }, rank: number, world: number, opts: ShardOptions = {}):
     { ids: T extends readonly (readonly number[])[] ? number[][] : Int32Array; labels: T extends readonly (readonly number[])[] ? number[][] : Int32Array;
       positions: Int32Array } {
+  opts = optionsArg('model.shardBatch', opts);
   if (!batch || typeof batch !== 'object') throw new ArgumentError('model.shardBatch: expected { ids, labels }');
   const ids = shardTokens(batch.ids as Int32Array, rank, world, opts);
   const labels = shardTokens(batch.labels as Int32Array, rank, world, opts);

@@ -1,6 +1,7 @@
 // Hugging Face config.json → RopeOptions → frequencies(), following how transformers reads each field.
 import { frequencies, RopeFrequencies, RopeOptions, RopeType, ropeTypes } from './frequencies';
 import { fail, show } from './validate';
+import { optionsArg } from '../guard';
 
 export interface FromHFConfigOptions {
   /** Current sequence length for 'dynamic' / 'longrope' (default: max_position_embeddings). */
@@ -32,6 +33,7 @@ function num(cfg: Dict, key: string): number | undefined {
  * attention fields.
  */
 export function fromHFConfig(config: unknown, opts: FromHFConfigOptions = {}): HFRopeResult {
+  opts = optionsArg('theta.fromHFConfig', opts);
   if (!isDict(config)) fail('config', `must be a config.json object, got ${show(config)}`);
   let cfg: Dict = config;
   if (isDict(cfg.text_config) && cfg.hidden_size === undefined && cfg.head_dim === undefined) cfg = cfg.text_config;
