@@ -7,6 +7,7 @@ import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { tensor, empty, randn, synchronize, memory, resetPeakMemory, Tensor } from '../lib/index';
 import { native } from '../lib/native';
+import { hooks } from './helpers/hooks';
 import { throwsCode } from './helpers/assert';
 import { gpu } from './helpers/devices';
 
@@ -46,7 +47,7 @@ t.test('backpressure: the CPU queue is bounded and enqueue waits for room', asyn
   const q0 = native().queueInfo();
   t.ok(q0.maxTasks >= 64 && q0.maxBytes >= 1 << 20, `limits: ${q0.maxTasks} tasks, ${q0.maxBytes} bytes`);
   const b = empty([16]);
-  native().debugQueueSleep(400);
+  hooks().debugQueueSleep(400);
   const t0 = Date.now();
   let maxPending = 0;
   for (let i = 0; i < q0.maxTasks + 200; i++) {
@@ -97,7 +98,7 @@ t.test('tensor() and .to() onto a GPU do not wait for queued CUDA kernels', gpu,
 
 t.test('pending reads do not occupy the libuv thread pool', async (t) => {
   const x = randn([1000], { seed: 4 });
-  native().debugQueueSleep(1500);
+  hooks().debugQueueSleep(1500);
   const reads = Array.from({ length: 8 }, () => x.toArray());  // more than libuv's 4 threads
   const fs = await import('fs');
   const t0 = Date.now();
@@ -134,7 +135,7 @@ t.test('toArray of a huge tensor in a worker with resourceLimits: no V8 fatal er
 
 t.test('views carry GC weight: a view keeps the storage and reports it', async (t) => {
   const x = randn([1 << 20], { seed: 5 });
-  const ext = (): number => native().debugExternalMemory();
+  const ext = (): number => hooks().debugExternalMemory();
   const e0 = ext();
   const v = x.reshape([1024, 1024]);
   const e1 = ext();

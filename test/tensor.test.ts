@@ -5,6 +5,7 @@ import {
 import { gpu, gpu2, hasCuda, cudaCount, testDevices } from './helpers/devices';
 import { mulberry32, testSeed } from './helpers/rng';
 import { throwsCode, rejectsCode } from './helpers/assert';
+import { hooks } from './helpers/hooks';
 
 const seed = testSeed();
 t.comment(`TEST_SEED=${seed}`);
@@ -270,11 +271,10 @@ t.test('work runs off the event loop', async (t) => {
 });
 
 t.test('a failed queued CPU task fails its outputs (and what is computed from them), nothing else', async (t) => {
-  const { native } = await import('../lib/native');
   const x = randn([1000], { seed: 5 });
   const out = empty([1000]);
   out.fill_(7);
-  native().debugQueueError(-1, 'ERR_OOM', 'simulated failure in a queued task', out.handle());
+  hooks().debugQueueError(-1, 'ERR_OOM', 'simulated failure in a queued task', out.handle());
   const y = x.clone();  // work queued after the failure still runs
   const z = tensor([1, 2, 3]);  // creating a tensor is not a sync point: it neither waits nor takes the error
   const derived = out.clone();  // its input failed: it fails with the same error, without running
@@ -287,7 +287,7 @@ t.test('a failed queued CPU task fails its outputs (and what is computed from th
   t.pass('synchronize reports it once, then it is cleared');
   await rejectsCode(t, () => out.toArray(), 'ERR_OOM', 'a failed tensor stays failed until disposed');
   t.same(Array.from(await z.toArray()), [1, 2, 3], 'data written in issue order');
-  native().debugQueueError(-1, 'ERR_CUDA', 'another');  // no outputs
+  hooks().debugQueueError(-1, 'ERR_CUDA', 'another');  // no outputs
   t.equal((await x.toArray()).length, 1000, 'a failure with no outputs does not reach unrelated reads');
   await rejectsCode(t, () => synchronize('cpu'), 'ERR_CUDA');
   for (const a of [x, y, z, out, derived]) a.dispose();

@@ -1,5 +1,7 @@
 // Module init, the tensor handle, argument helpers and the error bridge.
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 
 #include "binding.h"
@@ -8,8 +10,13 @@ namespace mb {
 
 // ---- registry --------------------------------------------------------------------
 namespace {
-std::vector<std::pair<const char*, OpFn>>& registry() {
-  static auto* r = new std::vector<std::pair<const char*, OpFn>>();
+struct Registered {
+  const char* name;
+  OpFn fn;
+  bool test_hook;
+};
+std::vector<Registered>& registry() {
+  static auto* r = new std::vector<Registered>();
   return *r;
 }
 
@@ -29,7 +36,12 @@ Napi::Value trampoline(const Napi::CallbackInfo& info) {
 }
 }  // namespace
 
-OpRegistrar::OpRegistrar(const char* name, OpFn fn) { registry().emplace_back(name, fn); }
+OpRegistrar::OpRegistrar(const char* name, OpFn fn, bool test_hook) { registry().push_back({name, fn, test_hook}); }
+
+bool test_hooks_enabled() {
+  const char* v = std::getenv("MEGABEAM_TEST_HOOKS");
+  return v && std::strcmp(v, "1") == 0;
+}
 
 Napi::Error to_js_error(Napi::Env env, const std::string& code, const std::string& msg) {
   Napi::Error e = Napi::Error::New(env, code + ": " + msg);
@@ -325,8 +337,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   napi_add_env_cleanup_hook(env, env_cleanup, st);  // after the tsfn's own hook, so it runs before it
 
   exports.Set("TensorHandle", handle);
-  for (auto& [name, fn] : registry())
-    exports.Set(name, Napi::Function::New(env, trampoline, name, reinterpret_cast<void*>(fn)));
+  // Test hooks stay out of the shipped surface unless the process asked for them (tap's config sets
+  // MEGABEAM_TEST_HOOKS=1 for the test run).
+  const bool hooks = test_hooks_enabled();
+  for (const Registered& r : registry())
+    if (!r.test_hook || hooks)
+      exports.Set(r.name, Napi::Function::New(env, trampoline, r.name, reinterpret_cast<void*>(r.fn)));
   return exports;
 }
 

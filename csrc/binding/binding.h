@@ -113,10 +113,16 @@ Napi::Error to_js_error(Napi::Env env, const std::string& code, const std::strin
 
 using OpFn = Napi::Value (*)(const Napi::CallbackInfo&);
 struct OpRegistrar {
-  OpRegistrar(const char* name, OpFn fn);
+  OpRegistrar(const char* name, OpFn fn, bool test_hook = false);
 };
 // Registers an exported native function. Errors thrown inside (mb::Error, std::exception) reach JS
 // as Error objects with `code` set; no exception escapes into N-API.
 #define MB_EXPORT(name, fn) static ::mb::OpRegistrar mb_registrar_##fn(name, fn)
+// Registers a test hook (a function that injects failures, sleeps, or reads V8 internals): exported
+// only when MEGABEAM_TEST_HOOKS=1 is set in the process environment when the addon initialises in an
+// environment (main thread or worker). See csrc/README.md ("Test hooks") for why this is not a build flag.
+#define MB_TEST_HOOK(name, fn) static ::mb::OpRegistrar mb_registrar_##fn(name, fn, true)
+// Whether this process exports the test hooks (MEGABEAM_TEST_HOOKS=1, read at each initialisation).
+bool test_hooks_enabled();
 
 }  // namespace mb

@@ -505,7 +505,7 @@ Napi::Value DebugQueueError(const Napi::CallbackInfo& info) {
   cpu_submit(std::move(task));
   return info.Env().Undefined();
 }
-MB_EXPORT("debugQueueError", DebugQueueError);
+MB_TEST_HOOK("debugQueueError", DebugQueueError);
 
 // debugQueueSleep(ms): queues a CPU task that sleeps (a stand-in for a long kernel). Test hook.
 Napi::Value DebugQueueSleep(const Napi::CallbackInfo& info) {
@@ -514,7 +514,7 @@ Napi::Value DebugQueueSleep(const Napi::CallbackInfo& info) {
   cpu_enqueue([ms]() { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); });
   return info.Env().Undefined();
 }
-MB_EXPORT("debugQueueSleep", DebugQueueSleep);
+MB_TEST_HOOK("debugQueueSleep", DebugQueueSleep);
 
 // debugExternalMemory() -> bytes this environment reported to V8 as external memory (V8's total). Test hook.
 Napi::Value DebugExternalMemory(const Napi::CallbackInfo& info) {
@@ -522,9 +522,11 @@ Napi::Value DebugExternalMemory(const Napi::CallbackInfo& info) {
   napi_adjust_external_memory(info.Env(), 0, &r);
   return Napi::Number::New(info.Env(), (double)r);
 }
-MB_EXPORT("debugExternalMemory", DebugExternalMemory);
+MB_TEST_HOOK("debugExternalMemory", DebugExternalMemory);
 
 // queueInfo() -> { pending, pendingBytes, maxTasks, maxBytes, issued, completed, blockedEnqueues }
+// Shipped (not a test hook): read-only counters of the bounded CPU queue, a diagnostic for the
+// documented backpressure limit; it cannot change any state.
 Napi::Value QueueInfo(const Napi::CallbackInfo& info) {
   CpuQueueStats s = cpu_queue_stats();
   Napi::Object o = Napi::Object::New(info.Env());

@@ -2,7 +2,7 @@
 // workerData: { mode, device, iterations }. Posts { done: true, sum } or { error } back.
 import { parentPort, workerData } from 'worker_threads';
 import * as mb from '../../lib/index';
-import { native } from '../../lib/native';
+import { hooks } from './hooks';
 
 const { mode, device = 'cpu', iterations = 50, size = 1000 } = (workerData ?? {}) as {
   mode: string; device?: 'cpu' | 'cuda'; iterations?: number; size?: number;
@@ -33,7 +33,7 @@ async function main(): Promise<void> {
   if (mode === 'pending-read') {
     // Queue a long task, then a read behind it; the parent terminates us while it is pending.
     const x = mb.randn([size], { seed: 2, device });
-    native().debugQueueSleep(300);
+    hooks().debugQueueSleep(300);
     const p = x.toArray();
     parentPort!.postMessage({ pending: true });
     await p;
