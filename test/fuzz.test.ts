@@ -13,6 +13,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { mulberry32 } from './helpers/rng';
+import { throwsCode, rejectsCode } from './helpers/assert';
 
 const seed = Number(process.env.FUZZ_SEED ?? 1) >>> 0;
 t.comment(`FUZZ_SEED=${seed}`);
@@ -185,7 +186,7 @@ t.test('every exported entry point survives garbage with coded errors', async (t
     t.ok(entries.some(([n]) => n === c), `${c} is fuzzed`);
   let calls = 0;
   for (const [name, fn] of entries) {
-    for (let i = 0; i < 60; i++) {
+    for (let i = 0; i < 100; i++) {
       const args = Array.from({ length: Math.floor(rnd() * 5) }, garbage);
       const e = await callSafely(fn, args);
       calls++;
@@ -341,7 +342,46 @@ t.test('raw native exports reject garbage with coded errors', async (t) => {
   t.pass(`${calls} native calls`);
 });
 
+// Findings of earlier fuzz runs, replayed exactly (each threw a bare TypeError/Error before its fix).
+t.test('earlier findings stay fixed', async (t) => {
+  const nullProto = Object.create(null);
+  const anyFn = <F>(f: F) => f as unknown as (...a: unknown[]) => unknown;
+  throwsCode(t, () => anyFn(mb.schedules.warmupCosine)(), 'ERR_ARG', 'schedules.warmupCosine()');
+  throwsCode(t, () => anyFn(mb.schedules.warmupLinear)(null), 'ERR_ARG', 'schedules.warmupLinear(null)');
+  throwsCode(t, () => anyFn(mb.schedules.constant)(Symbol('lr')), 'ERR_ARG', 'schedules.constant(Symbol)');
+  throwsCode(t, () => anyFn(mb.tokens.loadTokenizer)(true), 'ERR_ARG', 'tokens.loadTokenizer(true)');
+  throwsCode(t, () => anyFn(mb.tokens.loadTokenizer)({}), 'ERR_ARG', "the tokenizer package's own Error becomes ERR_ARG");
+  throwsCode(t, () => anyFn(mb.tokens.loadTokenizer)('no/such/tokenizer.json'), 'ERR_ARG', 'tokens.loadTokenizer(missing file)');
+  throwsCode(t, () => anyFn(mb.tokens.write)('x.tokens', 'f16'), 'ERR_ARG', 'tokens.write(path, string)');
+  throwsCode(t, () => anyFn(mb.dist.localGroups)(nullProto), 'ERR_ARG', 'dist.localGroups(null-prototype object)');
+  throwsCode(t, () => anyFn(mb.dist.localGroups)(2, { device: Symbol('d') }), ['ERR_ARG', 'ERR_DEVICE'], 'dist.localGroups(2, { device: Symbol })');
+  throwsCode(t, () => anyFn(mb.dist.localGroups)(fakeTensors()[0], 'cpu'), 'ERR_ARG', 'dist.localGroups(fake tensor)');
+  throwsCode(t, () => anyFn(mb.dist.readDistEnv)(null), 'ERR_ARG', 'dist.readDistEnv(null)');
+  throwsCode(t, () => anyFn(mb.ring.chunks)(nullProto, 0, 1), 'ERR_ARG', 'ring.chunks(null-prototype object)');
+  throwsCode(t, () => anyFn(mb.ring.chunks)(8, deep(20000), 1), 'ERR_ARG', 'ring.chunks(8, deeply nested array)');
+  throwsCode(t, () => anyFn(mb.ring.positions)(8, 0, 1, 'zigzag', null), 'ERR_ARG', 'ring.positions(..., null)');
+  throwsCode(t, () => anyFn(mb.ring.chooseAlgorithm)(), 'ERR_ARG', 'ring.chooseAlgorithm()');
+  throwsCode(t, () => anyFn(mb.model.shardBatch)({ ids: [[1, 2]], labels: [[1, 2]] }, 0, 1, null), 'ERR_ARG', 'model.shardBatch(..., null)');
+  const q = mb.randn([1, 4, 2, 8], { seed: 11 });
+  await rejectsCode(t, () => anyFn(mb.model.attend.forwardAsync)(q, q, q, null) as Promise<unknown>, 'ERR_ARG', 'model.attend.forwardAsync(..., null)');
+  q.dispose();
+  const fake = Object.create(mb.Tensor.prototype);
+  throwsCode(t, () => fake.dispose(), 'ERR_ARG', 'Tensor.prototype.dispose on a fake tensor');
+  throwsCode(t, () => String(fake), 'ERR_ARG', 'Tensor.prototype.toString on a fake tensor');
+  throwsCode(t, () => fake.numel, 'ERR_ARG', 'a Tensor getter on a fake tensor');
+  await rejectsCode(t, () => fake.toArray(), 'ERR_ARG', 'Tensor.prototype.toArray on a fake tensor rejects');
+  t.ok(live.handle(Symbol('what') as unknown as string), 'Tensor.handle ignores a garbage label');
+  throwsCode(t, () => new (mb.Tensor as unknown as new (...a: unknown[]) => unknown)(), 'ERR_ARG', 'new Tensor()');
+  await rejectsCode(t, () => Object.create(mb.AdamW.prototype).step(null), 'ERR_ARG', 'AdamW.prototype.step on a fake');
+  await rejectsCode(t, () => anyFn(mb.dist.TcpGroup.connect)() as Promise<unknown>, 'ERR_ARG', 'dist.TcpGroup.connect()');
+  const p = mb.randn([2], { seed: 1 }), g = mb.randn([2], { seed: 2 });
+  const opt = new mb.AdamW([{ name: 'w', param: p, grad: g }], { lr: 1e-3 });
+  await rejectsCode(t, () => opt.step(null as unknown as {}), 'ERR_ARG', 'AdamW#step(null)');
+  opt.dispose(); p.dispose(); g.dispose();
+});
+
 t.test('no uncoded error anywhere', async (t) => {
+  for (const x of [live, liveBf, liveI]) t.notOk(x.disposed, `${x} was not disposed by any call it was passed to`);
   t.equal(failures.length, 0, failures.length ? `${failures.length} uncoded errors in ${perEntry.size} entry points (reported above)` : 'none');
 });
 
