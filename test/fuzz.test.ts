@@ -302,6 +302,19 @@ t.test('methods of real instances survive garbage', async (t) => {
       }
     }
   }
+  // a process group of one (its collectives complete at once; with more ranks a lone call would wait)
+  for (let i = 0; i < 200; i++) {
+    const [g] = mb.dist.localGroups(1, { timeoutMs: 2000 });
+    // the Group contract (lib/dist/types.ts); the class's other methods are TypeScript-private helpers
+    const names = ['batchSendRecv', 'send', 'recv', 'allReduce', 'allGather', 'reduceScatter', 'broadcast', 'barrier', 'join', 'abort', 'destroy']
+      .filter((m) => typeof (g as unknown as Record<string, unknown>)[m] === 'function');
+    const m = names[Math.floor(rnd() * names.length)];
+    const args = Array.from({ length: Math.floor(rnd() * 4) }, garbage);
+    const e = await callSafely((...a) => ((g as unknown as Record<string, (...x: unknown[]) => unknown>)[m])(...a), args);
+    calls++;
+    check(t, () => `localGroup#${m}(${fmt(args)})`, e);
+    try { await g.destroy(); } catch { /* destroyed or failed by the call */ }
+  }
   t.pass(`${calls} method calls`);
 });
 

@@ -409,7 +409,8 @@ class LocalGroup implements Group {
   }
 
   abort(reason?: string): void {
-    const err = new CommError(`group aborted on rank ${this.rank}${reason ? `: ${reason}` : ''}`);
+    const why = reason === undefined || reason === '' ? '' : `: ${typeof reason === 'string' ? reason : show(reason)}`;
+    const err = new CommError(`group aborted on rank ${this.rank}${why}`);
     this.ownAbort ??= err;
     // Every virtual rank can be told: the hub rejects their pending and later calls too.
     this.hub.abort(err);

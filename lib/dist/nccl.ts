@@ -258,7 +258,7 @@ export class NcclGroup implements Group {
   }
 
   abort(reason = 'aborted'): void {
-    this.fail(new CommError(`group aborted on rank ${this.rank}: ${reason}`));
+    this.fail(new CommError(`group aborted on rank ${this.rank}: ${typeof reason === 'string' ? reason : show(reason)}`));
   }
 
   async destroy(): Promise<void> {

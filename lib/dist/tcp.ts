@@ -376,7 +376,7 @@ export class TcpGroup implements Group {
   join(): void {}
 
   abort(reason = 'aborted'): void {
-    this.fail(new CommError(`group aborted on rank ${this.rank}: ${reason}`));
+    this.fail(new CommError(`group aborted on rank ${this.rank}: ${typeof reason === 'string' ? reason : show(reason)}`));
   }
 
   async destroy(): Promise<void> {
