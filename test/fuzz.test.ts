@@ -278,9 +278,14 @@ t.test('class members on fake receivers', async (t) => {
 t.test('methods of real instances survive garbage', async (t) => {
   const file = path.join(scratch, 'fuzz.tokens');
   mb.tokens.write(file, Array.from({ length: 300 }, (_, i) => (i * 7) % 50));
+  const opened: mb.TokenFile[] = [];
   const makers: [string, Function, () => unknown][] = [
     ['TokenFile', mb.TokenFile, () => mb.tokens.open(file)],
-    ['Sampler', mb.Sampler, () => new mb.Sampler(mb.tokens.open(file), { seqLen: 8, seed: 3 })],
+    ['Sampler', mb.Sampler, () => {
+      const f = mb.tokens.open(file);
+      opened.push(f);
+      return new mb.Sampler(f, { seqLen: 8, seed: 3 });
+    }],
     ['AdamW', mb.AdamW, () => {
       const param = mb.randn([4], { seed: 9 }), grad = mb.randn([4], { seed: 10 });
       return new mb.AdamW([{ name: 'w', param, grad }], { lr: 1e-3 });
@@ -315,6 +320,7 @@ t.test('methods of real instances survive garbage', async (t) => {
     check(t, () => `localGroup#${m}(${fmt(args)})`, e);
     try { await g.destroy(); } catch { /* destroyed or failed by the call */ }
   }
+  for (const f of opened) f.close();
   t.pass(`${calls} method calls`);
 });
 
