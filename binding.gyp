@@ -15,6 +15,7 @@
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=gnu++20"],
       "cflags_cc": ["-std=c++17", "-O3", "-ffp-contract=off", "-fexceptions"],
+      "libraries": ["-ldl"],
       "conditions": [
         ["mb_cuda==1", {
           "sources": ["<!@(node scripts/sources.js cu)"],

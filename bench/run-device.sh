@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The device run, from the repo root on a GPU machine (after `source .gpu/env.sh` there, or on any
 # machine with Node, a GPU, and python3 + PyTorch for the yardstick):
-#   bash bench/run-device.sh tests|rope|check|attention|torch|demo ...   (default: all of them)
+#   bash bench/run-device.sh tests|rope|check|attention|torch|gemm|nn|modelcheck|model|torchlayer|demo|ring ...
+#   (default: tests rope check attention torch gemm demo)
 # Writes logs and JSON under $OUT (default bench/out).
 set -uo pipefail
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(tests rope check attention torch demo)
+[ ${#parts[@]} -eq 0 ] && parts=(tests rope check attention torch gemm demo)
 status=0
 run() { local name=$1; shift; echo "=== $name ($(date +%T))"; "$@" || { echo "!!! $name failed ($?)"; status=1; }; }
 for p in "${parts[@]}"; do
@@ -17,6 +18,13 @@ for p in "${parts[@]}"; do
     check) run check bash -c "node bin/megabeam.js bench attention --seqs 64k --reps 1 --dump /tmp/mb-attn-64k > /dev/null && python3 bench/torch_attention.py check /tmp/mb-attn-64k --json '$OUT/attention_check.json'" ;;
     attention) run attention node bin/megabeam.js bench attention --json "$OUT/attention.json" ;;
     torch) run torch python3 bench/torch_attention.py time --json "$OUT/torch_attention.json" ;;
+    ring) run ring bash -c "node bin/megabeam.js bench ring --world 2,4,8 --seq 512k --out '$OUT/ring.json' && node bin/megabeam.js bench ring --model '$OUT/ring.json'" ;;
+    gemm) run gemm node bin/megabeam.js bench gemm --torch --json "$OUT/gemm.json" ;;
+    nn) run nn-tests bash -c "node_modules/.bin/tap test/nn.test.ts > '$OUT/nn-tests.log' 2>&1; rc=\$?; grep -E '^\s*not ok|# \\{|# SKIP' '$OUT/nn-tests.log' | tail -20; exit \$rc"
+        run nn node bin/megabeam.js bench nn --json "$OUT/nn.json" ;;
+    modelcheck) run modelcheck bash -c "python3 bench/torch_model.py make /tmp/mb-model-check && node bin/megabeam.js bench model check /tmp/mb-model-check --json '$OUT/model_check.json'" ;;
+    model) run model node bin/megabeam.js bench model --json "$OUT/model.json" ;;
+    torchlayer) run torchlayer python3 bench/torch_layer.py --json "$OUT/torch_layer.json" ;;
     demo) run demo bash -c "node bin/megabeam.js demo | tee '$OUT/demo.log'" ;;
     *) echo "unknown part $p"; status=2 ;;
   esac

@@ -5,6 +5,7 @@ commands:
   theta      RoPE base / scaling analysis for a context length (megabeam theta --help)
   demo       long-context attention forward+backward demo (GPU if present, else CPU)
   bench      benchmarks: megabeam bench attention|rope [--help]
+  launch     start the ranks of a distributed job: megabeam launch --nproc N script.js [args]
   info       build, devices and memory
 `;
 
@@ -25,6 +26,10 @@ export async function main(argv: string[]): Promise<number> {
     case 'bench': {
       const { benchCli } = await import('./cli/bench');
       return benchCli(rest, io);
+    }
+    case 'launch': {
+      const { launchCli } = await import('./cli/launch');
+      return launchCli(rest, io);
     }
     case 'info': {
       const mb = await import('./index');

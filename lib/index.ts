@@ -12,3 +12,12 @@ export { attention, AttentionOptions, AttentionForwardResult, AttentionBackwardR
 export { add, scale, AxpbyOptions } from './elementwise';
 export { AdamW, AdamWOptions, ParamEntry, gradNorm, schedules, Schedule } from './optim';
 export { tokens, TokenFile, Sampler, SamplerState, Batch, TokenWidth, TextTokenizer } from './data';
+export * as dist from './dist';
+export {
+  ring, RingOptions, RingLayout, RingAlgorithm, RingForwardResult, RingBackwardResult, Chunk as RingChunk, ShardOptions,
+  AttentionLayerOptions,
+} from './ring';
+export { matmul, linear, gemmInfo, MatmulOptions, LinearOptions, GemmInfo } from './matmul';
+export * as nn from './nn';
+export * as safetensors from './safetensors';
+export * as model from './model';

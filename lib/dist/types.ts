@@ -20,6 +20,12 @@ export type ReduceOp = 'sum' | 'avg' | 'max';
 export interface CommOptions {
   /** Milliseconds before this call aborts the group (default: the group's timeout). */
   timeoutMs?: number;
+  /**
+   * NCCL: the device's compute stream does not wait for this call, so compute issued next overlaps the
+   * transfer; call `join()` before issuing work that touches the call's buffers (and do not write its send
+   * buffers before that). Backends whose calls are in place when they resolve (tcp, local) ignore it.
+   */
+  deferred?: boolean;
 }
 
 export interface P2POp {
@@ -55,6 +61,13 @@ export interface Group {
   /** In place: every rank ends with root's tensor. */
   broadcast(tensor: Tensor, root: number, opts?: CommOptions): Promise<void>;
   barrier(opts?: CommOptions): Promise<void>;
+
+  /**
+   * Orders the device's later work after every call made with `{ deferred: true }` (NCCL: the compute
+   * stream waits for the communication stream). A no-op where calls are in place when they resolve.
+   * Optional so that backends without deferred calls need not define it: call it as `g.join?.()`.
+   */
+  join?(): void;
 
   /** Aborts the group: pending and later calls reject with ERR_COMM (reason given) on this rank. */
   abort(reason?: string): void;

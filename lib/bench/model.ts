@@ -1,0 +1,224 @@
+// `megabeam bench model`: one Mistral-7B decoder layer fwd+bwd (time, TFLOP/s with model FLOPs, peak
+// memory) and the whole Mistral-7B (random bf16 weights) fwd+bwd with per-layer activation
+// checkpointing (tokens/s, peak memory). PyTorch's yardstick for the layer is bench/torch_layer.py in
+// the same device run. `megabeam bench model check DIR` compares megabeam on CUDA bf16 with the
+// PyTorch reference bench/torch_model.py wrote to DIR.
+import * as fs from 'fs';
+import * as path from 'path';
+import { cuda } from '../device';
+import { MegabeamError } from '../errors';
+import { fromConfig, fromPretrained, Model } from '../model/mistral';
+import * as safetensors from '../safetensors';
+import { Tensor, emptyCache, memory, randn, resetPeakMemory, synchronize, tensor } from '../tensor';
+import { GiB, IO, intList, median, parseArgs, table, timed, withProgress } from './util';
+
+export const MISTRAL_7B = {
+  architectures: ['MistralForCausalLM'], model_type: 'mistral', hidden_size: 4096, intermediate_size: 14336,
+  num_hidden_layers: 32, num_attention_heads: 32, num_key_value_heads: 8, head_dim: 128, hidden_act: 'silu',
+  max_position_embeddings: 32768, rms_norm_eps: 1e-5, rope_theta: 1000000.0, sliding_window: null,
+  tie_word_embeddings: false, vocab_size: 32768, initializer_range: 0.02, attention_dropout: 0.0,
+};
+
+/** Model FLOPs of one decoder layer fwd+bwd: 6·N·(linear params) + 3.5·(2·N²·hq·d) for causal attention. */
+export function layerFlops(n: number, c = MISTRAL_7B): number {
+  const H = c.hidden_size, I = c.intermediate_size, hq = c.num_attention_heads, hkv = c.num_key_value_heads, d = c.head_dim;
+  const p = 2 * H * hq * d + 2 * H * hkv * d + 3 * H * I;
+  return 6 * n * p + 7 * n * n * hq * d;
+}
+
+const HELP = `usage: megabeam bench model [options]            (Mistral-7B shapes, CUDA bf16)
+  --parts layer,model         what to run (default both)
+  --layer-seqs 16k,64k,128k   one decoder layer fwd+bwd (activations stored, as eager PyTorch)
+  --model-seqs 32k,64k,128k,256k   the whole 32-layer model fwd+bwd with activation checkpointing
+  --grad-dtype f32|param      parameter gradients (default f32; 'param' = bf16, 14.5 GB less)
+  --mlp-chunk N               tokens per MLP chunk (default 8192)
+  --reps N                    timed repetitions of the layer (default 3); the model runs once per size
+  --json FILE                 write the rows as JSON
+usage: megabeam bench model check DIR [--json FILE] [--device cpu (f32, for debugging)]
+  megabeam (CUDA bf16) vs the PyTorch reference written by: python3 bench/torch_model.py make DIR
+`;
+
+function isOom(e: unknown): boolean {
+  return e instanceof MegabeamError && e.code === 'ERR_OOM';
+}
+
+async function benchLayer(seqs: number[], reps: number, gradDtype: 'f32' | 'param', mlpChunk: number | undefined, io: IO) {
+  const rows: Record<string, unknown>[] = [];
+  const m = fromConfig({ ...MISTRAL_7B, num_hidden_layers: 1, vocab_size: 256 }, { device: 'cuda', dtype: 'bf16', seed: 1, gradDtype });
+  try {
+    for (const S of seqs) {
+      const H = m.config.hiddenSize;
+      let x: Tensor | undefined, dy: Tensor | undefined;
+      try {
+        emptyCache('cuda');
+        await synchronize('cuda');
+        x = randn([S, H], { dtype: 'bf16', device: 'cuda', seed: 2 });
+        dy = randn([S, H], { dtype: 'bf16', device: 'cuda', seed: 3 });
+        const step = () => {
+          const d = dy!.clone();
+          const dx = m.layerForwardBackward(0, x!, d, { mlpChunkTokens: mlpChunk });
+          dx.dispose();
+        };
+        step(); // warm-up (allocator, cuBLASLt heuristics)
+        await synchronize('cuda');
+        resetPeakMemory('cuda');
+        const ts: number[] = [];
+        for (let r = 0; r < reps; r++) ts.push(await withProgress(`layer S=${S} ${r + 1}/${reps}`, 0, () => timed('cuda', step)));
+        const peak = memory('cuda').peak / GiB;
+        const t = median(ts);
+        const row = { part: 'layer', seq: S, seconds: t, tflops: layerFlops(S) / t / 1e12, peak_gib: peak, reps };
+        rows.push(row);
+        io.err(`layer S=${S}: ${(t * 1e3).toFixed(1)} ms, ${row.tflops.toFixed(1)} TFLOP/s, peak ${peak.toFixed(2)} GiB`);
+      } catch (e) {
+        if (!isOom(e)) throw e;
+        rows.push({ part: 'layer', seq: S, error: 'OOM' });
+        io.err(`layer S=${S}: out of memory`);
+      } finally {
+        x?.dispose(); dy?.dispose();
+        m.zeroGrad();
+      }
+    }
+  } finally {
+    m.dispose();
+  }
+  return rows;
+}
+
+async function benchWhole(seqs: number[], gradDtype: 'f32' | 'param', mlpChunk: number | undefined, io: IO) {
+  const rows: Record<string, unknown>[] = [];
+  const m = fromConfig(MISTRAL_7B, { device: 'cuda', dtype: 'bf16', seed: 1, gradDtype });
+  m.grads();
+  await synchronize('cuda');
+  io.err(`Mistral-7B: ${(m.numParameters / 1e9).toFixed(3)}B parameters, bf16 weights, ${gradDtype === 'f32' ? 'f32' : 'bf16'} grads, ` +
+    `${(memory('cuda').allocated / GiB).toFixed(1)} GiB allocated`);
+  let prev: { S: number; t: number } | null = null;
+  try {
+    // A short warm-up so the first timed size does not pay for module loading and cuBLASLt setup.
+    {
+      const ids = Int32Array.from({ length: 2048 }, (_, i) => (i * 7919) % MISTRAL_7B.vocab_size);
+      await m.forwardBackward(ids, ids, { mlpChunkTokens: mlpChunk });
+    }
+    for (const S of seqs) {
+      const ids = Int32Array.from({ length: S }, (_, i) => (i * 7919 + 13) % MISTRAL_7B.vocab_size);
+      const labels = Int32Array.from({ length: S }, (_, i) => ids[(i + 1) % S]);
+      const idT = tensor(ids, { dtype: 'i32', device: 'cuda', shape: [1, S] });
+      const labT = tensor(labels, { dtype: 'i32', device: 'cuda', shape: [1, S] });
+      try {
+        m.zeroGrad();
+        emptyCache('cuda');
+        await synchronize('cuda');
+        resetPeakMemory('cuda');
+        let res!: { loss: number; count: number };
+        // attention grows as S², the rest as S: about S^1.7 over these sizes, for the bar's estimate
+        const p0 = prev as { S: number; t: number } | null;
+        const expect: number = p0 ? p0.t * (S / p0.S) ** 1.7 : 0;
+        const t: number = await withProgress(`model S=${S}`, expect, () =>
+          timed('cuda', async () => { res = await m.forwardBackward(idT, labT, { checkpoint: true, mlpChunkTokens: mlpChunk }); }));
+        const peak = memory('cuda').peak / GiB;
+        prev = { S, t };
+        rows.push({ part: 'model', seq: S, seconds: t, tokens_per_s: S / t, peak_gib: peak, loss: res.loss });
+        io.err(`model S=${S}: ${t.toFixed(2)} s, ${(S / t).toFixed(0)} tokens/s, peak ${peak.toFixed(1)} GiB, loss ${res.loss.toFixed(4)}`);
+      } catch (e) {
+        if (!isOom(e)) throw e;
+        rows.push({ part: 'model', seq: S, error: 'OOM', message: (e as Error).message.slice(0, 200) });
+        io.err(`model S=${S}: out of memory (${(e as Error).message.slice(0, 200)})`);
+      } finally {
+        idT.dispose(); labT.dispose();
+      }
+    }
+  } finally {
+    m.dispose();
+  }
+  return rows;
+}
+
+function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) { num += (a[i] - b[i]) ** 2; den += b[i] ** 2; }
+  return Math.sqrt(num / (den || 1e-300));
+}
+
+/** megabeam CUDA bf16 vs bench/torch_model.py's float64 truth, next to PyTorch bf16's own error. */
+export async function checkAgainstTorch(dir: string, io: IO, json?: string, device: 'cuda' | 'cpu' = 'cuda',
+    dtype: 'bf16' | 'f32' = 'bf16'): Promise<number> {
+  const m: Model = await fromPretrained(dir, { device, dtype });
+  const inputs = await safetensors.load(path.join(dir, 'inputs.safetensors'), { device });
+  const ref = await safetensors.load(path.join(dir, 'ref.safetensors'));
+  const get = async (k: string) => {
+    const t = ref.get(k);
+    if (!t) throw new Error(`ref.safetensors lacks ${k}`);
+    return t.toArray();
+  };
+  const ids = inputs.get('ids')!, labels = inputs.get('labels')!;
+  const res = await m.forwardBackward(ids, labels);
+  const logits = m.forward(ids);
+  const rows: (string | number)[][] = [];
+  const out: Record<string, unknown>[] = [];
+  let fails = 0;
+  const add = (name: string, mine: number, torch: number, bound: number) => {
+    const ok = mine <= bound;
+    if (!ok) fails++;
+    rows.push([name, mine, torch, bound, ok ? 'ok' : 'FAIL']);
+    out.push({ name, megabeam: mine, torch_bf16: torch, bound, ok });
+  };
+  const f64Loss = (await get('fp64.loss'))[0], bfLoss = (await get('bf16.loss'))[0];
+  const lossErr = Math.abs(res.loss - f64Loss) / Math.abs(f64Loss), tLossErr = Math.abs(bfLoss - f64Loss) / Math.abs(f64Loss);
+  add('loss', lossErr, tLossErr, Math.max(2 * tLossErr, 2e-3));
+  const lf = await get('fp64.logits'), lb = await get('bf16.logits');
+  const lm = await logits.toArray();
+  const tl = relL2(lb, lf);
+  add('logits', relL2(lm, lf), tl, Math.max(2 * tl, 1e-2));
+  for (const [name, g] of m.grads()) {
+    const truth = await get(`fp64.${name}`), tb = await get(`bf16.${name}`);
+    const mine = await g.toArray();
+    const te = relL2(tb, truth);
+    add(name, relL2(mine, truth), te, Math.max(2 * te, 1e-2));
+  }
+  io.out(`megabeam ${device} ${dtype} vs float64 (PyTorch, same bf16 weights and tokens); loss ${res.loss.toFixed(6)} vs ${f64Loss.toFixed(6)}, ${res.count} tokens`);
+  io.out('relative error (|Δ| / |ref| for the loss, relative L2 otherwise); bound = max(2 × PyTorch bf16 error, floor)');
+  io.out(table(['tensor', 'megabeam', 'PyTorch bf16', 'bound', ''], rows));
+  io.out(fails ? `FAIL: ${fails} of ${rows.length} above the bound` : `PASS: all ${rows.length} within the bound`);
+  if (json) fs.writeFileSync(json, JSON.stringify({ date: new Date().toISOString(), dir, rows: out, pass: fails === 0 }, null, 2));
+  logits.dispose();
+  for (const t of [...inputs.values(), ...ref.values()]) t.dispose();
+  m.dispose();
+  return fails ? 1 : 0;
+}
+
+export async function benchModel(argv: string[], io: IO): Promise<number> {
+  const { opts, rest } = parseArgs(argv);
+  if (opts.help) { io.out(HELP); return 0; }
+  if (rest[0] === 'check') {
+    if (!rest[1]) { io.err(HELP); return 2; }
+    const dev = opts.device === 'cpu' ? 'cpu' : 'cuda';
+    return checkAgainstTorch(rest[1], io, typeof opts.json === 'string' ? opts.json : undefined, dev, dev === 'cpu' ? 'f32' : 'bf16');
+  }
+  const known = new Set(['parts', 'layer-seqs', 'model-seqs', 'grad-dtype', 'mlp-chunk', 'reps', 'json', 'help']);
+  for (const k of Object.keys(opts)) if (!known.has(k)) { io.err(`bench model: unknown option --${k}\n${HELP}`); return 2; }
+  if (!cuda.isAvailable()) { io.err(`bench model needs a CUDA GPU: ${cuda.unavailableReason()}`); return 2; }
+  const parts = String(opts.parts ?? 'layer,model').split(',');
+  const gradDtype = (opts['grad-dtype'] ?? 'f32') as 'f32' | 'param';
+  const mlpChunk = opts['mlp-chunk'] !== undefined ? Number(opts['mlp-chunk']) : undefined;
+  const reps = Number(opts.reps ?? 3);
+  const rows: Record<string, unknown>[] = [];
+  const device = cuda.devices()[0]?.name ?? 'cuda';
+  if (parts.includes('layer')) {
+    const lr = await benchLayer(intList(opts['layer-seqs'], [16384, 65536, 131072]), reps, gradDtype, mlpChunk, io);
+    rows.push(...lr);
+    io.out(`\none Mistral-7B decoder layer, bf16, batch 1, fwd+bwd (activations stored), on ${device}`);
+    io.out(table(['tokens', 'time ms', 'TFLOP/s', 'peak GiB'], lr.map((r) =>
+      r.error ? [String(r.seq), String(r.error), '', ''] : [String(r.seq), (r.seconds as number) * 1e3, r.tflops as number, r.peak_gib as number])));
+  }
+  if (parts.includes('model')) {
+    const mr = await benchWhole(intList(opts['model-seqs'], [32768, 65536, 131072, 262144]), gradDtype, mlpChunk, io);
+    rows.push(...mr);
+    io.out(`\nMistral-7B (random bf16 weights, ${gradDtype === 'f32' ? 'f32' : 'bf16'} grads), fwd+bwd, activation checkpointing per layer, on ${device}`);
+    io.out(table(['tokens', 'time s', 'tokens/s', 'peak GiB'], mr.map((r) =>
+      r.error ? [String(r.seq), String(r.error), '', ''] : [String(r.seq), r.seconds as number, r.tokens_per_s as number, r.peak_gib as number])));
+  }
+  if (opts.json) {
+    fs.mkdirSync(path.dirname(String(opts.json)), { recursive: true });
+    fs.writeFileSync(String(opts.json), JSON.stringify({ date: new Date().toISOString(), device, gradDtype, rows }, null, 2));
+  }
+  return 0;
+}

@@ -1,0 +1,659 @@
+// A Mistral / Llama decoder, forward and backward written out per layer (as llm.c does; no autograd):
+//   embedding -> N x [ RMSNorm -> q/k/v -> RoPE -> causal attention -> o -> +residual
+//                      -> RMSNorm -> gate/up -> SwiGLU -> down -> +residual ] -> RMSNorm -> chunked LM loss
+// Parameters carry Hugging Face names. Activations and activation gradients are in the model dtype
+// (as PyTorch autocast-free bf16 training does); parameter gradients are f32 by default (accumulated
+// by the GEMMs straight into f32, so 32 layers x many steps of accumulation do not lose bits).
+//
+// Memory at long context: with checkpointing (the default) the forward keeps only each layer's input
+// ([tokens, hidden] in the model dtype); the backward recomputes the layer up to the MLP input and
+// runs the MLP forward+backward in token chunks, so [tokens, intermediate] tensors never exist whole.
+import { promises as fsp } from 'fs';
+import * as path from 'path';
+import { Dtype, checkDtype } from '../dtype';
+import { DeviceLike, DeviceString, parseDevice } from '../device';
+import { ArgumentError, DtypeError, ShapeError } from '../errors';
+import { matmul, linear } from '../matmul';
+import * as nn from '../nn';
+import { rope, RopeOptions } from '../rope';
+import * as safetensors from '../safetensors';
+import { Tensor, empty, randn, tensor, ones } from '../tensor';
+import { scale } from '../elementwise';
+import { fromHFConfig } from '../theta/hf';
+import { attend, AttendGroup } from './attend';
+import { ConfigOptions, ModelConfig, configFromHF, parameterShapes } from './config';
+
+export interface FromConfigOptions extends ConfigOptions {
+  device?: DeviceLike;
+  /** Parameter and activation dtype (default 'bf16' on CUDA, 'f32' on the CPU). */
+  dtype?: 'bf16' | 'f32' | 'f16';
+  /**
+   * Gradient dtype: 'f32' (default) or 'param': the linear layers' weight gradients in the parameter
+   * dtype (bf16: 14 GB less for Mistral-7B); norms, embedding and LM head stay f32.
+   */
+  gradDtype?: 'f32' | 'param';
+  /** Seed of the random initialisation (normal(0, initializer_range) for matrices, 1 for norms). */
+  seed?: number | bigint;
+  /** Skip the random init (parameters hold garbage until load()). */
+  empty?: boolean;
+}
+
+export interface ForwardBackwardOptions {
+  /** Per-layer activation checkpointing (default true): keep layer inputs, recompute in the backward. */
+  checkpoint?: boolean;
+  /** Tokens per MLP chunk (default 8192): [chunk, intermediate] is the largest MLP tensor (8192 x 14336 bf16 = 235 MB for Mistral-7B; big enough for full-speed GEMMs). */
+  mlpChunkTokens?: number;
+  /** Tokens per LM-head/cross-entropy chunk (passed to nn.lmHeadLoss). */
+  lossChunkTokens?: number;
+  /** Label that contributes no loss (default -100). */
+  ignoreIndex?: number;
+  /** Sequence-parallel group for attention (default: none = plain attention). */
+  group?: AttendGroup;
+  /** Global position of this call's first token (a shard of a longer sequence): RoPE and the causal mask use it. */
+  positionOffset?: number;
+  /**
+   * Divide the summed loss (and so every gradient) by this instead of this call's token count, e.g. the
+   * global count when one sequence is split over ranks. The returned loss is divided the same way.
+   */
+  lossDivisor?: number;
+}
+
+/** Where this call's tokens sit in the sequence, and the group that shares it. */
+interface SeqPar {
+  group?: AttendGroup;
+  positionOffset?: number;
+}
+
+export interface ForwardBackwardResult {
+  /** Mean cross-entropy over the counted (non-ignored) tokens. */
+  loss: number;
+  /** Number of counted tokens. */
+  count: number;
+}
+
+type Ids = Tensor | Int32Array | number[] | number[][];
+
+/** Saved activations of one layer for its backward (q/k after RoPE). */
+interface LayerActs {
+  y1: Tensor; rstd1: Tensor;
+  q: Tensor; k: Tensor; v: Tensor; attn: Tensor; lse: Tensor;
+  h: Tensor; y2: Tensor; rstd2: Tensor;
+}
+
+function disposeAll(...ts: (Tensor | undefined | null)[]): void {
+  for (const t of ts) t?.dispose();
+}
+
+/** t reshaped (a view), with t's own handle released so the storage has one owner. */
+function rs(t: Tensor, shape: number[]): Tensor {
+  try {
+    return t.reshape(shape);
+  } finally {
+    t.dispose();
+  }
+}
+
+function mix(seed: bigint, i: number): bigint {
+  // SplitMix64-style: independent streams per parameter from one seed.
+  let z = BigInt.asUintN(64, seed + BigInt(i + 1) * 0x9e3779b97f4a7c15n);
+  z = BigInt.asUintN(64, (z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n);
+  z = BigInt.asUintN(64, (z ^ (z >> 27n)) * 0x94d049bb133111ebn);
+  return z ^ (z >> 31n);
+}
+
+export class Model {
+  readonly config: ModelConfig;
+  readonly device: DeviceString;
+  readonly dtype: Dtype;
+  readonly gradDtype: Dtype;
+  #params = new Map<string, Tensor>();
+  #grads: Map<string, Tensor> | null = null;
+  #ropeCache = new Map<number, { invFreq: Float64Array; attentionFactor: number }>();
+
+  /** @internal use fromConfig() */
+  constructor(config: ModelConfig, device: DeviceString, dtype: Dtype, gradDtype: Dtype) {
+    this.config = config;
+    this.device = device;
+    this.dtype = dtype;
+    this.gradDtype = gradDtype;
+  }
+
+  /** @internal */
+  init(seed: bigint | undefined, skip: boolean): void {
+    const shapes = parameterShapes(this.config);
+    const std = this.config.initializerRange;
+    try {
+      shapes.forEach(([name, shape], i) => {
+        let t: Tensor;
+        if (shape.length === 1) t = ones(shape, { dtype: this.dtype, device: this.device });
+        else if (skip) t = empty(shape, { dtype: this.dtype, device: this.device });
+        else t = randn(shape, { dtype: this.dtype, device: this.device, std, seed: seed === undefined ? undefined : mix(seed, i) });
+        this.#params.set(name, t);
+      });
+    } catch (e) {
+      this.dispose();
+      throw e;
+    }
+  }
+
+  /** HF name -> parameter tensor (the model's own tensors: writing them changes the model). */
+  parameters(): Map<string, Tensor> {
+    return new Map(this.#params);
+  }
+
+  /** Total parameter count. */
+  get numParameters(): number {
+    let n = 0;
+    for (const t of this.#params.values()) n += t.numel;
+    return n;
+  }
+
+  /**
+   * HF name -> gradient tensor (f32 by default, see gradDtype), allocated (zeroed) on first use.
+   * forwardBackward() accumulates into them (+=) as PyTorch does; zeroGrad() clears them.
+   */
+  grads(): Map<string, Tensor> {
+    if (this.#grads === null) {
+      const g = new Map<string, Tensor>();
+      try {
+        for (const [name, p] of this.#params) g.set(name, empty(p.shape, { dtype: this.gradDtypeOf(name), device: this.device }).fill_(0));
+      } catch (e) {
+        for (const t of g.values()) t.dispose();
+        throw e;
+      }
+      this.#grads = g;
+    }
+    return new Map(this.#grads);
+  }
+
+  /**
+   * The dtype of a parameter's gradient: gradDtype for the linear layers' weights; f32 always for the
+   * norms, the embedding and the LM head (their ops accumulate into f32: a scatter-add and chunked sums).
+   */
+  gradDtypeOf(name: string): Dtype {
+    if (this.gradDtype === 'f32') return 'f32';
+    const linearWeight = /^model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$/.test(name);
+    return linearWeight ? this.gradDtype : 'f32';
+  }
+
+  /** Sets every gradient to 0 (or frees them with { free: true }). */
+  zeroGrad(opts: { free?: boolean } = {}): void {
+    if (!this.#grads) return;
+    for (const t of this.#grads.values()) opts.free ? t.dispose() : t.fill_(0);
+    if (opts.free) this.#grads = null;
+  }
+
+  #p(name: string): Tensor {
+    const t = this.#params.get(name);
+    if (!t) throw new ArgumentError(`model: no parameter ${name}`);
+    return t;
+  }
+  #headName(): string {
+    return this.config.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
+  }
+
+  /** RoPE frequencies for a sequence length (dynamic / longrope scaling depend on it). */
+  #rope(seqLen: number): RopeOptions {
+    const type = (this.config.rope.options as { type: string }).type;
+    const key = type === 'dynamic' || type === 'longrope' ? seqLen : 0;
+    let r = this.#ropeCache.get(key);
+    if (!r) {
+      r = key === 0 ? this.config.rope : fromHFConfig(this.config.raw, { seqLen });
+      this.#ropeCache.set(key, r);
+    }
+    return { invFreq: r.invFreq, attentionFactor: r.attentionFactor };
+  }
+
+  #ropeOpts(S: number, sp: SeqPar): RopeOptions {
+    const off = sp.positionOffset ?? 0;
+    return { ...this.#rope(off + S), positionOffset: off, inplace: true };
+  }
+
+  #seqPar(o: { group?: AttendGroup; positionOffset?: number }): SeqPar {
+    const off = o.positionOffset ?? 0;
+    if (typeof off !== 'number' || !Number.isSafeInteger(off) || off < 0)
+      throw new ArgumentError(`model: positionOffset must be a non-negative integer, got ${String(off)}`);
+    return { group: o.group, positionOffset: off };
+  }
+
+  #ids(ids: Ids, what: string): Tensor {
+    let t: Tensor;
+    if (ids instanceof Tensor) {
+      t = ids;
+      if (t.dtype !== 'i32') throw new DtypeError(`model: ${what} must be i32, got ${t.dtype}`);
+      if (t.device !== this.device) t = t.to(this.device);
+    } else {
+      const nested = Array.isArray(ids) && Array.isArray(ids[0]);
+      const flat = nested ? (ids as number[][]).flat() : Array.from(ids as ArrayLike<number>);
+      const shape = nested ? [(ids as number[][]).length, (ids as number[][])[0].length] : [1, flat.length];
+      t = tensor(Int32Array.from(flat), { dtype: 'i32', device: this.device, shape });
+    }
+    if (t.ndim === 1) t = t.reshape([1, t.shape[0]]);
+    if (t.ndim !== 2) throw new ShapeError(`model: ${what} must be [batch, seq], got [${t.shape}]`);
+    return t;
+  }
+
+  #checkSeq(seqLen: number): void {
+    const sw = this.config.slidingWindow;
+    if (sw !== null && seqLen > sw) configFromHF(this.config.raw, { seqLen }); // throws, naming sliding_window
+  }
+
+  // ---- one decoder layer ----------------------------------------------------------------------
+
+  /** The layer up to the MLP input (everything its backward needs besides the MLP's own tensors). */
+  #attnPart(l: number, x: Tensor, B: number, S: number, sp: SeqPar): LayerActs {
+    const c = this.config, p = `model.layers.${l}.`;
+    const N = B * S, D = c.headDim;
+    const acts: Partial<LayerActs> = {};
+    try {
+      const n1 = nn.rmsNorm(x, this.#p(`${p}input_layernorm.weight`), { eps: c.rmsNormEps });
+      const y1 = acts.y1 = n1.y; acts.rstd1 = n1.rstd;
+      const q = acts.q = rs(linear(y1, this.#p(`${p}self_attn.q_proj.weight`)), [B, S, c.numHeads, D]);
+      const k = acts.k = rs(linear(y1, this.#p(`${p}self_attn.k_proj.weight`)), [B, S, c.numKvHeads, D]);
+      const v = acts.v = rs(linear(y1, this.#p(`${p}self_attn.v_proj.weight`)), [B, S, c.numKvHeads, D]);
+      rope.applyQK(q, k, this.#ropeOpts(S, sp));
+      const a = attend.forward(q, k, v, sp);
+      acts.attn = a.out; acts.lse = a.lse;
+      const a2 = a.out.reshape([N, c.numHeads * D]);
+      let o: Tensor;
+      try {
+        o = linear(a2, this.#p(`${p}self_attn.o_proj.weight`));
+      } finally {
+        a2.dispose();
+      }
+      try {
+        const n2 = nn.rmsNorm(o, this.#p(`${p}post_attention_layernorm.weight`), { eps: c.rmsNormEps, residual: x });
+        acts.y2 = n2.y; acts.rstd2 = n2.rstd; acts.h = n2.h!;
+      } finally {
+        o.dispose();
+      }
+      return acts as LayerActs;
+    } catch (e) {
+      disposeAll(...Object.values(acts));
+      throw e;
+    }
+  }
+
+  /** out += down(swiglu(gate(y2), up(y2))), in token chunks. */
+  #mlpForward(l: number, y2: Tensor, out: Tensor, chunk: number): void {
+    const p = `model.layers.${l}.mlp.`;
+    const Wg = this.#p(`${p}gate_proj.weight`), Wu = this.#p(`${p}up_proj.weight`), Wd = this.#p(`${p}down_proj.weight`);
+    const N = y2.shape[0];
+    for (let s = 0; s < N; s += chunk) {
+      const n = Math.min(chunk, N - s);
+      const yc = y2.narrow(0, s, n), oc = out.narrow(0, s, n);
+      let g: Tensor | undefined, u: Tensor | undefined, a: Tensor | undefined;
+      try {
+        const gt = g = linear(yc, Wg);
+        const ut = u = linear(yc, Wu);
+        const at = a = nn.swiglu(gt, ut, { out: gt }); // in place: gate is not needed again
+        g = undefined;
+        ut.dispose();
+        linear(at, Wd, { out: oc, beta: 1 });
+      } finally {
+        disposeAll(g, u, a, yc, oc);
+      }
+    }
+  }
+
+  /** Layer forward: returns the layer output ([N, H], new tensor); acts kept only when asked. */
+  #layerForward(l: number, x: Tensor, B: number, S: number, keep: boolean, chunk: number, sp: SeqPar):
+      { out: Tensor; acts: LayerActs | null } {
+    const acts = this.#attnPart(l, x, B, S, sp);
+    let out: Tensor;
+    if (keep) {
+      out = acts.h.clone();
+    } else {
+      // h is needed only by the backward, which recomputes it: the MLP can accumulate into it.
+      out = acts.h;
+      disposeAll(acts.y1, acts.rstd1, acts.q, acts.k, acts.v, acts.attn, acts.lse, acts.rstd2);
+    }
+    try {
+      this.#mlpForward(l, acts.y2, out, chunk);
+    } catch (e) {
+      disposeAll(out, ...(keep ? Object.values(acts) : [acts.y2]));
+      throw e;
+    }
+    if (!keep) acts.y2.dispose();
+    return { out, acts: keep ? acts : null };
+  }
+
+  /**
+   * Layer backward. `dout` ([N, H], model dtype, owned: it is overwritten and returned as the gradient
+   * with respect to the layer input). Parameter gradients accumulate into grads.
+   */
+  #layerBackward(l: number, acts: LayerActs, x: Tensor, dout: Tensor, B: number, S: number, chunk: number,
+      sp: SeqPar): Tensor {
+    const c = this.config, p = `model.layers.${l}.`;
+    const G = this.#grads!;
+    const N = B * S, D = c.headDim;
+    const g = (n: string) => G.get(p + n)!;
+    const w = (n: string) => this.#p(p + n);
+    const acc = { beta: 1 } as const;
+    const trash: Tensor[] = [];
+    try {
+      // MLP (recomputed per chunk): dWd += doutᵀ·a, da = dout·Wd, (dg, du) = swiglu', dy2 = dg·Wg + du·Wu
+      const Wg = w('mlp.gate_proj.weight'), Wu = w('mlp.up_proj.weight'), Wd = w('mlp.down_proj.weight');
+      const dy2 = empty([N, c.hiddenSize], { dtype: this.dtype, device: this.device });
+      trash.push(dy2);
+      for (let s = 0; s < N; s += chunk) {
+        const n = Math.min(chunk, N - s);
+        const yc = acts.y2.narrow(0, s, n), dc = dout.narrow(0, s, n), dyc = dy2.narrow(0, s, n);
+        const tmp: Tensor[] = [yc, dc, dyc];
+        try {
+          const gt = linear(yc, Wg); tmp.push(gt);
+          const ut = linear(yc, Wu); tmp.push(ut);
+          const a = nn.swiglu(gt, ut); tmp.push(a);
+          matmul(dc, a, { transA: true, out: g('mlp.down_proj.weight'), ...acc });
+          a.dispose();
+          const da = matmul(dc, Wd); tmp.push(da);
+          // in place: dgate over gate, dup over up (elementwise, each read before it is written)
+          const sb = nn.swigluBackward(da, gt, ut, { dgate: gt, dup: ut });
+          da.dispose();
+          matmul(sb.dgate, yc, { transA: true, out: g('mlp.gate_proj.weight'), ...acc });
+          matmul(sb.dup, yc, { transA: true, out: g('mlp.up_proj.weight'), ...acc });
+          matmul(sb.dgate, Wg, { out: dyc });
+          matmul(sb.dup, Wu, { out: dyc, ...acc });
+        } finally {
+          disposeAll(...tmp);
+        }
+      }
+      acts.y2.dispose();
+      // post-attention norm (fused residual: its input was h = x + o); dout += norm'(dy2)
+      const r2 = nn.rmsNormBackward(dy2, acts.h, w('post_attention_layernorm.weight'), acts.rstd2,
+        { dweight: g('post_attention_layernorm.weight'), dx: dout });
+      if (r2.dx !== dout) throw new ArgumentError('nn.rmsNormBackward did not accumulate into the given dx');
+      dy2.dispose(); acts.h.dispose(); acts.rstd2.dispose();
+      // o projection: dWo += doutᵀ·attn, dattn = dout·Wo
+      const attn2 = acts.attn.reshape([N, c.numHeads * D]);
+      trash.push(attn2);
+      matmul(dout, attn2, { transA: true, out: g('self_attn.o_proj.weight'), ...acc });
+      attn2.dispose();
+      const dattn = rs(matmul(dout, w('self_attn.o_proj.weight')), [B, S, c.numHeads, D]);
+      trash.push(dattn);
+      const ab = attend.backward(dattn, acts.q, acts.k, acts.v, acts.attn, acts.lse, sp);
+      trash.push(ab.dq, ab.dk, ab.dv);
+      dattn.dispose(); acts.attn.dispose(); acts.lse.dispose(); acts.q.dispose(); acts.k.dispose(); acts.v.dispose();
+      rope.backwardQK(ab.dq, ab.dk, this.#ropeOpts(S, sp));
+      const dq = ab.dq.reshape([N, c.numHeads * D]), dk = ab.dk.reshape([N, c.numKvHeads * D]), dv = ab.dv.reshape([N, c.numKvHeads * D]);
+      trash.push(dq, dk, dv);
+      matmul(dq, acts.y1, { transA: true, out: g('self_attn.q_proj.weight'), ...acc });
+      matmul(dk, acts.y1, { transA: true, out: g('self_attn.k_proj.weight'), ...acc });
+      matmul(dv, acts.y1, { transA: true, out: g('self_attn.v_proj.weight'), ...acc });
+      const dy1 = matmul(dq, w('self_attn.q_proj.weight'));
+      trash.push(dy1);
+      matmul(dk, w('self_attn.k_proj.weight'), { out: dy1, ...acc });
+      matmul(dv, w('self_attn.v_proj.weight'), { out: dy1, ...acc });
+      disposeAll(dq, dk, dv, ab.dq, ab.dk, ab.dv);
+      const r1 = nn.rmsNormBackward(dy1, x, w('input_layernorm.weight'), acts.rstd1, { dweight: g('input_layernorm.weight'), dx: dout });
+      if (r1.dx !== dout) throw new ArgumentError('nn.rmsNormBackward did not accumulate into the given dx');
+      disposeAll(dy1, acts.y1, acts.rstd1);
+      return dout;
+    } catch (e) {
+      disposeAll(...trash, ...Object.values(acts));
+      throw e;
+    }
+  }
+
+  /**
+   * One decoder layer forward + backward on hidden states x [batch·seq, hidden] (for benchmarks and
+   * layer-level checks): the forward stores its activations (checkpoint: false, as eager PyTorch
+   * does) or keeps only x and recomputes (checkpoint: true). `dout` is consumed (overwritten) and
+   * returned as the gradient with respect to x; parameter gradients accumulate into grads().
+   */
+  layerForwardBackward(l: number, x: Tensor, dout: Tensor, opts: { batch?: number; checkpoint?: boolean; mlpChunkTokens?: number; group?: AttendGroup; positionOffset?: number } = {}): Tensor {
+    if (!Number.isSafeInteger(l) || l < 0 || l >= this.config.numLayers) throw new ArgumentError(`layerForwardBackward: no layer ${l}`);
+    const N = x.shape[0], B = opts.batch ?? 1;
+    if (x.ndim !== 2 || x.shape[1] !== this.config.hiddenSize || N % B !== 0)
+      throw new ShapeError(`layerForwardBackward: x must be [batch·seq, ${this.config.hiddenSize}], got [${x.shape}]`);
+    const S = N / B;
+    const sp = this.#seqPar(opts);
+    this.#checkSeq(S + (sp.positionOffset ?? 0));
+    this.grads();
+    const chunk = this.#mlpChunk(N, opts.mlpChunkTokens);
+    const keep = !(opts.checkpoint ?? false);
+    const r = this.#layerForward(l, x, B, S, keep, chunk, sp);
+    r.out.dispose();
+    const acts = r.acts ?? this.#attnPart(l, x, B, S, sp);
+    return this.#layerBackward(l, acts, x, dout, B, S, chunk, sp);
+  }
+
+  // ---- whole model ----------------------------------------------------------------------------
+
+  #mlpChunk(N: number, opt?: number): number {
+    if (opt === undefined) return Math.min(N, 8192);
+    if (!Number.isSafeInteger(opt) || opt < 1) throw new ArgumentError(`model: mlpChunkTokens must be a positive integer, got ${String(opt)}`);
+    return Math.min(N, opt);
+  }
+
+  /**
+   * Forward + backward on token ids [batch, seq] (i32 Tensor or arrays) and labels of the same shape
+   * (label i is the target at position i — already shifted, -100 = ignored). Gradients accumulate into
+   * grads(); returns the mean loss over counted tokens and their count.
+   */
+  async forwardBackward(ids: Ids, labels: Ids, opts: ForwardBackwardOptions = {}): Promise<ForwardBackwardResult> {
+    if (opts === null || typeof opts !== 'object') throw new ArgumentError('forwardBackward: options must be an object');
+    const checkpoint = opts.checkpoint ?? true;
+    const idT = this.#ids(ids, 'ids');
+    const labT = this.#ids(labels, 'labels');
+    const own = (t: Tensor, src: Ids) => t !== src;
+    const c = this.config;
+    const [B, S] = idT.shape;
+    const N = B * S;
+    const chunk = this.#mlpChunk(N, opts.mlpChunkTokens);
+    const sp = this.#seqPar(opts);
+    const inputs: Tensor[] = [];
+    const saved: (LayerActs | null)[] = [];
+    let lossT: Tensor | undefined;
+    let countTensor: Tensor | undefined;
+    try {
+      if (labT.shape[0] !== B || labT.shape[1] !== S) throw new ShapeError(`forwardBackward: labels [${labT.shape}] must match ids [${idT.shape}]`);
+      this.#checkSeq(S + (sp.positionOffset ?? 0));
+      this.grads();
+      const emb = nn.embedding(idT, this.#p('model.embed_tokens.weight'));
+      inputs.push(rs(emb, [N, c.hiddenSize]));
+      for (let l = 0; l < c.numLayers; l++) {
+        const r = this.#layerForward(l, inputs[l], B, S, !checkpoint, chunk, sp);
+        inputs.push(r.out);
+        saved.push(r.acts);
+      }
+      const xL = inputs[c.numLayers];
+      const nf = nn.rmsNorm(xL, this.#p('model.norm.weight'), { eps: c.rmsNormEps });
+      const G = this.#grads!;
+      const lab1 = labT.reshape([N]);
+      let head;
+      try {
+        head = nn.lmHeadLoss(nf.y, this.#p(this.#headName()), lab1, {
+          chunkTokens: opts.lossChunkTokens, ignoreIndex: opts.ignoreIndex, dweight: G.get(this.#headName()),
+          divisor: opts.lossDivisor,
+        });
+      } finally {
+        lab1.dispose();
+        nf.y.dispose();
+      }
+      lossT = head.loss;
+      countTensor = head.count;
+      if (head.dweight && head.dweight !== G.get(this.#headName())) head.dweight.dispose();
+      const countT = head.count;
+      const rf = nn.rmsNormBackward(head.dhidden, xL, this.#p('model.norm.weight'), nf.rstd, { dweight: G.get('model.norm.weight') });
+      head.dhidden.dispose(); nf.rstd.dispose();
+      if (rf.dweight !== G.get('model.norm.weight')) rf.dweight?.dispose();
+      let d = rf.dx;
+      inputs.pop()!.dispose();
+      for (let l = c.numLayers - 1; l >= 0; l--) {
+        const x = inputs[l];
+        const acts = saved[l] ?? this.#attnPart(l, x, B, S, sp);
+        saved[l] = null;
+        d = this.#layerBackward(l, acts, x, d, B, S, chunk, sp);
+        inputs.pop()!.dispose();
+      }
+      const d3 = rs(d, [B, S, c.hiddenSize]);
+      try {
+        nn.embeddingBackward(d3, idT, G.get('model.embed_tokens.weight')!);
+      } finally {
+        d3.dispose();
+      }
+      // Out-of-range ids/labels: the CPU ops fail (surfacing here); CUDA kernels record them for checkIds.
+      await nn.checkIds(this.device);
+      const loss = (await head.loss.toArray())[0];
+      const count = (await countT.toArray())[0];
+      countT.dispose();
+      return { loss, count };
+    } finally {
+      for (const t of inputs) t.dispose();
+      for (const a of saved) if (a) disposeAll(...Object.values(a));
+      lossT?.dispose();
+      countTensor?.dispose();
+      if (own(idT, ids)) idT.dispose();
+      if (own(labT, labels)) labT.dispose();
+    }
+  }
+
+  /** Final hidden states after the last norm, [batch·seq, hidden] (no gradients). */
+  hidden(ids: Ids, opts: { group?: AttendGroup; positionOffset?: number; mlpChunkTokens?: number } = {}): Tensor {
+    const idT = this.#ids(ids, 'ids');
+    const c = this.config;
+    const [B, S] = idT.shape;
+    const N = B * S;
+    const chunk = this.#mlpChunk(N, opts.mlpChunkTokens);
+    const sp = this.#seqPar(opts);
+    let x: Tensor | undefined;
+    try {
+      this.#checkSeq(S + (sp.positionOffset ?? 0));
+      const emb = nn.embedding(idT, this.#p('model.embed_tokens.weight'));
+      let cur = x = rs(emb, [N, c.hiddenSize]);
+      for (let l = 0; l < c.numLayers; l++) {
+        const r = this.#layerForward(l, cur, B, S, false, chunk, sp);
+        cur.dispose();
+        cur = x = r.out;
+      }
+      const nf = nn.rmsNorm(cur, this.#p('model.norm.weight'), { eps: c.rmsNormEps });
+      nf.rstd.dispose();
+      return nf.y;
+    } finally {
+      x?.dispose();
+      if (idT !== ids) idT.dispose();
+    }
+  }
+
+  /** Logits [batch, seq, vocab] in the model dtype — whole, so for small checks only. */
+  forward(ids: Ids, opts: { group?: AttendGroup; positionOffset?: number } = {}): Tensor {
+    const idT = this.#ids(ids, 'ids');
+    try {
+      const [B, S] = idT.shape;
+      const y = this.hidden(idT, opts);
+      try {
+        const logits = linear(y, this.#p(this.#headName()));
+        const r = logits.reshape([B, S, this.config.vocabSize]);
+        logits.dispose();
+        return r;
+      } finally {
+        y.dispose();
+      }
+    } finally {
+      if (idT !== ids) idT.dispose();
+    }
+  }
+
+  // ---- weights --------------------------------------------------------------------------------
+
+  /**
+   * Loads HF safetensors weights (a .safetensors file, a directory, or model.safetensors.index.json)
+   * into the existing parameters, converting dtypes. Tensors stream one at a time. Missing
+   * parameters are an error; extra tensors (e.g. rotary inv_freq buffers, a tied lm_head) are
+   * ignored and returned.
+   */
+  async load(p: string): Promise<{ ignored: string[] }> {
+    const ignored: string[] = [];
+    const seen = new Set<string>();
+    await safetensors.load(p, {
+      device: this.device,
+      onTensor: (name, t) => {
+        try {
+          const dst = this.#params.get(name);
+          if (!dst) { ignored.push(name); return; }
+          if (t.ndim !== dst.ndim || t.shape.some((d, i) => d !== dst.shape[i]))
+            throw new ShapeError(`model.load: ${name} is [${t.shape}] in the checkpoint, the config needs [${dst.shape}]`);
+          if (t.dtype === 'i32') throw new DtypeError(`model.load: ${name} is i32`);
+          scale(t, 1, { out: dst }); // copies with dtype conversion (fp32 math: exact for bf16/f16/f32 sources)
+          seen.add(name);
+        } finally {
+          t.dispose();
+        }
+      },
+    });
+    const missing = [...this.#params.keys()].filter((n) => !seen.has(n));
+    if (missing.length)
+      throw new ArgumentError(`model.load: ${p} lacks ${missing.length} parameter(s): ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}`);
+    return { ignored };
+  }
+
+  /**
+   * Saves the parameters with HF names: to `x.safetensors` as one file, or into a directory as
+   * save_pretrained does (config.json + model.safetensors or shards with an index).
+   */
+  async save(p: string, opts: { maxShardBytes?: number } = {}): Promise<string[]> {
+    if (typeof p !== 'string' || p === '') throw new ArgumentError('model.save: path must be a non-empty string');
+    const meta = { format: 'pt' };
+    if (p.endsWith('.safetensors')) {
+      await safetensors.save(p, this.#params, { metadata: meta });
+      return [p];
+    }
+    const files = await safetensors.saveSharded(p, this.#params, { metadata: meta, maxShardBytes: opts.maxShardBytes });
+    const cfg = path.join(p, 'config.json');
+    await fsp.writeFile(cfg, JSON.stringify(this.config.raw, null, 2) + '\n');
+    return [...files, cfg];
+  }
+
+  /** Frees parameters and gradients. */
+  dispose(): void {
+    for (const t of this.#params.values()) t.dispose();
+    this.#params.clear();
+    this.zeroGrad({ free: true });
+  }
+  [Symbol.dispose](): void { this.dispose(); }
+}
+
+/**
+ * A model from a Hugging Face config (object, JSON text, or a path to config.json / a model
+ * directory — then use fromPretrained to also load weights), randomly initialised with `seed`.
+ */
+export function fromConfig(cfg: unknown, opts: FromConfigOptions = {}): Model {
+  if (opts === null || typeof opts !== 'object') throw new ArgumentError('model.fromConfig: options must be an object');
+  const config = configFromHF(cfg, { seqLen: opts.seqLen });
+  const device = parseDevice(opts.device).name;
+  const dtype = checkDtype(opts.dtype ?? (device === 'cpu' ? 'f32' : 'bf16'), 'model dtype');
+  if (dtype === 'i32') throw new DtypeError('model dtype must be a float dtype');
+  const gd = opts.gradDtype ?? 'f32';
+  if (gd !== 'f32' && gd !== 'param') throw new ArgumentError(`model.fromConfig: gradDtype must be 'f32' or 'param', got ${String(gd)}`);
+  let seed: bigint | undefined;
+  if (opts.seed !== undefined) {
+    if (typeof opts.seed === 'bigint') seed = opts.seed;
+    else if (typeof opts.seed === 'number' && Number.isSafeInteger(opts.seed)) seed = BigInt(opts.seed);
+    else throw new ArgumentError('model.fromConfig: seed must be a safe integer or a bigint');
+  }
+  const m = new Model(config, device, dtype, gd === 'f32' ? 'f32' : dtype);
+  m.init(seed, opts.empty ?? false);
+  return m;
+}
+
+/** config.json + weights from an HF model directory (or a config path and a weights path). */
+export async function fromPretrained(dir: string, opts: Omit<FromConfigOptions, 'seed' | 'empty'> = {}): Promise<Model> {
+  if (typeof dir !== 'string' || dir === '') throw new ArgumentError('model.fromPretrained: dir must be a non-empty string');
+  if (opts === null || typeof opts !== 'object') throw new ArgumentError('model.fromPretrained: options must be an object');
+  let text: string;
+  try {
+    text = await fsp.readFile(path.join(dir, 'config.json'), 'utf8');
+  } catch (e) {
+    throw new ArgumentError(`model.fromPretrained: ${dir}: cannot read config.json (${(e as Error).message})`);
+  }
+  const cfg = configFromHF(text, { seqLen: opts.seqLen }).raw;
+  const m = fromConfig(cfg, { ...opts, empty: true });
+  try {
+    await m.load(dir);
+  } catch (e) {
+    m.dispose();
+    throw e;
+  }
+  return m;
+}
