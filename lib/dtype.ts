@@ -9,7 +9,7 @@ const SIZES: Record<Dtype, number> = { f32: 4, f16: 2, bf16: 2, i32: 4 };
 
 export function checkDtype(d: unknown, what = 'dtype'): Dtype {
   if (typeof d !== 'string' || !(DTYPES as readonly string[]).includes(d))
-    throw new DtypeError(`${what}: unknown dtype ${JSON.stringify(d)} (expected one of ${DTYPES.join(', ')})`);
+    throw new DtypeError(`${what}: unknown dtype ${typeof d === 'string' ? JSON.stringify(d) : typeof d} (expected one of ${DTYPES.join(', ')})`);
   return d as Dtype;
 }
 export const dtypeCode = (d: Dtype): number => CODES[d];

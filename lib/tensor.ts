@@ -38,9 +38,12 @@ export class Tensor {
   get numel(): number { return this.shape.reduce((a, b) => a * b, 1); }
   get nbytes(): number { return this.numel * dtypeSize(this.dtype); }
   get disposed(): boolean { return this.#handle === null; }
+  /** @internal true for real tensors only (not objects that merely inherit Tensor.prototype). */
+  static isTensor(x: unknown): x is Tensor { return typeof x === 'object' && x !== null && #handle in x; }
 
   /** @internal the live native handle; throws ERR_DISPOSED. */
   handle(what = 'tensor'): NativeHandle {
+    if (!isTensor(this)) throw new ArgumentError(`${what} is not a Tensor made by megabeam`);
     if (this.#handle === null) throw new DisposedError(`${what} was disposed`);
     return this.#handle;
   }
@@ -110,11 +113,11 @@ export class Tensor {
   narrow(dim: number, start: number, length: number): Tensor {
     const h = this.handle();
     const nd = this.ndim;
-    if (!Number.isSafeInteger(dim) || dim < -nd || dim >= nd) throw new ArgumentError(`narrow: dim ${dim} out of range for ${nd}-D tensor`);
+    if (!Number.isSafeInteger(dim) || dim < -nd || dim >= nd) throw new ArgumentError(`narrow: dim ${describe(dim)} out of range for ${nd}-D tensor`);
     const d = dim < 0 ? dim + nd : dim;
     const size = this.shape[d];
     if (!Number.isSafeInteger(start) || !Number.isSafeInteger(length) || start < 0 || length < 0 || start + length > size)
-      throw new ShapeError(`narrow: [${start}, ${start}+${length}) is outside dimension ${d} of size ${size}`);
+      throw new ShapeError(`narrow: [${describe(start)}, ${describe(start)}+${describe(length)}) is outside dimension ${d} of size ${size}`);
     if (this.shape.slice(0, d).some((x) => x !== 1))
       throw new UnsupportedError('narrow: only contiguous slices (all leading dimensions of size 1) are views; copy first');
     const inner = this.shape.slice(d + 1).reduce((a, b) => a * b, 1);
@@ -127,6 +130,7 @@ export class Tensor {
   /** Fills in place with a value. */
   fill_(value: number): this {
     if (typeof value !== 'number') throw new ArgumentError('fill_: value must be a number');
+    if (this.dtype === 'i32' && !isInt32(value)) throw new ArgumentError(`fill_: an i32 tensor takes int32 values, got ${value}`);
     call(() => native().fill(this.handle(), value));
     return this;
   }
@@ -145,6 +149,19 @@ export class Tensor {
   }
 }
 
+const isTensor = (x: unknown): x is Tensor => Tensor.isTensor(x);
+
+/** A short, never-throwing description of a user value for error messages. */
+function describe(v: unknown): string {
+  try {
+    if (typeof v === 'symbol' || typeof v === 'bigint') return `${typeof v} ${v.toString()}`;
+    if (v === null || typeof v !== 'object') return String(v);
+    return Array.isArray(v) ? 'an array' : 'an object';
+  } catch {
+    return 'a value';
+  }
+}
+
 function convert(h: NativeHandle, shape: Shape, dtype: Dtype, device: DeviceString): Tensor {
   const out = empty(shape, { dtype, device });
   try {
@@ -156,13 +173,19 @@ function convert(h: NativeHandle, shape: Shape, dtype: Dtype, device: DeviceStri
   return out;
 }
 
+/** At most this many dimensions (the native side checks the same). */
+export const MAX_DIMS = 64;
+const F32_MAX = 3.4028234663852886e38;
+const isInt32 = (v: number): boolean => Number.isInteger(v) && v >= -2147483648 && v <= 2147483647;
+
 /** Validates a shape: an array of non-negative safe integers with a safe element count. */
 export function checkShape(shape: unknown, what = 'shape'): number[] {
   if (!Array.isArray(shape)) throw new ShapeError(`${what} must be an array of integers`);
+  if (shape.length > MAX_DIMS) throw new ShapeError(`${what}: more than ${MAX_DIMS} dimensions`);
   let n = 1;
   for (const d of shape) {
     if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0)
-      throw new ShapeError(`${what}: dimensions must be non-negative integers, got ${String(d)}`);
+      throw new ShapeError(`${what}: dimensions must be non-negative integers, got ${describe(d)}`);
     n *= d;
     if (!Number.isSafeInteger(n)) throw new ShapeError(`${what}: too many elements`);
   }
@@ -187,7 +210,14 @@ export function empty(shape: Shape, opts?: TensorOptions): Tensor {
 
 export function full(shape: Shape, value: number, opts?: TensorOptions): Tensor {
   if (typeof value !== 'number') throw new ArgumentError('full: value must be a number');
-  return empty(shape, opts).fill_(value);
+  if (options(opts).dtype === 'i32' && !isInt32(value)) throw new ArgumentError(`full: an i32 tensor takes int32 values, got ${value}`);
+  const t = empty(shape, opts);
+  try {
+    return t.fill_(value);
+  } catch (e) {
+    t.dispose();
+    throw e;
+  }
 }
 export const zeros = (shape: Shape, opts?: TensorOptions): Tensor => full(shape, 0, opts);
 export const ones = (shape: Shape, opts?: TensorOptions): Tensor => full(shape, 1, opts);
@@ -207,7 +237,12 @@ function random(kind: 0 | 1, shape: Shape, a: number, b: number, opts?: RandomOp
   if (o.dtype === 'i32') throw new DtypeError('random values need a float dtype');
   const [hi, lo] = seedWords(opts?.seed);
   const t = empty(shape, opts);
-  call(() => native().random(t.handle(), kind, hi, lo, a, b));
+  try {
+    call(() => native().random(t.handle(), kind, hi, lo, a, b));
+  } catch (e) {
+    t.dispose();
+    throw e;
+  }
   return t;
 }
 
@@ -217,14 +252,19 @@ function random(kind: 0 | 1, shape: Shape, a: number, b: number, opts?: RandomOp
  */
 export function randn(shape: Shape, opts?: RandomOptions & { mean?: number; std?: number }): Tensor {
   const mean = opts?.mean ?? 0, std = opts?.std ?? 1;
-  if (!Number.isFinite(mean) || !Number.isFinite(std)) throw new ArgumentError('randn: mean and std must be finite');
+  if (typeof mean !== 'number' || typeof std !== 'number' || !Number.isFinite(mean) || !Number.isFinite(std))
+    throw new ArgumentError('randn: mean and std must be finite numbers');
+  // |normal| < 6.7 for this generator: beyond, values would overflow f32 to ±Infinity.
+  if (!(Math.abs(mean) + 6.7 * Math.abs(std) < F32_MAX)) throw new ArgumentError('randn: mean and std must keep values within f32 range');
   return random(0, shape, mean, std, opts);
 }
 
 /** Uniform values in [low, high) (default [0, 1)); same bits on CPU and CUDA for a seed. */
 export function rand(shape: Shape, opts?: RandomOptions & { low?: number; high?: number }): Tensor {
   const low = opts?.low ?? 0, high = opts?.high ?? 1;
-  if (!Number.isFinite(low) || !Number.isFinite(high) || !(high > low)) throw new ArgumentError('rand: need finite low < high');
+  if (typeof low !== 'number' || typeof high !== 'number' || !Number.isFinite(low) || !Number.isFinite(high) || !(high > low))
+    throw new ArgumentError('rand: need finite low < high');
+  if (!(Math.fround(high) - Math.fround(low) < F32_MAX)) throw new ArgumentError('rand: low, high and high - low must be within f32 range');
   return random(1, shape, low, high, opts);
 }
 
@@ -232,6 +272,7 @@ function inferShape(data: NestedArray): { shape: number[]; flat: number[] } {
   const shape: number[] = [];
   let cur: unknown = data;
   while (Array.isArray(cur)) {
+    if (shape.length >= MAX_DIMS) throw new ShapeError(`tensor data is nested more than ${MAX_DIMS} deep`);
     shape.push(cur.length);
     cur = cur[0];
   }
@@ -260,7 +301,8 @@ export function tensor(data: TensorData, opts?: TensorOptions & { shape?: Shape 
   if (ArrayBuffer.isView(data)) {
     if (!(data instanceof Float32Array || data instanceof Float64Array || data instanceof Int32Array || data instanceof Uint16Array))
       throw new DtypeError('tensor data must be a Float32Array, Float64Array, Int32Array, Uint16Array or number array');
-    typed = data;
+    // Shared memory can change under us (and the addon wants a plain ArrayBuffer): copy it.
+    typed = typeof SharedArrayBuffer !== 'undefined' && data.buffer instanceof SharedArrayBuffer ? data.slice() : data;
     shape = opts?.shape !== undefined ? checkShape(opts.shape) : [data.length];
     if (data instanceof Int32Array) defDtype = 'i32';
     if (data instanceof Uint16Array) {
@@ -271,8 +313,10 @@ export function tensor(data: TensorData, opts?: TensorOptions & { shape?: Shape 
     const inf = inferShape(data as NestedArray);
     shape = opts?.shape !== undefined ? checkShape(opts.shape) : inf.shape;
     const dt = opts?.dtype ?? 'f32';
-    typed = dt === 'i32' ? Int32Array.from(inf.flat) : Float64Array.from(inf.flat);
     if (dt === 'i32' && inf.flat.some((v) => !Number.isInteger(v))) throw new DtypeError('i32 tensor data must be integers');
+    // Int32Array.from would wrap 3e9 to a negative number: refuse instead.
+    if (dt === 'i32' && inf.flat.some((v) => !isInt32(v))) throw new ArgumentError('i32 tensor data must be int32 values (-2^31 .. 2^31-1)');
+    typed = dt === 'i32' ? Int32Array.from(inf.flat) : Float64Array.from(inf.flat);
   } else {
     throw new ArgumentError('tensor data must be a typed array or an array of numbers');
   }
@@ -318,7 +362,7 @@ export function emptyCache(device: DeviceLike = 'cuda'): void {
 
 /** @internal checks a tensor argument of an op and returns its handle. */
 export function arg(t: unknown, what: string): NativeHandle {
-  if (!(t instanceof Tensor)) throw new ArgumentError(`${what} must be a Tensor`);
+  if (!isTensor(t)) throw new ArgumentError(`${what} must be a Tensor`);
   return t.handle(what);
 }
 

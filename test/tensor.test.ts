@@ -269,22 +269,67 @@ t.test('work runs off the event loop', async (t) => {
   x.dispose();
 });
 
-t.test('a failed queued CPU task surfaces at the next sync point, once', async (t) => {
+t.test('a failed queued CPU task fails its outputs (and what is computed from them), nothing else', async (t) => {
   const { native } = await import('../lib/native');
   const x = randn([1000], { seed: 5 });
-  native().debugQueueError(-1, 'ERR_OOM', 'simulated failure in a queued task');
+  const out = empty([1000]);
+  out.fill_(7);
+  native().debugQueueError(-1, 'ERR_OOM', 'simulated failure in a queued task', out.handle());
   const y = x.clone();  // work queued after the failure still runs
   const z = tensor([1, 2, 3]);  // creating a tensor is not a sync point: it neither waits nor takes the error
+  const derived = out.clone();  // its input failed: it fails with the same error, without running
+  t.same(await x.toArray(), await y.toArray(), 'an unrelated tensor reads fine (it does not get the error)');
+  await rejectsCode(t, () => out.toArray(), 'ERR_OOM', 'the failed output never reads as data');
+  await rejectsCode(t, () => out.toRaw(), 'ERR_OOM', 'not even raw');
+  await rejectsCode(t, () => derived.toArray(), 'ERR_OOM', 'the failure propagates to outputs computed from it');
   await rejectsCode(t, () => synchronize('cpu'), 'ERR_OOM', 'synchronize rejects with the queued error');
   await synchronize('cpu');
-  t.pass('the error is reported once, then cleared');
-  t.same(await y.toArray(), await x.toArray(), 'later work ran');
+  t.pass('synchronize reports it once, then it is cleared');
+  await rejectsCode(t, () => out.toArray(), 'ERR_OOM', 'a failed tensor stays failed until disposed');
   t.same(Array.from(await z.toArray()), [1, 2, 3], 'data written in issue order');
-  z.dispose();
-  native().debugQueueError(-1, 'ERR_CUDA', 'another');
-  await rejectsCode(t, () => x.toArray(), 'ERR_CUDA', 'toArray is a sync point too');
-  t.equal((await x.toArray()).length, 1000);
-  x.dispose(); y.dispose();
+  native().debugQueueError(-1, 'ERR_CUDA', 'another');  // no outputs
+  t.equal((await x.toArray()).length, 1000, 'a failure with no outputs does not reach unrelated reads');
+  await rejectsCode(t, () => synchronize('cpu'), 'ERR_CUDA');
+  for (const a of [x, y, z, out, derived]) a.dispose();
+});
+
+t.test('float64 data rounds once to f16/bf16; i32 data and fills must be int32; .to(i32) saturates', async (t) => {
+  // Just above a tie: through f32 it would become the tie and round to even (down).
+  t.same(Array.from(await tensor([1.00390625 + 2 ** -40], { dtype: 'bf16' }).toArray()), [1.0078125], 'bf16 rounds once');
+  t.same(Array.from(await tensor([1 + 2 ** -11 + 2 ** -40], { dtype: 'f16' }).toArray()), [1 + 2 ** -10], 'f16 rounds once');
+  t.same(Array.from(await tensor([-(1.00390625 + 2 ** -40)], { dtype: 'bf16' }).toArray()), [-1.0078125], 'negative too');
+  // Fresh doubles near ties, every one against the independent reference.
+  const xs = new Float64Array(2000);
+  for (let i = 0; i < xs.length; i++) {
+    const e = Math.floor(rnd() * 40) - 20;
+    const tie = (1 + Math.floor(rnd() * 128) / 128 + 2 ** -8) * 2 ** e;  // a bf16 tie (8-bit significand + half)
+    xs[i] = tie * (1 + (rnd() - 0.5) * 2 ** -30) * (rnd() < 0.5 ? -1 : 1);
+  }
+  xs[0] = 65519.99; xs[1] = 65520; xs[2] = 2 ** -25 * (1 + 2 ** -30); xs[3] = 3.3e38;
+  for (const dt of ['bf16', 'f16'] as const) {
+    const got = await tensor(xs, { dtype: dt }).toArray();
+    let bad = 0;
+    for (let i = 0; i < xs.length; i++) if (!Object.is(got[i], nearest(xs[i], dt === 'f16' ? decodeF16 : decodeBf16))) bad++;
+    t.equal(bad, 0, `${dt}: every double rounded once, to nearest even`);
+  }
+  throwsCode(t, () => tensor([3e9, 2 ** 31], { dtype: 'i32' }), 'ERR_ARG', 'no silent wrap');
+  throwsCode(t, () => tensor([-(2 ** 31) - 1], { dtype: 'i32' }), 'ERR_ARG');
+  t.same(Array.from(await tensor([2 ** 31 - 1, -(2 ** 31)], { dtype: 'i32' }).toArray()), [2 ** 31 - 1, -(2 ** 31)], 'int32 extremes are fine');
+  for (const v of [NaN, Infinity, -Infinity, 3e9, -3e9, 1.5]) {
+    throwsCode(t, () => full([2], v, { dtype: 'i32' }), 'ERR_ARG', `full i32 ${v}`);
+    throwsCode(t, () => empty([2], { dtype: 'i32' }).fill_(v), 'ERR_ARG', `fill_ i32 ${v}`);
+  }
+  const { native } = await import('../lib/native');
+  const h = empty([2], { dtype: 'i32' });
+  throwsCode(t, () => { try { native().fill(h.handle(), 3e9); } catch (e) { throw (require('../lib/errors').fromNative(e)); } }, 'ERR_ARG', 'native fill checks too');
+  h.dispose();
+  t.same(Array.from(await tensor([3e9, -3e9, NaN, 2.9, -2.9]).to('i32').toArray()), [2147483647, -2147483648, 0, 2, -2], '.to(i32) truncates and saturates, NaN -> 0');
+  throwsCode(t, () => rand([2], { low: -3e38, high: 3e38 }), 'ERR_ARG', 'rand: high - low overflows f32');
+  throwsCode(t, () => rand([2], { low: 0, high: 1e39 }), 'ERR_ARG', 'rand: high beyond f32');
+  throwsCode(t, () => randn([2], { std: 1e38 }), 'ERR_ARG', 'randn: std would overflow f32');
+  throwsCode(t, () => randn([2], { mean: 1e39 }), 'ERR_ARG', 'randn: mean beyond f32');
+  const r = await randn([1000], { std: 1e37, seed: 9 }).toArray();
+  t.ok(r.every((v) => Number.isFinite(v)), 'randn within range stays finite');
 });
 
 t.test('using disposes at scope end', async (t) => {

@@ -37,22 +37,105 @@ Napi::Error to_js_error(Napi::Env env, const std::string& code, const std::strin
   return e;
 }
 
-// ---- TensorImpl --------------------------------------------------------------------
-Napi::FunctionReference* TensorImpl::ctor = nullptr;
+// ---- per-environment state ------------------------------------------------------------
+namespace {
+// Marks every TensorHandle made by this addon (any environment, any copy of the addon).
+const napi_type_tag kHandleTag = {0x6d656761'6265616dULL, 0x7465'6e73'6f72'0001ULL};
 
-Napi::Function TensorImpl::Init(Napi::Env env) {
-  Napi::Function f = DefineClass(env, "TensorHandle",
-                                 {InstanceMethod("dispose", &TensorImpl::Dispose),
-                                  InstanceMethod("isDisposed", &TensorImpl::IsDisposed)});
-  ctor = new Napi::FunctionReference(Napi::Persistent(f));
-  return f;
+void call_js(napi_env env, napi_value /*js_cb*/, void* context, void* data) {
+  Completion* c = static_cast<Completion*>(data);
+  if (!env) {  // the environment is being torn down: only free
+    delete c;
+    return;
+  }
+  try {
+    c->settle(env);
+  } catch (...) {
+    // settle() does not throw; never let anything escape into N-API.
+  }
+  delete c;
+  static_cast<EnvState*>(context)->end();
 }
 
-TensorImpl::TensorImpl(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorImpl>(info) {}
+void link_finalize(napi_env, void* data, void*) {
+  // Normally the cleanup hook got here first; in any order, never post to a finalized function.
+  EnvLink* link = static_cast<EnvLink*>(data);
+  std::lock_guard<std::mutex> l(link->m_);
+  link->alive_ = false;
+  link->tsfn_ = nullptr;
+}
+
+void env_cleanup(void* arg) {
+  // Before the thread-safe function is closed (hooks run in reverse order of registration): from
+  // now on megabeam's threads drop what they would have posted here.
+  EnvState* st = static_cast<EnvState*>(arg);
+  st->link_close();
+  std::string code;
+  cpu_take_error(cpu_owner_id(), &code);  // nobody will synchronize for this thread any more
+  cpu_queue_detach();
+}
+}  // namespace
+
+void EnvLink::post(Completion* c) {
+  std::lock_guard<std::mutex> l(m_);
+  if (alive_ && tsfn_ && napi_call_threadsafe_function(tsfn_, c, napi_tsfn_nonblocking) == napi_ok) return;
+  // The environment is gone (or going): nobody can receive it.
+  try { c->settle(nullptr); } catch (...) {}
+  delete c;
+}
+
+void EnvState::link_close() {
+  std::lock_guard<std::mutex> l(link->m_);
+  link->alive_ = false;
+}
+
+EnvState& EnvState::of(Napi::Env env) {
+  EnvState* st = env.GetInstanceData<EnvState>();
+  if (!st) throw Error("ERR_NATIVE", "megabeam is not initialised in this environment");
+  return *st;
+}
+
+// tsfn_ changes only on this (the JS) thread, so reading it here without the lock is fine.
+void EnvState::begin() {
+  if (pending++ == 0 && link->tsfn_) napi_ref_threadsafe_function(env, link->tsfn_);
+}
+void EnvState::end() {
+  if (pending > 0 && --pending == 0 && link->tsfn_) napi_unref_threadsafe_function(env, link->tsfn_);
+}
+
+void settle_reject(napi_env env, napi_deferred d, const std::string& code, const std::string& msg) {
+  if (!env) return;
+  napi_value c = nullptr, m = nullptr, err = nullptr;
+  std::string full = code + ": " + msg;
+  if (napi_create_string_utf8(env, code.c_str(), code.size(), &c) != napi_ok) return;
+  if (napi_create_string_utf8(env, full.c_str(), full.size(), &m) != napi_ok) return;
+  if (napi_create_error(env, c, m, &err) != napi_ok) return;
+  napi_reject_deferred(env, d, err);
+}
+
+void settle_resolve_undefined(napi_env env, napi_deferred d) {
+  if (!env) return;
+  napi_value u = nullptr;
+  if (napi_get_undefined(env, &u) != napi_ok) return;
+  napi_resolve_deferred(env, d, u);
+}
+
+// ---- TensorImpl --------------------------------------------------------------------
+Napi::Function TensorImpl::Init(Napi::Env env) {
+  return DefineClass(env, "TensorHandle",
+                     {InstanceMethod("dispose", &TensorImpl::Dispose),
+                      InstanceMethod("isDisposed", &TensorImpl::IsDisposed)});
+}
+
+TensorImpl::TensorImpl(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorImpl>(info), env_(info.Env()) {}
 
 TensorImpl::~TensorImpl() {
-  // Reached through GC for a handle nobody disposed.
-  if (external_) Napi::MemoryManagement::AdjustExternalMemory(Env(), -external_);
+  // Reached through GC for a handle nobody disposed (or at environment teardown): plain N-API,
+  // status ignored, since throwing from a finalizer aborts the process.
+  if (external_) {
+    int64_t r = 0;
+    napi_adjust_external_memory(env_, -external_, &r);
+  }
 }
 
 int64_t TensorImpl::numel() const {
@@ -64,7 +147,8 @@ int64_t TensorImpl::numel() const {
 void TensorImpl::dispose(Napi::Env env) {
   storage.reset();
   if (external_) {
-    Napi::MemoryManagement::AdjustExternalMemory(env, -external_);
+    int64_t r = 0;
+    napi_adjust_external_memory(env, -external_, &r);
     external_ = 0;
   }
 }
@@ -77,32 +161,65 @@ Napi::Value TensorImpl::IsDisposed(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), !storage);
 }
 
+Napi::Object TensorImpl::NewHandle(Napi::Env env) {
+  Napi::Object obj = EnvState::of(env).ctor.New({});
+  if (napi_type_tag_object(env, obj, &kHandleTag) != napi_ok) throw Error("ERR_NATIVE", "cannot tag a tensor handle");
+  return obj;
+}
+
+void TensorImpl::track(Napi::Env env) {
+  // Every handle, view or not, reports the whole block it keeps alive: a forgotten view of a disposed
+  // tensor holds all of it, and GC must feel that.
+  if (device == kCpu && storage && storage->block > 0) {
+    external_ = (int64_t)storage->block;
+    int64_t r = 0;
+    napi_adjust_external_memory(env, external_, &r);
+  }
+}
+
 Napi::Object TensorImpl::Create(Napi::Env env, std::vector<int64_t> shape, Dtype dtype, int device) {
   int64_t n = 1;
+  if (shape.size() > kMaxDims) throw Error("ERR_SHAPE", "more than " + std::to_string(kMaxDims) + " dimensions");
   for (int64_t d : shape) {
     if (d < 0) throw Error("ERR_SHAPE", "negative dimension");
     if (d > 0 && n > (int64_t(1) << 50) / d) throw Error("ERR_OOM", "tensor too large");
     n *= d;
   }
+  Napi::Object obj = NewHandle(env);
   StoragePtr s = alloc_storage(device, (size_t)n * dtype_size(dtype));
-  Napi::Object obj = ctor->New({});
   TensorImpl* t = Unwrap(obj);
   t->storage = std::move(s);
   t->shape = std::move(shape);
   t->dtype = dtype;
   t->device = device;
-  if (device == kCpu && t->storage->block > 0) {
-    t->external_ = (int64_t)t->storage->block;
-    Napi::MemoryManagement::AdjustExternalMemory(env, t->external_);
-  }
+  t->track(env);
+  return obj;
+}
+
+Napi::Object TensorImpl::View(Napi::Env env, const TensorImpl* base, std::vector<int64_t> shape, int64_t offset) {
+  if (!base->storage) throw Error("ERR_DISPOSED", "view of a disposed tensor");
+  int64_t n = checked_numel(shape, "view");
+  int64_t have = base->numel();
+  if (offset < 0 || offset > have || n > have - offset)
+    throw Error("ERR_SHAPE", "view: shape and offset exceed the tensor");
+  Napi::Object obj = NewHandle(env);
+  TensorImpl* v = Unwrap(obj);
+  v->storage = base->storage;
+  v->shape = std::move(shape);
+  v->dtype = base->dtype;
+  v->device = base->device;
+  v->offset = base->offset + offset;
+  v->track(env);
   return obj;
 }
 
 // ---- argument helpers ----------------------------------------------------------------
 TensorImpl* tensor_arg(const Napi::Value& v, const char* name) {
-  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(TensorImpl::ctor->Value()))
+  bool tagged = false;
+  if (!v.IsObject() || napi_check_object_type_tag(v.Env(), v, &kHandleTag, &tagged) != napi_ok || !tagged)
     throw Error("ERR_ARG", std::string(name) + " must be a tensor");
   TensorImpl* t = TensorImpl::Unwrap(v.As<Napi::Object>());
+  if (!t) throw Error("ERR_ARG", std::string(name) + " must be a tensor");
   if (!t->storage) throw Error("ERR_DISPOSED", std::string(name) + " was disposed");
   return t;
 }
@@ -141,6 +258,33 @@ int device_arg(const Napi::Value& v, const char* name) {
   return (int)d;
 }
 
+std::vector<int64_t> shape_arg(const Napi::Value& v, const char* name) {
+  if (!v.IsArray()) throw Error("ERR_SHAPE", std::string(name) + " must be an array");
+  Napi::Array a = v.As<Napi::Array>();
+  uint32_t nd = a.Length();
+  if (nd > kMaxDims) throw Error("ERR_SHAPE", std::string(name) + ": more than " + std::to_string(kMaxDims) + " dimensions");
+  std::vector<int64_t> s;
+  for (uint32_t i = 0; i < nd; ++i) {
+    Napi::Value d = a.Get(i);
+    if (!d.IsNumber()) throw Error("ERR_SHAPE", std::string(name) + ": dimensions must be numbers");
+    double x = d.As<Napi::Number>().DoubleValue();
+    if (!std::isfinite(x) || x != std::floor(x) || x < 0 || x > 9007199254740991.0)
+      throw Error("ERR_SHAPE", std::string(name) + ": dimensions must be non-negative safe integers");
+    s.push_back((int64_t)x);
+  }
+  return s;
+}
+
+int64_t checked_numel(const std::vector<int64_t>& shape, const char* what) {
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0) throw Error("ERR_SHAPE", std::string(what) + ": negative dimension");
+    if (d > 0 && n > (int64_t(1) << 50) / d) throw Error("ERR_SHAPE", std::string(what) + ": too many elements");
+    n *= d;
+  }
+  return n;
+}
+
 void check_same_device(const std::vector<const TensorImpl*>& ts, const char* op) {
   for (auto* t : ts)
     if (t->device != ts[0]->device) throw Error("ERR_DEVICE", std::string(op) + ": tensors are on different devices");
@@ -156,15 +300,33 @@ void check_shape(const TensorImpl* t, const std::vector<int64_t>& shape, const c
 }
 
 // ---- init ---------------------------------------------------------------------------
-namespace {
-void cleanup(void*) { cpu_queue_shutdown(); }
-}  // namespace
-
+// Context-aware: runs once per environment (main thread, each worker). Everything JS-facing lives in
+// that environment's EnvState; the CPU queue, the thread pool and the allocators are process-wide and
+// outlive any one environment.
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("TensorHandle", TensorImpl::Init(env));
+  auto* st = new EnvState();
+  st->env = env;
+  Napi::Function handle = TensorImpl::Init(env);
+  st->ctor = Napi::Persistent(handle);
+  env.SetInstanceData<EnvState>(st);  // deleted with the environment
+  napi_value name;
+  napi_create_string_utf8(env, "megabeam", NAPI_AUTO_LENGTH, &name);
+  napi_threadsafe_function tsfn = nullptr;
+  if (napi_create_threadsafe_function(env, nullptr, nullptr, name, 0, 1, st->link.get(), link_finalize, st, call_js,
+                                      &tsfn) != napi_ok)
+    throw Napi::Error::New(env, "megabeam: cannot create the completion channel");
+  napi_unref_threadsafe_function(env, tsfn);  // only pending completions keep the loop alive
+  {
+    std::lock_guard<std::mutex> l(st->link->m_);
+    st->link->tsfn_ = tsfn;
+    st->link->alive_ = true;
+  }
+  cpu_queue_attach();
+  napi_add_env_cleanup_hook(env, env_cleanup, st);  // after the tsfn's own hook, so it runs before it
+
+  exports.Set("TensorHandle", handle);
   for (auto& [name, fn] : registry())
     exports.Set(name, Napi::Function::New(env, trampoline, name, reinterpret_cast<void*>(fn)));
-  napi_add_env_cleanup_hook(env, cleanup, nullptr);
   return exports;
 }
 

@@ -39,9 +39,9 @@ Napi::Value Axpby(const Napi::CallbackInfo& info) {
   Napi::Value result = out ? b.raw("out") : TensorImpl::Create(info.Env(), a->shape, dt, a->device);
   TensorImpl* o = out ? out : TensorImpl::Unwrap(result.As<Napi::Object>());
   p.out = o->data();
-  std::vector<StoragePtr> keep{a->storage, o->storage};
-  if (y) keep.push_back(y->storage);
-  run_on_device(a->device, std::move(keep), [p](void* s) {
+  std::vector<StoragePtr> inputs{a->storage};
+  if (y) inputs.push_back(y->storage);
+  run_on_device(a->device, std::move(inputs), {o->storage}, [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { axpby_cuda(p, (cudaStream_t)s); return; }
 #endif

@@ -1,6 +1,12 @@
 // Tensor creation, conversion, transfer, read-back, sync and memory queries.
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <thread>
 
 #include "../common/parallel.h"
 #include "../ops/tensor/tensor_ops.h"
@@ -9,57 +15,63 @@
 namespace mb {
 namespace {
 
-std::vector<int64_t> shape_arg(const Napi::Value& v) {
-  if (!v.IsArray()) throw Error("ERR_SHAPE", "shape must be an array");
-  Napi::Array a = v.As<Napi::Array>();
-  std::vector<int64_t> s;
-  for (uint32_t i = 0; i < a.Length(); ++i) {
-    int64_t d = int_arg(a.Get(i), "shape");
-    if (d < 0) throw Error("ERR_SHAPE", "negative dimension in shape");
-    s.push_back(d);
-  }
-  return s;
+// ---- completions: promises settled by megabeam's threads (never libuv's pool) -------------------
+size_t physical_memory_bytes() {
+  long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && size > 0 ? (size_t)pages * (size_t)size : (size_t)1 << 40;
 }
 
-// Promise settled on the main thread after `work` ran on a libuv thread.
-class Deferred : public Napi::AsyncWorker {
- public:
-  Deferred(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> done)
-      : Napi::AsyncWorker(env), done(std::move(done)), d_(Napi::Promise::Deferred::New(env)), work_(std::move(work)) {}
-  Napi::Promise promise() { return d_.Promise(); }
-  void Execute() override {
-    try {
-      work_();
-    } catch (const Error& e) {
-      code_ = e.code; msg_ = e.what();
-    } catch (const std::exception& e) {
-      code_ = "ERR_NATIVE"; msg_ = e.what();
-    }
-  }
-  void OnOK() override {
-    if (!code_.empty()) {
-      d_.Reject(to_js_error(Env(), code_, msg_).Value());
+// A read: the values land in a malloc'd buffer (owned here, so a worker that dies meanwhile frees
+// nothing under us), which becomes the ArrayBuffer on the JS thread without a copy.
+struct ReadDone : Completion {
+  napi_deferred deferred = nullptr;
+  void* buf = nullptr;
+  size_t bytes = 0, n = 0;
+  napi_typedarray_type type = napi_float32_array;
+  std::string code, msg;  // set: reject
+  ~ReadDone() override { std::free(buf); }
+  void settle(napi_env env) override {
+    if (!env) return;
+    if (!code.empty()) { settle_reject(env, deferred, code, msg); return; }
+    napi_value ab = nullptr, ta = nullptr;
+    napi_status st = napi_create_external_arraybuffer(
+        env, buf, bytes, [](napi_env, void* data, void*) { std::free(data); }, nullptr, &ab);
+    if (st == napi_ok) {
+      buf = nullptr;  // the ArrayBuffer owns it now
+    } else if (st == napi_no_external_buffers_allowed) {
+      // Builds that forbid external buffers: copy. Checked, so a failure rejects instead of aborting.
+      void* data = nullptr;
+      if (napi_create_arraybuffer(env, bytes, &data, &ab) != napi_ok || (!data && bytes)) {
+        settle_reject(env, deferred, "ERR_OOM", "cannot allocate a " + std::to_string(bytes) + "-byte ArrayBuffer");
+        return;
+      }
+      if (bytes) std::memcpy(data, buf, bytes);
+    } else {
+      // The environment cannot run JS any more (a worker being terminated): nothing to settle.
       return;
     }
-    try {
-      d_.Resolve(done(Env()));
-    } catch (const Error& e) {
-      d_.Reject(to_js_error(Env(), e.code, e.what()).Value());
+    if (napi_create_typedarray(env, type, n, ab, 0, &ta) != napi_ok) {
+      settle_reject(env, deferred, "ERR_OOM", "cannot create the result array");
+      return;
     }
+    napi_resolve_deferred(env, deferred, ta);
   }
-  Napi::ObjectReference keep;  // JS objects that must outlive the work
-  std::function<Napi::Value(Napi::Env)> done;
-
- private:
-  Napi::Promise::Deferred d_;
-  std::function<void()> work_;
-  std::string code_, msg_;
 };
 
-void throw_cpu_pending_error() {
-  std::string code;
-  std::string e = cpu_wait_idle(&code);
-  if (!e.empty()) throw Error(code.empty() ? "ERR_NATIVE" : code, e);
+struct SyncDone : Completion {
+  napi_deferred deferred = nullptr;
+  std::string code, msg;
+  void settle(napi_env env) override {
+    if (!code.empty()) settle_reject(env, deferred, code, msg);
+    else settle_resolve_undefined(env, deferred);
+  }
+};
+
+// Cross-device copies from the CPU are sync points: they wait (on the calling thread) for the CPU
+// work queued so far, never for later work, and report the source's failure.
+void wait_cpu_source(const TensorImpl* src) {
+  cpu_wait(cpu_last_issued());
+  throw_if_failed(*src->storage);
 }
 
 // empty(shape, dtype, device) -> handle
@@ -72,81 +84,115 @@ Napi::Value Empty(const Napi::CallbackInfo& info) {
 MB_EXPORT("empty", Empty);
 
 // view(handle, shape, offset = 0) -> handle sharing the storage: `shape` elements starting
-// `offset` elements into the tensor (a reshape, or a contiguous slice).
+// `offset` elements into the tensor (a reshape, or a contiguous slice). Checked here, whatever TS did.
 Napi::Value View(const Napi::CallbackInfo& info) {
   TensorImpl* t = tensor_arg(info[0], "tensor");
   auto shape = shape_arg(info[1]);
   int64_t off = info.Length() > 2 && !info[2].IsUndefined() ? int_arg(info[2], "offset") : 0;
-  int64_t n = 1;
-  for (auto d : shape) n *= d;
-  if (off < 0 || off > t->numel() || n > t->numel() - off)
-    throw Error("ERR_SHAPE", "view: shape and offset exceed the tensor");
-  Napi::Object obj = TensorImpl::ctor->New({});
-  TensorImpl* v = TensorImpl::Unwrap(obj);
-  v->storage = t->storage;
-  v->shape = shape;
-  v->dtype = t->dtype;
-  v->device = t->device;
-  v->offset = t->offset + off;
-  return obj;
+  return TensorImpl::View(info.Env(), t, std::move(shape), off);
 }
 MB_EXPORT("view", View);
 
+// Host data -> element type, rounded once (f64 goes straight to f16/bf16).
+void convert_host(const void* src, napi_typedarray_type tt, void* dst, Dtype dt, int64_t b, int64_t e) {
+  if (tt == napi_float32_array) {
+    const float* f = (const float*)src;
+    for (int64_t i = b; i < e; ++i) store_from_f32(dst, dt, i, f[i]);
+  } else {
+    const double* d = (const double*)src;
+    switch (dt) {
+      case Dtype::F32: for (int64_t i = b; i < e; ++i) ((float*)dst)[i] = (float)d[i]; break;
+      case Dtype::F16: for (int64_t i = b; i < e; ++i) ((uint16_t*)dst)[i] = f64_to_f16(d[i]); break;
+      case Dtype::BF16: for (int64_t i = b; i < e; ++i) ((uint16_t*)dst)[i] = f64_to_bf16(d[i]); break;
+      default: throw Error("ERR_DTYPE", "float data for an i32 tensor");
+    }
+  }
+}
+
 // write(handle, typedArray): fills a tensor from host data, in issue order on its device. Float32Array/Float64Array
-// for float dtypes (rounded to nearest even), Int32Array for i32, Uint16Array raw bits for f16/bf16.
+// for float dtypes (rounded once, to nearest even), Int32Array for i32, Uint16Array raw bits for f16/bf16.
+// The JS thread only copies the bytes (the array may change after we return); conversion happens on
+// the CPU queue (CPU tensors) or serially here (CUDA tensors), never on the shared kernel pool, so
+// creating a tensor never waits for a queued kernel.
 Napi::Value Write(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
   TensorImpl* t = tensor_arg(info[0], "tensor");
   if (!info[1].IsTypedArray()) throw Error("ERR_ARG", "data must be a typed array");
-  Napi::TypedArray ta = info[1].As<Napi::TypedArray>();
+  napi_typedarray_type tt;
+  size_t len = 0;
+  void* data = nullptr;
+  napi_value abv;
+  size_t byte_off = 0;
+  // Works for SharedArrayBuffer-backed arrays too (Napi::TypedArray::ArrayBuffer() would not).
+  if (napi_get_typedarray_info(env, info[1], &tt, &len, &data, &abv, &byte_off) != napi_ok)
+    throw Error("ERR_ARG", "data: cannot read the typed array");
   int64_t n = t->numel();
-  if ((int64_t)ta.ElementLength() != n)
-    throw Error("ERR_SHAPE", "data has " + std::to_string(ta.ElementLength()) + " elements, shape needs " + std::to_string(n));
-  const uint8_t* src = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
-  napi_typedarray_type tt = ta.TypedArrayType();
-  std::vector<uint8_t> staged;
-  // Convert into a staging buffer here (the JS array may change after we return), then write it in
-  // issue order on the tensor's device: no wait for queued work, so creation never blocks the event loop.
-  staged.resize(t->nbytes());
-  void* host = staged.data();
-  if (tt == napi_float32_array && t->dtype != Dtype::I32) {
-    if (t->dtype == Dtype::F32) std::memcpy(host, src, n * 4);
-    else parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) store_from_f32(host, t->dtype, i, ((const float*)src)[i]);
-    });
-  } else if (tt == napi_float64_array && t->dtype != Dtype::I32) {
-    parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) store_from_f32(host, t->dtype, i, (float)((const double*)src)[i]);
-    });
-  } else if (tt == napi_int32_array && t->dtype == Dtype::I32) {
-    std::memcpy(host, src, n * 4);
-  } else if (tt == napi_uint16_array && (t->dtype == Dtype::F16 || t->dtype == Dtype::BF16)) {
-    std::memcpy(host, src, n * 2);
-  } else {
-    throw Error("ERR_DTYPE", std::string("cannot write this typed array into a ") + dtype_name(t->dtype) + " tensor");
-  }
+  if ((int64_t)len != n)
+    throw Error("ERR_SHAPE", "data has " + std::to_string(len) + " elements, shape needs " + std::to_string(n));
+  Dtype dt = t->dtype;
+  bool is_float = dt != Dtype::I32;
+  size_t esize;
+  if ((tt == napi_float32_array || tt == napi_float64_array) && is_float) esize = tt == napi_float32_array ? 4 : 8;
+  else if (tt == napi_int32_array && dt == Dtype::I32) esize = 4;
+  else if (tt == napi_uint16_array && (dt == Dtype::F16 || dt == Dtype::BF16)) esize = 2;
+  else throw Error("ERR_DTYPE", std::string("cannot write this typed array into a ") + dtype_name(dt) + " tensor");
+  size_t src_bytes = (size_t)n * esize;
+  bool direct = (size_t)dtype_size(dt) == esize;  // same layout: a plain copy
+  if (n > 0 && !data) throw Error("ERR_ARG", "data: detached buffer");
+
   if (t->device == kCpu) {
-    auto buf = std::make_shared<std::vector<uint8_t>>(std::move(staged));
+    auto buf = std::shared_ptr<uint8_t>(static_cast<uint8_t*>(std::malloc(src_bytes ? src_bytes : 1)), std::free);
+    if (!buf) throw Error("ERR_OOM", "cannot stage " + std::to_string(src_bytes) + " bytes of tensor data");
+    if (src_bytes) std::memcpy(buf.get(), data, src_bytes);
     void* dst = t->data();
-    cpu_enqueue([st = t->storage, buf, dst]() { std::memcpy(dst, buf->data(), buf->size()); });
-    return info.Env().Undefined();
+    CpuTask task;
+    task.outputs = {t->storage};
+    task.staged_bytes = src_bytes;
+    task.fn = [buf, dst, n, dt, tt, direct, src_bytes](const Failure*) {
+      if (direct) {
+        std::memcpy(dst, buf.get(), src_bytes);
+        return;
+      }
+      parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) { convert_host(buf.get(), tt, dst, dt, b, e); });
+    };
+    cpu_submit(std::move(task));
+    return env.Undefined();
   }
 #if defined(MEGABEAM_CUDA)
-  {
+  if (n > 0) {
+    // Page-locked staging: the copy then returns at once instead of waiting for the stream.
+    size_t bytes = t->nbytes();
+    PinnedBuffer pb = pinned_acquire(bytes);
+    if (direct) std::memcpy(pb.ptr, data, bytes);
+    else convert_host(data, tt, pb.ptr, dt, 0, n);  // serial: the pool belongs to queued kernels
     CudaDeviceGuard g(t->device);
-    // From pageable memory this returns once the data is staged, so `staged` may go.
-    cuda_check(cudaMemcpyAsync(t->data(), host, t->nbytes(), cudaMemcpyHostToDevice, cuda_stream(t->device)),
-               "host to device copy");
+    cudaStream_t s = cuda_stream(t->device);
+    cudaError_t e = cudaMemcpyAsync(t->data(), pb.ptr, bytes, cudaMemcpyHostToDevice, s);
+    cudaEvent_t ev = nullptr;
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventRecord(ev, s);
+    if (e != cudaSuccess) {
+      // The copy may or may not have been queued: wait for the stream before reusing the buffer.
+      cudaStreamSynchronize(s);
+      if (ev) cudaEventDestroy(ev);
+      pinned_release(pb);
+      cuda_check(e, "host to device copy");
+    }
+    pinned_release_after(t->device, ev, pb);
   }
 #endif
-  return info.Env().Undefined();
+  return env.Undefined();
 }
 MB_EXPORT("write", Write);
 
-// fill(handle, value)
+// fill(handle, value). i32 tensors take int32 values only (no silent wrap or saturation).
 Napi::Value Fill(const Napi::CallbackInfo& info) {
   TensorImpl* t = tensor_arg(info[0], "tensor");
-  FillParams p{t->data(), t->dtype, t->numel(), number_arg(info[1], "value")};
-  run_on_device(t->device, {t->storage}, [p](void* s) {
+  double v = number_arg(info[1], "value");
+  if (t->dtype == Dtype::I32 && !(v == std::floor(v) && v >= -2147483648.0 && v <= 2147483647.0))
+    throw Error("ERR_ARG", "fill: an i32 tensor needs an int32 value, got " + std::to_string(v));
+  FillParams p{t->data(), t->dtype, t->numel(), v};
+  run_on_device(t->device, {}, {t->storage}, [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { fill_cuda(p, (cudaStream_t)s); return; }
 #endif
@@ -157,17 +203,28 @@ Napi::Value Fill(const Napi::CallbackInfo& info) {
 }
 MB_EXPORT("fill", Fill);
 
-// random(handle, kind, seedHi, seedLo, a, b)
+// random(handle, kind, seedHi, seedLo, a, b): kind 0 normal(mean a, std b), 1 uniform [a, b).
+// Parameters must be such that no value can overflow f32 (else every result would be ±inf).
 Napi::Value Random(const Napi::CallbackInfo& info) {
   TensorImpl* t = tensor_arg(info[0], "tensor");
   if (t->dtype == Dtype::I32) throw Error("ERR_DTYPE", "random values need a float dtype");
   int64_t kind = int_arg(info[1], "kind");
+  if (kind != 0 && kind != 1) throw Error("ERR_ARG", "random: kind must be 0 (normal) or 1 (uniform)");
   int64_t hi = int_arg(info[2], "seedHi"), lo = int_arg(info[3], "seedLo");
   if (hi < 0 || hi > 0xffffffffLL || lo < 0 || lo > 0xffffffffLL) throw Error("ERR_ARG", "seed words must be uint32");
+  double a = number_arg(info[4], "a"), b = number_arg(info[5], "b");
+  const double fmax = 3.4028234663852886e38;
+  if (kind == 0) {
+    // |normal| from 32-bit uniforms stays below 6.7 (Box-Muller: sqrt(-2 ln 2^-32) = 6.66)
+    if (!(std::fabs(a) + 6.7 * std::fabs(b) < fmax))
+      throw Error("ERR_ARG", "randn: mean and std must keep every value within f32 range");
+  } else {
+    if (!(a < b) || !((double)(float)b - (double)(float)a < fmax) || std::fabs(a) >= fmax || std::fabs(b) >= fmax)
+      throw Error("ERR_ARG", "rand: need low < high within f32 range (high - low too)");
+  }
   RandParams p{t->data(), t->dtype, t->numel(), ((uint64_t)hi << 32) | (uint64_t)lo,
-               kind == 0 ? RandKind::Normal : RandKind::Uniform, (float)number_arg(info[4], "a"),
-               (float)number_arg(info[5], "b")};
-  run_on_device(t->device, {t->storage}, [p](void* s) {
+               kind == 0 ? RandKind::Normal : RandKind::Uniform, (float)a, (float)b};
+  run_on_device(t->device, {}, {t->storage}, [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { rand_cuda(p, (cudaStream_t)s); return; }
 #endif
@@ -179,14 +236,15 @@ Napi::Value Random(const Napi::CallbackInfo& info) {
 MB_EXPORT("random", Random);
 
 // copy(dst, src): same element count; dtype conversion on one device, or a same-dtype copy across
-// devices (CPU<->CUDA copies are sync points: they wait for the source's queued work).
+// devices. CPU -> CUDA is a sync point (waits on this thread for the CPU work queued so far); CUDA
+// -> CPU is not (the CPU queue waits for the GPU).
 Napi::Value Copy(const Napi::CallbackInfo& info) {
   TensorImpl* dst = tensor_arg(info[0], "dst");
   TensorImpl* src = tensor_arg(info[1], "src");
   if (dst->numel() != src->numel()) throw Error("ERR_SHAPE", "copy: element counts differ");
   if (dst->device == src->device) {
     CastParams p{src->data(), src->dtype, dst->data(), dst->dtype, src->numel()};
-    run_on_device(dst->device, {dst->storage, src->storage}, [p](void* s) {
+    run_on_device(dst->device, {src->storage}, {dst->storage}, [p](void* s) {
 #if defined(MEGABEAM_CUDA)
       if (s) { cast_cuda(p, (cudaStream_t)s); return; }
 #endif
@@ -199,15 +257,49 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
 #if defined(MEGABEAM_CUDA)
   size_t n = src->nbytes();
   if (src->device == kCpu) {
-    throw_cpu_pending_error();
-    CudaDeviceGuard g(dst->device);
-    cuda_check(cudaMemcpyAsync(dst->data(), src->data(), n, cudaMemcpyHostToDevice, cuda_stream(dst->device)), "copy to CUDA");
+    wait_cpu_source(src);
+    if (n > 0) {
+      // Through page-locked staging, so the copy does not also wait for the GPU stream.
+      PinnedBuffer pb = pinned_acquire(n);
+      std::memcpy(pb.ptr, src->data(), n);
+      CudaDeviceGuard g(dst->device);
+      cudaStream_t s = cuda_stream(dst->device);
+      cudaError_t e = cudaMemcpyAsync(dst->data(), pb.ptr, n, cudaMemcpyHostToDevice, s);
+      cudaEvent_t ev = nullptr;
+      if (e == cudaSuccess) e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+      if (e == cudaSuccess) e = cudaEventRecord(ev, s);
+      if (e != cudaSuccess) {
+        cudaStreamSynchronize(s);
+        if (ev) cudaEventDestroy(ev);
+        pinned_release(pb);
+        cuda_check(e, "copy to CUDA");
+      }
+      pinned_release_after(dst->device, ev, pb);
+    }
   } else if (dst->device == kCpu) {
-    throw_cpu_pending_error();
-    CudaDeviceGuard g(src->device);
-    cudaStream_t s = cuda_stream(src->device);
-    cuda_check(cudaMemcpyAsync(dst->data(), src->data(), n, cudaMemcpyDeviceToHost, s), "copy to CPU");
-    cuda_check(cudaStreamSynchronize(s), "copy to CPU");
+    // Snapshot the source in stream order (later CUDA work may change it), then let the CPU queue
+    // wait for the GPU and copy: neither the JS thread nor libuv waits.
+    int sdev = src->device;
+    StoragePtr tmp = alloc_storage(sdev, n);
+    cudaEvent_t ev;
+    {
+      CudaDeviceGuard g(sdev);
+      cudaStream_t ss = cuda_stream(sdev);
+      cuda_check(cudaMemcpyAsync(tmp->ptr, src->data(), n, cudaMemcpyDeviceToDevice, ss), "copy to CPU");
+      cuda_check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "event");
+      cuda_check(cudaEventRecord(ev, ss), "event record");
+    }
+    void* d = dst->data();
+    CpuTask task;
+    task.outputs = {dst->storage};
+    task.fn = [tmp, ev, d, n, sdev](const Failure*) {
+      CudaDeviceGuard g(sdev);
+      cudaError_t e = cudaEventSynchronize(ev);
+      cudaEventDestroy(ev);
+      cuda_check(e, "CUDA work before a copy to the CPU");
+      cuda_check(cudaMemcpy(d, tmp->ptr, n, cudaMemcpyDeviceToHost), "copy to CPU");
+    };
+    cpu_submit(std::move(task));
   } else {
     // Peer copy on the destination's stream, ordered after the source's queued work; the source
     // stream then waits for the copy so the source block is not reused under it.
@@ -240,6 +332,9 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
 MB_EXPORT("copy", Copy);
 
 // read(handle, raw) -> Promise<Float32Array | Int32Array | Uint16Array (raw f16/bf16 bits)>
+// A read is queued like an op: it sees exactly the work issued before it (never later work), and is
+// completed by the CPU queue's worker (or a CUDA waiter thread) through this environment's
+// thread-safe function. A failed tensor rejects with its failure's code.
 Napi::Value Read(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   TensorImpl* t = tensor_arg(info[0], "tensor");
@@ -248,97 +343,144 @@ Napi::Value Read(const Napi::CallbackInfo& info) {
   if (n > (int64_t(1) << 31) - 1) throw Error("ERR_UNSUPPORTED", "tensor too large to read back as one array");
   Dtype dt = t->dtype;
   bool half = dt == Dtype::F16 || dt == Dtype::BF16;
-  Napi::TypedArray out;
-  if (raw && half) out = Napi::Uint16Array::New(env, n);
-  else if (dt == Dtype::I32) out = Napi::Int32Array::New(env, n);
-  else out = Napi::Float32Array::New(env, n);
-  void* host_out = static_cast<uint8_t*>(out.ArrayBuffer().Data()) + out.ByteOffset();
   bool convert = half && !raw;
+  auto done = std::make_unique<ReadDone>();
+  done->n = (size_t)n;
+  done->type = raw && half ? napi_uint16_array : dt == Dtype::I32 ? napi_int32_array : napi_float32_array;
+  done->bytes = (size_t)n * (done->type == napi_uint16_array ? 2 : 4);
+  // Allocated here, checked: too much for this process is ERR_OOM, never a V8 fatal error.
+  if (done->bytes > physical_memory_bytes())
+    throw Error("ERR_OOM", "cannot read back " + std::to_string(done->bytes) + " bytes: more than physical memory");
+  done->buf = std::malloc(done->bytes ? done->bytes : 1);
+  if (!done->buf) throw Error("ERR_OOM", "cannot allocate " + std::to_string(done->bytes) + " bytes to read a tensor into");
+  napi_value promise;
+  if (napi_create_promise(env, &done->deferred, &promise) != napi_ok) throw Error("ERR_NATIVE", "cannot create a promise");
+  EnvState& es = EnvState::of(env);
+  EnvLinkPtr link = es.link;
+  ReadDone* d = done.get();
+  const void* src = t->data();
 
-  std::function<void()> work;
   if (t->device == kCpu) {
-    StoragePtr st = t->storage;
-    const void* src = t->data();
-    cpu_enqueue([st, src, host_out, n, dt, convert]() {
-      if (convert) {
+    CpuTask task;
+    task.inputs = {t->storage};
+    task.handles_failure = true;
+    task.fn = [d, link, src, n, dt, convert](const Failure* f) {
+      if (f) {
+        d->code = f->code; d->msg = f->message;
+      } else if (convert) {
         parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {
-          for (int64_t i = b; i < e; ++i) ((float*)host_out)[i] = load_as_f32(src, dt, i);
+          for (int64_t i = b; i < e; ++i) ((float*)d->buf)[i] = load_as_f32(src, dt, i);
         });
       } else {
-        std::memcpy(host_out, src, (size_t)n * dtype_size(dt));
+        std::memcpy(d->buf, src, (size_t)n * dtype_size(dt));
       }
-    });
-    work = [] { throw_cpu_pending_error(); };
-  } else {
+      link->post(d);
+    };
+    done.release();
+    es.begin();
+    cpu_submit(std::move(task));
+    return Napi::Value(env, promise);
+  }
 #if defined(MEGABEAM_CUDA)
-    CudaDeviceGuard g(t->device);
+  {
+    int dev = t->device;
+    CudaDeviceGuard g(dev);
+    cudaStream_t s = cuda_stream(dev);
+    // Snapshot in stream order (later work may change the tensor); a waiter thread copies it out.
     size_t bytes = t->nbytes();
-    void* staging = nullptr;
-    if (convert) {
-      cuda_check(cudaMallocHost(&staging, bytes ? bytes : 1), "pinned staging buffer");
-    }
+    StoragePtr tmp = alloc_storage(dev, bytes);
+    cuda_check(cudaMemcpyAsync(tmp->ptr, src, bytes, cudaMemcpyDeviceToDevice, s), "read");
     cudaEvent_t ev;
     cuda_check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "event");
-    cudaStream_t s = cuda_stream(t->device);
-    // Enqueued in stream order, so later in-place ops cannot change what we read.
-    cuda_check(cudaMemcpyAsync(convert ? staging : host_out, t->data(), bytes, cudaMemcpyDeviceToHost, s), "read");
     cuda_check(cudaEventRecord(ev, s), "event record");
-    int dev = t->device;
-    work = [ev, staging, host_out, n, dt, convert, dev] {
-      cudaError_t e = cudaEventSynchronize(ev);
-      cudaEventDestroy(ev);
-      if (e == cudaSuccess && convert) {
-        parallel_for(n, 1 << 16, [&](int64_t b, int64_t en) {
-          for (int64_t i = b; i < en; ++i) ((float*)host_out)[i] = load_as_f32(staging, dt, i);
-        });
+    StoragePtr st = t->storage;
+    done.release();
+    es.begin();
+    cuda_host_enqueue(dev, [d, link, tmp, st, ev, n, dt, convert, bytes, dev]() {
+      try {
+        CudaDeviceGuard g2(dev);
+        cudaError_t e = cudaEventSynchronize(ev);
+        cudaEventDestroy(ev);
+        cuda_check(e, "CUDA work before read");
+        throw_if_failed(*st);
+        if (convert) {
+          std::vector<uint16_t> h((size_t)n);
+          cuda_check(cudaMemcpy(h.data(), tmp->ptr, bytes, cudaMemcpyDeviceToHost), "read");
+          for (int64_t i = 0; i < n; ++i) ((float*)d->buf)[i] = load_as_f32(h.data(), dt, i);
+        } else {
+          cuda_check(cudaMemcpy(d->buf, tmp->ptr, bytes, cudaMemcpyDeviceToHost), "read");
+        }
+      } catch (const Error& x) {
+        d->code = x.code; d->msg = x.what();
+      } catch (const std::exception& x) {
+        d->code = "ERR_NATIVE"; d->msg = x.what();
       }
-      if (staging) { cudaSetDevice(dev); cudaFreeHost(staging); }
-      cuda_check(e, "CUDA work before read");
-    };
-#endif
+      link->post(d);
+    });
+    return Napi::Value(env, promise);
   }
-  auto* w = new Deferred(env, work, nullptr);
-  // Resolve with the typed array, kept alive by the worker until then.
-  Napi::Object holder = Napi::Object::New(env);
-  holder.Set("out", out);
-  w->keep = Napi::Persistent(holder);
-  w->done = [w](Napi::Env) { return w->keep.Value().Get("out"); };
-  auto p = w->promise();
-  w->Queue();
-  return p;
+#else
+  throw Error("ERR_NO_CUDA", cuda_unavailable_reason());
+#endif
 }
 MB_EXPORT("read", Read);
 
-// synchronize(device) -> Promise<void>: waits for queued work; rejects with its first error.
+// synchronize(device) -> Promise<void>: waits for the work this thread queued before it (not later
+// work); rejects with the first error of this thread's work since its last synchronize.
 Napi::Value Synchronize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
   int dev = device_arg(info[0], "device");
-  std::function<void()> work;
+  auto done = std::make_unique<SyncDone>();
+  napi_value promise;
+  if (napi_create_promise(env, &done->deferred, &promise) != napi_ok) throw Error("ERR_NATIVE", "cannot create a promise");
+  EnvState& es = EnvState::of(env);
+  EnvLinkPtr link = es.link;
+  SyncDone* d = done.get();
   if (dev == kCpu) {
-    work = [] { throw_cpu_pending_error(); };
-  } else {
-#if defined(MEGABEAM_CUDA)
-    CudaDeviceGuard g(dev);
-    cudaEvent_t ev;
-    cuda_check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "event");
-    cuda_check(cudaEventRecord(ev, cuda_stream(dev)), "event record");
-    work = [ev] {
-      cudaError_t e = cudaEventSynchronize(ev);
-      cudaEventDestroy(ev);
-      cuda_check(e, "CUDA work");
+    uint64_t owner = cpu_owner_id();
+    CpuTask task;
+    task.fn = [d, link, owner](const Failure*) {
+      d->msg = cpu_take_error(owner, &d->code);
+      if (!d->msg.empty() && d->code.empty()) d->code = "ERR_NATIVE";
+      link->post(d);
     };
-#endif
+    done.release();
+    es.begin();
+    cpu_submit(std::move(task));
+    return Napi::Value(env, promise);
   }
-  auto* w = new Deferred(info.Env(), work, [](Napi::Env env) { return env.Undefined(); });
-  auto p = w->promise();
-  w->Queue();
-  return p;
+#if defined(MEGABEAM_CUDA)
+  CudaDeviceGuard g(dev);
+  cudaEvent_t ev;
+  cuda_check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "event");
+  cuda_check(cudaEventRecord(ev, cuda_stream(dev)), "event record");
+  done.release();
+  es.begin();
+  cuda_host_enqueue(dev, [d, link, ev, dev]() {
+    CudaDeviceGuard g2(dev);
+    cudaError_t e = cudaEventSynchronize(ev);
+    cudaEventDestroy(ev);
+    if (e != cudaSuccess) {
+      d->code = e == cudaErrorMemoryAllocation ? "ERR_OOM" : "ERR_CUDA";
+      d->msg = std::string("CUDA work: ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+    }
+    link->post(d);
+  });
+  return Napi::Value(env, promise);
+#else
+  throw Error("ERR_NO_CUDA", cuda_unavailable_reason());
+#endif
 }
 MB_EXPORT("synchronize", Synchronize);
 
 // synchronizeSync(device): blocks the calling thread (benchmarks and process exit only).
 Napi::Value SynchronizeSync(const Napi::CallbackInfo& info) {
   int dev = device_arg(info[0], "device");
-  if (dev == kCpu) throw_cpu_pending_error();
+  if (dev == kCpu) {
+    std::string code;
+    std::string e = cpu_wait_idle(&code);
+    if (!e.empty()) throw Error(code.empty() ? "ERR_NATIVE" : code, e);
+  }
 #if defined(MEGABEAM_CUDA)
   else {
     CudaDeviceGuard g(dev);
@@ -349,18 +491,53 @@ Napi::Value SynchronizeSync(const Napi::CallbackInfo& info) {
 }
 MB_EXPORT("synchronizeSync", SynchronizeSync);
 
-// debugQueueError(device, code, message): queues a CPU task that fails, so tests can check that queued
-// errors surface at the next sync point and are cleared after. Test hook; not part of the public API.
+// debugQueueError(device, code, message, output?): queues a CPU task that fails (with `output` as the
+// tensor it was to write), so tests can check where queued errors surface. Test hook; not public API.
 Napi::Value DebugQueueError(const Napi::CallbackInfo& info) {
   int dev = device_arg(info[0], "device");
   if (dev != kCpu) throw Error("ERR_UNSUPPORTED", "debugQueueError: CPU queue only");
   if (!info[1].IsString() || !info[2].IsString()) throw Error("ERR_ARG", "debugQueueError: code and message must be strings");
   std::string code = info[1].As<Napi::String>(), msg = info[2].As<Napi::String>();
   if (code.rfind("ERR_", 0) != 0) throw Error("ERR_ARG", "debugQueueError: code must start with ERR_");
-  cpu_enqueue([code, msg]() { throw Error(code, msg); });
+  CpuTask task;
+  if (info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsNull()) task.outputs = {tensor_arg(info[3], "output")->storage};
+  task.fn = [code, msg](const Failure*) { throw Error(code, msg); };
+  cpu_submit(std::move(task));
   return info.Env().Undefined();
 }
 MB_EXPORT("debugQueueError", DebugQueueError);
+
+// debugQueueSleep(ms): queues a CPU task that sleeps (a stand-in for a long kernel). Test hook.
+Napi::Value DebugQueueSleep(const Napi::CallbackInfo& info) {
+  int64_t ms = int_arg(info[0], "ms");
+  if (ms < 0 || ms > 10000) throw Error("ERR_ARG", "debugQueueSleep: 0..10000 ms");
+  cpu_enqueue([ms]() { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); });
+  return info.Env().Undefined();
+}
+MB_EXPORT("debugQueueSleep", DebugQueueSleep);
+
+// debugExternalMemory() -> bytes this environment reported to V8 as external memory (V8's total). Test hook.
+Napi::Value DebugExternalMemory(const Napi::CallbackInfo& info) {
+  int64_t r = 0;
+  napi_adjust_external_memory(info.Env(), 0, &r);
+  return Napi::Number::New(info.Env(), (double)r);
+}
+MB_EXPORT("debugExternalMemory", DebugExternalMemory);
+
+// queueInfo() -> { pending, pendingBytes, maxTasks, maxBytes, issued, completed, blockedEnqueues }
+Napi::Value QueueInfo(const Napi::CallbackInfo& info) {
+  CpuQueueStats s = cpu_queue_stats();
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("pending", (double)s.pending);
+  o.Set("pendingBytes", (double)s.pending_bytes);
+  o.Set("maxTasks", (double)s.max_tasks);
+  o.Set("maxBytes", (double)s.max_bytes);
+  o.Set("issued", (double)s.issued);
+  o.Set("completed", (double)s.completed);
+  o.Set("blockedEnqueues", (double)s.blocked_enqueues);
+  return o;
+}
+MB_EXPORT("queueInfo", QueueInfo);
 
 Napi::Value Memory(const Napi::CallbackInfo& info) {
   int dev = device_arg(info[0], "device");

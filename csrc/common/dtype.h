@@ -1,6 +1,7 @@
 // Element types shared by every op, and exact host/device conversions between them.
 // Conversions are hand-written (not cuda_fp16.h) so CPU and CUDA code round identically.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -84,6 +85,25 @@ MB_HD float f16_to_f32(uint16_t h) {
   }
   return bits_f32(sign | ((e + 112u) << 23) | (m << 13));
 }
+
+// Doubles to 16-bit floats, rounded ONCE to nearest even (host only). Going through f32 would round
+// twice: 1.00390625 + 2^-40 is just above a bf16 tie, but its f32 rounding is the tie itself, which
+// then rounds to even (1) instead of up (1.0078125).
+// Rounds |x| to p significant bits with exponent at least emin (subnormals), overflow past max to
+// inf; the result is exactly representable in the target format (and in f32).
+inline float round_f64_to_format(double x, int p, int emin, double max) {
+  if (!(x == x) || x == 0 || std::isinf(x)) return (float)x;
+  double a = std::fabs(x);
+  int e = 0;
+  std::frexp(a, &e);          // a = m * 2^e, m in [0.5, 1): leading bit at 2^(e-1)
+  int lead = e - 1 < emin ? emin : e - 1;
+  double ulp = std::ldexp(1.0, lead - (p - 1));
+  double v = std::nearbyint(a / ulp) * ulp;  // exact scaling; nearbyint rounds to nearest even
+  if (v > max) v = (double)INFINITY;
+  return (float)(x < 0 ? -v : v);
+}
+inline uint16_t f64_to_bf16(double x) { return f32_to_bf16(round_f64_to_format(x, 8, -126, std::ldexp(255.0, 120))); }
+inline uint16_t f64_to_f16(double x) { return f32_to_f16(round_f64_to_format(x, 11, -14, 65504.0)); }
 
 // Load/store one element of a float dtype as f32 (compile-time dtype).
 template <Dtype D> struct Elem;

@@ -122,6 +122,7 @@ StoragePtr cuda_alloc(int device, size_t nbytes) {
 #endif
 
 Storage::~Storage() {
+  delete failed.load();
   if (!ptr) return;
   if (device == kCpu) {
     std::free(ptr);
@@ -187,85 +188,214 @@ void empty_cache(int device) {
 #endif
 }
 
+// ---- failures ------------------------------------------------------------------
+void mark_failed(Storage& s, const std::string& code, const std::string& message) {
+  if (s.failed.load(std::memory_order_acquire)) return;
+  Failure* f = new Failure{code, message};
+  Failure* expected = nullptr;
+  if (!s.failed.compare_exchange_strong(expected, f, std::memory_order_acq_rel)) delete f;
+}
+
+void throw_if_failed(const Storage& s) {
+  if (const Failure* f = storage_failure(s)) throw Error(f->code, f->message);
+}
+
 // ---- CPU queue ---------------------------------------------------------------
 namespace {
+thread_local bool t_on_queue_worker = false;
+std::atomic<uint64_t> g_next_owner{1};
+thread_local uint64_t t_owner = 0;
+
+struct Queued {
+  CpuTask task;
+  uint64_t seq = 0, owner = 0;
+};
+
 struct CpuQueue {
   std::mutex m;
-  std::condition_variable cv, idle_cv;
-  std::deque<std::function<void()>> q;
-  bool busy = false, stop = false;
-  std::string err, err_code;
+  std::condition_variable cv, done_cv, space_cv;
+  std::deque<Queued> q;
+  size_t bytes = 0;
+  uint64_t issued = 0, completed = 0, blocked = 0;
+  bool stop = false;
+  std::map<uint64_t, Failure> errors;  // owner -> first error since its last synchronize
   std::thread worker;
 
   CpuQueue() { worker = std::thread([this] { loop(); }); }
   void loop() {
+    t_on_queue_worker = true;
     for (;;) {
-      std::function<void()> f;
+      Queued item;
       {
         std::unique_lock<std::mutex> l(m);
         cv.wait(l, [this] { return stop || !q.empty(); });
         if (q.empty()) return;
-        f = std::move(q.front());
+        item = std::move(q.front());
         q.pop_front();
-        busy = true;
       }
-      std::string e, code;
-      try {
-        f();
-      } catch (const Error& x) {
-        e = x.what(); code = x.code;
-      } catch (const std::bad_alloc&) {
-        e = "out of memory in a CPU task"; code = "ERR_OOM";
-      } catch (const std::exception& x) {
-        e = x.what(); code = "ERR_NATIVE";
+      run(item.task, item.owner);
+      size_t staged = item.task.staged_bytes;
+      item = Queued();  // drop captured storages on the worker, before reporting completion
+      {
+        std::lock_guard<std::mutex> l(m);
+        bytes -= staged;
+        completed++;
       }
-      f = nullptr;  // drop captured storages on the worker, before reporting idle
-      std::lock_guard<std::mutex> l(m);
-      if (!e.empty() && err.empty()) { err = e; err_code = code; }
-      busy = false;
-      if (q.empty()) idle_cv.notify_all();
+      done_cv.notify_all();
+      space_cv.notify_all();
     }
   }
+  void run(CpuTask& t, uint64_t owner) {
+    const Failure* in_failed = nullptr;
+    for (auto& s : t.inputs)
+      if (s && (in_failed = storage_failure(*s))) break;
+    if (in_failed && !t.handles_failure) {
+      // The inputs hold no data, so neither will the outputs: pass the original error on.
+      for (auto& s : t.outputs)
+        if (s) mark_failed(*s, in_failed->code, in_failed->message);
+      return;
+    }
+    std::string e, code;
+    try {
+      t.fn(in_failed);
+    } catch (const Error& x) {
+      e = x.what(); code = x.code;
+    } catch (const std::bad_alloc&) {
+      e = "out of memory in a CPU task"; code = "ERR_OOM";
+    } catch (const std::exception& x) {
+      e = x.what(); code = "ERR_NATIVE";
+    } catch (...) {
+      e = "unknown failure in a CPU task"; code = "ERR_NATIVE";
+    }
+    if (e.empty()) return;
+    for (auto& s : t.outputs)
+      if (s) mark_failed(*s, code, e);
+    std::lock_guard<std::mutex> l(m);
+    errors.emplace(owner, Failure{code, e});  // keeps the first one
+  }
 };
-CpuQueue* g_cpu_queue = nullptr;
+std::atomic<CpuQueue*> g_cpu_queue{nullptr};
+int g_cpu_queue_users = 0;
 std::mutex g_cpu_queue_m;
 CpuQueue& cpu_queue() {
+  if (CpuQueue* q = g_cpu_queue.load(std::memory_order_acquire)) return *q;
   std::lock_guard<std::mutex> l(g_cpu_queue_m);
-  if (!g_cpu_queue) g_cpu_queue = new CpuQueue();
-  return *g_cpu_queue;
+  if (!g_cpu_queue.load()) g_cpu_queue.store(new CpuQueue(), std::memory_order_release);
+  return *g_cpu_queue.load();
 }
 }  // namespace
 
-void cpu_enqueue(std::function<void()> task) {
-  CpuQueue& Q = cpu_queue();
-  {
-    std::lock_guard<std::mutex> l(Q.m);
-    Q.q.push_back(std::move(task));
-  }
-  Q.cv.notify_one();
+uint64_t cpu_owner_id() {
+  if (!t_owner) t_owner = g_next_owner.fetch_add(1);
+  return t_owner;
 }
 
-std::string cpu_wait_idle(std::string* code) {
+uint64_t cpu_submit(CpuTask task) {
+  CpuQueue& Q = cpu_queue();
+  uint64_t owner = cpu_owner_id();
+  uint64_t seq;
+  {
+    std::unique_lock<std::mutex> l(Q.m);
+    auto full = [&] {
+      return Q.q.size() >= kCpuQueueMaxTasks ||
+             (Q.bytes > 0 && Q.bytes + task.staged_bytes > kCpuQueueMaxBytes);
+    };
+    // Backpressure. The worker itself must never wait for room it alone can make.
+    if (!t_on_queue_worker && full()) {
+      Q.blocked++;
+      Q.space_cv.wait(l, [&] { return !full(); });
+    }
+    seq = ++Q.issued;
+    Q.bytes += task.staged_bytes;
+    Q.q.push_back(Queued{std::move(task), seq, owner});
+  }
+  Q.cv.notify_one();
+  return seq;
+}
+
+uint64_t cpu_enqueue(std::function<void()> task) {
+  CpuTask t;
+  t.fn = [f = std::move(task)](const Failure*) { f(); };
+  return cpu_submit(std::move(t));
+}
+
+uint64_t cpu_last_issued() {
+  CpuQueue& Q = cpu_queue();
+  std::lock_guard<std::mutex> l(Q.m);
+  return Q.issued;
+}
+
+void cpu_wait(uint64_t seq) {
   CpuQueue& Q = cpu_queue();
   std::unique_lock<std::mutex> l(Q.m);
-  Q.idle_cv.wait(l, [&] { return Q.q.empty() && !Q.busy; });
-  std::string e = Q.err;
-  if (code) *code = Q.err_code;
-  Q.err.clear(); Q.err_code.clear();
+  Q.done_cv.wait(l, [&] { return Q.completed >= seq; });
+}
+
+std::string cpu_take_error(uint64_t owner, std::string* code) {
+  CpuQueue& Q = cpu_queue();
+  std::lock_guard<std::mutex> l(Q.m);
+  auto it = Q.errors.find(owner);
+  if (it == Q.errors.end()) {
+    if (code) code->clear();
+    return "";
+  }
+  std::string e = it->second.message;
+  if (code) *code = it->second.code;
+  Q.errors.erase(it);
   return e;
 }
 
-void cpu_queue_shutdown() {
+std::string cpu_wait_idle(std::string* code) {
+  cpu_wait(cpu_last_issued());
+  return cpu_take_error(cpu_owner_id(), code);
+}
+
+CpuQueueStats cpu_queue_stats() {
+  CpuQueue& Q = cpu_queue();
+  std::lock_guard<std::mutex> l(Q.m);
+  CpuQueueStats s;
+  s.pending = Q.q.size();
+  s.pending_bytes = Q.bytes;
+  s.issued = Q.issued;
+  s.completed = Q.completed;
+  s.blocked_enqueues = Q.blocked;
+  return s;
+}
+
+void cpu_queue_attach() {
   std::lock_guard<std::mutex> l(g_cpu_queue_m);
-  if (!g_cpu_queue) return;
+  g_cpu_queue_users++;
+}
+
+void cpu_queue_detach() {
   {
-    std::lock_guard<std::mutex> l2(g_cpu_queue->m);
-    g_cpu_queue->stop = true;
+    std::lock_guard<std::mutex> l(g_cpu_queue_m);
+    if (--g_cpu_queue_users > 0) return;
   }
-  g_cpu_queue->cv.notify_all();
-  g_cpu_queue->worker.join();  // runs what is queued, then exits
-  delete g_cpu_queue;
-  g_cpu_queue = nullptr;
+  cpu_queue_shutdown();
+}
+
+void cpu_queue_shutdown() {
+  CpuQueue* q;
+  {
+    std::lock_guard<std::mutex> l(g_cpu_queue_m);
+    q = g_cpu_queue.load();
+    if (!q || g_cpu_queue_users > 0) return;
+    std::lock_guard<std::mutex> l2(q->m);
+    q->stop = true;
+  }
+  q->cv.notify_all();
+  // Runs what is queued, then exits. The queue stays reachable meanwhile: its tasks may use it.
+  q->worker.join();
+  std::lock_guard<std::mutex> l(g_cpu_queue_m);
+  if (g_cpu_queue_users > 0) {
+    // An environment arrived while we were joining: keep serving it on a fresh worker.
+    q->stop = false;
+    q->worker = std::thread([q] { q->loop(); });
+    return;
+  }
+  g_cpu_queue.store(nullptr);
+  delete q;
 }
 
 // ---- CUDA ----------------------------------------------------------------------
@@ -323,6 +453,114 @@ cudaStream_t cuda_stream(int device) {
   return g_streams[device];
 }
 
+namespace {
+struct HostWaiter {
+  std::mutex m;
+  std::condition_variable cv;
+  std::deque<std::function<void()>> q;
+  std::thread worker;
+  HostWaiter() {
+    worker = std::thread([this] {
+      for (;;) {
+        std::function<void()> f;
+        {
+          std::unique_lock<std::mutex> l(m);
+          cv.wait(l, [this] { return !q.empty(); });
+          f = std::move(q.front());
+          q.pop_front();
+        }
+        try { f(); } catch (...) {}  // jobs report their own errors
+      }
+    });
+    worker.detach();  // lives for the process, like the device
+  }
+};
+std::mutex g_waiter_m;
+HostWaiter* g_waiters[64] = {};
+}  // namespace
+
+void cuda_host_enqueue(int device, std::function<void()> fn) {
+  HostWaiter* w;
+  {
+    std::lock_guard<std::mutex> l(g_waiter_m);
+    if (!g_waiters[device]) g_waiters[device] = new HostWaiter();
+    w = g_waiters[device];
+  }
+  {
+    std::lock_guard<std::mutex> l(w->m);
+    w->q.push_back(std::move(fn));
+  }
+  w->cv.notify_one();
+}
+
+namespace {
+struct PinnedCache {
+  std::mutex m;
+  std::multimap<size_t, void*> free_blocks;
+  size_t cached = 0;
+  static constexpr size_t kMaxCached = size_t(256) << 20;
+};
+PinnedCache& pinned_cache() {
+  static PinnedCache* c = new PinnedCache();
+  return *c;
+}
+// cudaFreeHost may synchronize the device: never on a JS thread or a waiter that reads wait behind.
+HostWaiter& pinned_reaper() {
+  static HostWaiter* w = new HostWaiter();
+  return *w;
+}
+}  // namespace
+
+PinnedBuffer pinned_acquire(size_t bytes) {
+  size_t want = bytes < 4096 ? 4096 : bytes < (1u << 20) ? size_t(1) << (64 - __builtin_clzll(bytes - 1)) : (bytes + (1u << 20) - 1) / (1u << 20) * (1u << 20);
+  PinnedCache& C = pinned_cache();
+  {
+    std::lock_guard<std::mutex> l(C.m);
+    auto it = C.free_blocks.lower_bound(want);
+    if (it != C.free_blocks.end() && it->first <= 2 * want) {
+      PinnedBuffer b{it->second, it->first};
+      C.cached -= it->first;
+      C.free_blocks.erase(it);
+      return b;
+    }
+  }
+  void* p = nullptr;
+  cudaError_t e = cudaHostAlloc(&p, want, cudaHostAllocPortable);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    throw Error("ERR_OOM", "cannot allocate " + std::to_string(want) + " bytes of page-locked staging memory: " +
+                               cudaGetErrorString(e));
+  }
+  return PinnedBuffer{p, want};
+}
+
+void pinned_release(PinnedBuffer b) {
+  if (!b.ptr) return;
+  PinnedCache& C = pinned_cache();
+  {
+    std::lock_guard<std::mutex> l(C.m);
+    if (C.cached + b.bytes <= PinnedCache::kMaxCached) {
+      C.free_blocks.emplace(b.bytes, b.ptr);
+      C.cached += b.bytes;
+      return;
+    }
+  }
+  HostWaiter& r = pinned_reaper();
+  {
+    std::lock_guard<std::mutex> l(r.m);
+    r.q.push_back([p = b.ptr] { cudaFreeHost(p); });
+  }
+  r.cv.notify_one();
+}
+
+void pinned_release_after(int device, cudaEvent_t ev, PinnedBuffer b) {
+  cuda_host_enqueue(device, [ev, b] {
+    cudaEventSynchronize(ev);  // on failure the device is unusable anyway; the buffer is idle either way
+    cudaEventDestroy(ev);
+    pinned_release(b);
+  });
+}
+
 bool cuda_available() { return cuda_info().count > 0; }
 int cuda_device_count() { return cuda_info().count; }
 std::string cuda_unavailable_reason() { return cuda_info().reason; }
@@ -344,9 +582,14 @@ std::string cuda_device_name(int) { return ""; }
 size_t cuda_total_memory(int) { return 0; }
 #endif
 
-void run_on_device(int device, std::vector<StoragePtr> keep, std::function<void(void*)> fn) {
+void run_on_device(int device, std::vector<StoragePtr> inputs, std::vector<StoragePtr> outputs,
+                   std::function<void(void*)> fn) {
   if (device == kCpu) {
-    cpu_enqueue([keep = std::move(keep), fn = std::move(fn)]() { fn(nullptr); });
+    CpuTask t;
+    t.inputs = std::move(inputs);
+    t.outputs = std::move(outputs);
+    t.fn = [fn = std::move(fn)](const Failure*) { fn(nullptr); };
+    cpu_submit(std::move(t));
     return;
   }
 #if defined(MEGABEAM_CUDA)
@@ -355,8 +598,14 @@ void run_on_device(int device, std::vector<StoragePtr> keep, std::function<void(
   fn((void*)s);
   cuda_check(cudaGetLastError(), "kernel launch");
 #else
+  (void)inputs; (void)outputs;
   throw Error("ERR_NO_CUDA", cuda_unavailable_reason());
 #endif
+}
+
+void run_on_device(int device, std::vector<StoragePtr> keep, std::function<void(void*)> fn) {
+  std::vector<StoragePtr> outputs = keep;
+  run_on_device(device, std::move(keep), std::move(outputs), std::move(fn));
 }
 
 }  // namespace mb
