@@ -4,7 +4,9 @@ const USAGE = `usage: megabeam <command> [options]
 commands:
   theta      RoPE base / scaling analysis for a context length (megabeam theta --help)
   demo       long-context attention forward+backward demo (GPU if present, else CPU)
-  bench      benchmarks: megabeam bench attention|rope [--help]
+  bench      benchmarks: megabeam bench attention|gemm|rope|nn|model|ring|train [--help]
+  train      train a Mistral/Llama model on token files (megabeam train --help)
+  plot       draw a training log: megabeam plot log.jsonl --out loss.svg
   launch     start the ranks of a distributed job: megabeam launch --nproc N script.js [args]
   info       build, devices and memory
 `;
@@ -26,6 +28,14 @@ export async function main(argv: string[]): Promise<number> {
     case 'bench': {
       const { benchCli } = await import('./cli/bench');
       return benchCli(rest, io);
+    }
+    case 'train': {
+      const { trainCli } = await import('./cli/train');
+      return trainCli(rest, io);
+    }
+    case 'plot': {
+      const { plotCli } = await import('./cli/train');
+      return plotCli(rest, io);
     }
     case 'launch': {
       const { launchCli } = await import('./cli/launch');

@@ -16,8 +16,10 @@ export async function benchCli(argv: string[], io: IO): Promise<number> {
       return (await import('../bench/nn')).benchNn(rest, io);
     case 'model':
       return (await import('../bench/model')).benchModel(rest, io);
+    case 'train':
+      return (await import('../bench/train')).benchTrain(rest, io);
     default:
-      io.err('usage: megabeam bench attention|gemm|rope|nn|model|ring [--help]');
+      io.err('usage: megabeam bench attention|gemm|rope|nn|model|ring|train [--help]');
       return 2;
   }
 }
