@@ -4,7 +4,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { cuda, parseDevice } from '../device';
-import { ArgumentError } from '../errors';
+import { ArgumentError, DtypeError } from '../errors';
 import { Sampler, TokenFile, tokens } from '../data';
 import { fromConfig, fromPretrained, Model } from '../model/mistral';
 import { schedules, Schedule } from '../optim';
@@ -68,6 +68,8 @@ export const command: Command = {
     }
     const device = o.device === undefined ? (cuda.isAvailable() ? 'cuda:0' : 'cpu') : parseDevice(String(o.device)).name;
     const dtype = (o.dtype as 'bf16' | 'f32' | 'f16' | undefined) ?? (device === 'cpu' ? 'f32' : 'bf16');
+    // Refused before anything is loaded (train() refuses f16 models too).
+    if (dtype === 'f16') throw new DtypeError('--dtype f16 is refused: f16 training needs loss scaling, which megabeam does not do; use bf16 (same memory, f32 range) or f32');
     const seed = (o.seed as number | undefined) ?? 0;
     const files: TokenFile[] = String(dataArg).split(',').map((f) => tokens.open(f));
     let model: Model | undefined;
