@@ -30,9 +30,17 @@ export interface AdamWOptions {
   /**
    * ZeRO-1: shard m, v and master weights across this group (each rank updates 1/W of every parameter,
    * then all-gathers the parameters). Gradients must then be the rank's local (unreduced) gradients: the
-   * step reduce-scatters them (averaging over ranks). Without a group (or world 1) gradients are used as given.
+   * step reduce-scatters them (see gradReduction). Without a group (or world 1) gradients are used as given.
    */
   group?: Group;
+  /**
+   * How ZeRO-1 combines the ranks' local gradients: 'avg' (default; data parallelism: each rank's loss
+   * is the mean over its own batch, so the global mean gradient is the average) or 'sum' (sequence
+   * parallelism: the ranks hold shards of one sequence and each rank's loss part is already divided by
+   * the global token count — model.forwardBackward({ group, reduceGrads: false }) — so the gradient of
+   * the whole sequence is the sum). The clip sees the combined gradient's norm either way.
+   */
+  gradReduction?: 'sum' | 'avg';
 }
 
 interface Slot {
@@ -58,6 +66,7 @@ export class AdamW {
   readonly weightDecay: number;
   readonly maxGradNorm: number;
   readonly group: Group | undefined;
+  readonly gradReduction: 'sum' | 'avg';
   #slots: Slot[] = [];
   #step = 0;
   #sumsq: Tensor | null = null;
@@ -81,6 +90,9 @@ export class AdamW {
     check(op, typeof this.maxGradNorm === 'number' && this.maxGradNorm >= 0 && Number.isFinite(this.maxGradNorm),
       'maxGradNorm must be >= 0');
     this.group = opts.group && opts.group.worldSize > 1 ? opts.group : undefined;
+    const red = opts.gradReduction ?? 'avg';
+    check(op, red === 'sum' || red === 'avg', `gradReduction must be 'sum' or 'avg', got ${String(red)}`);
+    this.gradReduction = red;
     const W = this.group?.worldSize ?? 1, r = this.group?.rank ?? 0;
     const names = new Set<string>();
     const device = params[0].param?.device;
@@ -159,9 +171,11 @@ export class AdamW {
         if (g) await g.allReduce(sumsq, { op: 'sum' });
       }
       this.#step++;
-      // Averaging over ranks folds into the gradient scale; the clip sees the averaged norm too.
-      const scaleAll = gradScale / W;
-      if (sumsq && W > 1) scale(sumsq, 1 / (W * W), { out: sumsq });
+      // Averaging over ranks folds into the gradient scale. The clip must see the norm of the gradient the
+      // update uses (gradScale·Σ/W or gradScale·Σ), so Σg² is scaled by the square of the same factor.
+      const avg = W > 1 && this.gradReduction === 'avg';
+      const scaleAll = avg ? gradScale / W : gradScale;
+      if (sumsq && scaleAll !== 1) scale(sumsq, scaleAll * scaleAll, { out: sumsq });
       for (let i = 0; i < this.#slots.length; i++) {
         const s = this.#slots[i];
         if (s.len === 0) continue;

@@ -475,7 +475,8 @@ t.test('model: argument errors', needOps, async (t) => {
   throwsCode(t, () => modelLib.fromConfig({ ...tiny, sliding_window: 8 }, { seqLen: 16 }), 'ERR_UNSUPPORTED', 'sliding window at fromConfig');
   const sw = modelLib.fromConfig({ ...tiny, sliding_window: 8 }, { seed: 1 });
   await rejectsCode(t, () => sw.forwardBackward([randIds(1, 16, 50)[0]], [randIds(1, 16, 50)[0]]), 'ERR_UNSUPPORTED', 'sequence longer than the sliding window');
-  await rejectsCode(t, () => m.forwardBackward([[1, 2]], [[1, 2]], { group: { size: 2, rank: 0 } }), 'ERR_UNSUPPORTED', 'ring group not wired yet');
+  await rejectsCode(t, () => m.forwardBackward([[1, 2]], [[1, 2]], { group: { size: 2, rank: 0 } }), 'ERR_ARG', 'world > 1 needs a real process group');
+  throwsCode(t, () => m.forward([[1, 2]], { group: { size: 2, rank: 0 } }), 'ERR_UNSUPPORTED', 'forward is plain attention only');
   sw.dispose();
   m.dispose();
 });

@@ -8,3 +8,5 @@ export { configFromHF, parameterShapes } from './config';
 export type { ModelConfig, ConfigOptions, ConfigError } from './config';
 export { attend } from './attend';
 export type { AttendGroup, AttendOptions } from './attend';
+export { shardTokens, shardBatch } from './shard';
+export type { ShardOptions } from './shard';

@@ -12,7 +12,7 @@ import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { Dtype, checkDtype } from '../dtype';
 import { DeviceLike, DeviceString, parseDevice } from '../device';
-import { ArgumentError, DtypeError, ShapeError } from '../errors';
+import { ArgumentError, DeviceError, DtypeError, ShapeError, UnsupportedError } from '../errors';
 import { matmul, linear } from '../matmul';
 import * as nn from '../nn';
 import { rope, RopeOptions } from '../rope';
@@ -20,7 +20,9 @@ import * as safetensors from '../safetensors';
 import { Tensor, empty, randn, tensor, ones } from '../tensor';
 import { scale } from '../elementwise';
 import { fromHFConfig } from '../theta/hf';
-import { attend, AttendGroup } from './attend';
+import { attend, AttendGroup, ringGroup, worldOf } from './attend';
+import { ring, RingAlgorithm, RingLayout } from '../ring';
+import type { Group } from '../dist/types';
 import { ConfigOptions, ModelConfig, configFromHF, parameterShapes } from './config';
 
 export interface FromConfigOptions extends ConfigOptions {
@@ -47,21 +49,100 @@ export interface ForwardBackwardOptions {
   lossChunkTokens?: number;
   /** Label that contributes no loss (default -100). */
   ignoreIndex?: number;
-  /** Sequence-parallel group for attention (default: none = plain attention). */
-  group?: AttendGroup;
-  /** Global position of this call's first token (a shard of a longer sequence): RoPE and the causal mask use it. */
-  positionOffset?: number;
   /**
-   * Divide the summed loss (and so every gradient) by this instead of this call's token count, e.g. the
-   * global count when one sequence is split over ranks. The returned loss is divided the same way.
+   * Sequence-parallel group (default: none = plain attention). With a lib/dist Group of world size W > 1,
+   * ids/labels are this rank's shard of one sequence (model.shardBatch / model.shardTokens cut it, as ring.shard does; `layout`),
+   * attention is ring attention over the group, the loss is normalised by the global count of counted
+   * tokens, the returned loss and count are global (the same on every rank) and, unless
+   * `reduceGrads: false`, the parameter gradients are summed over the group: every rank then holds the
+   * gradients of the world-1 run on the whole sequence.
+   */
+  group?: AttendGroup | Group;
+  /**
+   * Global position of the first token: of this call's tokens without a group (or world 1), of the whole
+   * sharded sequence with a group of world > 1. RoPE and the causal mask use it. Default 0.
+   */
+  positionOffset?: number;
+  /** How the sequence is sharded over a group of world > 1: 'zigzag' (default, causally balanced) or 'contiguous'. */
+  layout?: RingLayout;
+  /**
+   * Group of world > 1: sum the parameter gradients over the group after the backward (default true).
+   * false when the caller reduces them itself: ZeRO-1 (AdamW({ group, gradReduction: 'sum' })
+   * reduce-scatters them), or the earlier micro-batches of a gradient accumulation (reduce once, at the
+   * last one: the sum over ranks of the accumulated local gradients is the accumulated global gradient).
+   */
+  reduceGrads?: boolean;
+  /**
+   * Divide the summed loss (and so every gradient) by this instead of the count of counted tokens (the
+   * global count with a group of world > 1), e.g. the count over all micro-batches of an accumulated
+   * step. The returned loss is divided the same way.
    */
   lossDivisor?: number;
+  /** Timeout of each communication call with a group (default: the group's). */
+  timeoutMs?: number;
+  /** Ring attention's algorithm with a group of world > 1: 'ring', 'allgather' or 'auto' (default, ring.chooseAlgorithm). */
+  ringAlgorithm?: RingAlgorithm;
 }
 
 /** Where this call's tokens sit in the sequence, and the group that shares it. */
 interface SeqPar {
-  group?: AttendGroup;
-  positionOffset?: number;
+  /** The group as attend gets it (world 1: possibly a structural stand-in). */
+  group?: AttendGroup | Group;
+  /** World 1: position of this call's first token; world > 1: of the whole sequence's first token. */
+  positionOffset: number;
+  layout: RingLayout;
+  world: number;
+  rank: number;
+  /** Zigzag with world > 1: this shard's global positions, i32 [B, S] on the model's device (owned by the caller). */
+  positions?: Tensor;
+  /** Passed on to ring attention. */
+  algorithm?: RingAlgorithm;
+  timeoutMs?: number;
+}
+
+/** An attention call a layer's code yields to its driver: plain attention runs it at once, ring attention awaits it. */
+type AttnCall =
+  | { fwd: true; q: Tensor; k: Tensor; v: Tensor }
+  | { fwd: false; dout: Tensor; q: Tensor; k: Tensor; v: Tensor; out: Tensor; lse: Tensor };
+type AttnResult = { out: Tensor; lse: Tensor } | { dq: Tensor; dk: Tensor; dv: Tensor };
+/**
+ * Layer code is written once, as generators that yield their attention calls: the synchronous driver
+ * (no group / world 1: exactly today's path, no awaits) and the asynchronous one (ring attention) run
+ * the same code. An attention error is thrown back into the generator so its cleanup runs.
+ */
+type AttnGen<R> = Generator<AttnCall, R, AttnResult>;
+
+function runSync<R>(gen: AttnGen<R>, sp: SeqPar): R {
+  let r = gen.next(undefined as unknown as AttnResult);
+  while (!r.done) {
+    const c = r.value;
+    let res: AttnResult;
+    try {
+      res = c.fwd ? attend.forward(c.q, c.k, c.v, sp) : attend.backward(c.dout, c.q, c.k, c.v, c.out, c.lse, sp);
+    } catch (e) {
+      r = gen.throw(e);
+      continue;
+    }
+    r = gen.next(res);
+  }
+  return r.value;
+}
+
+async function runAsync<R>(gen: AttnGen<R>, sp: SeqPar): Promise<R> {
+  let r = gen.next(undefined as unknown as AttnResult);
+  while (!r.done) {
+    const c = r.value;
+    let res: AttnResult;
+    try {
+      res = c.fwd ? await attend.forwardAsync(c.q, c.k, c.v, sp)
+        : await attend.backwardAsync(c.dout, c.q, c.k, c.v, c.out, c.lse, sp);
+    } catch (e) {
+      r = gen.throw(e);
+      continue;
+    }
+    r = gen.next(res);
+  }
+  return r.value;
 }
 
 export interface ForwardBackwardResult {
@@ -108,6 +189,8 @@ export class Model {
   readonly gradDtype: Dtype;
   #params = new Map<string, Tensor>();
   #grads: Map<string, Tensor> | null = null;
+  /** The gradients were summed over a group since the last zeroGrad (a further local pass would be double-counted). */
+  #reduced = false;
   #ropeCache = new Map<number, { invFreq: Float64Array; attentionFactor: number }>();
 
   /** @internal use fromConfig() */
@@ -178,6 +261,7 @@ export class Model {
 
   /** Sets every gradient to 0 (or frees them with { free: true }). */
   zeroGrad(opts: { free?: boolean } = {}): void {
+    this.#reduced = false;
     if (!this.#grads) return;
     for (const t of this.#grads.values()) opts.free ? t.dispose() : t.fill_(0);
     if (opts.free) this.#grads = null;
@@ -204,16 +288,41 @@ export class Model {
     return { invFreq: r.invFreq, attentionFactor: r.attentionFactor };
   }
 
+  /** RoPE of a shard of S tokens per batch row: its global positions (see SeqPar). */
   #ropeOpts(S: number, sp: SeqPar): RopeOptions {
-    const off = sp.positionOffset ?? 0;
-    return { ...this.#rope(off + S), positionOffset: off, inplace: true };
+    const off = sp.positionOffset;
+    const r = this.#rope(off + S * sp.world);
+    if (sp.positions) return { ...r, positions: sp.positions, inplace: true };
+    return { ...r, positionOffset: sp.world > 1 ? off + sp.rank * S : off, inplace: true };
   }
 
-  #seqPar(o: { group?: AttendGroup; positionOffset?: number }): SeqPar {
+  /**
+   * Validates the sequence-parallel options. With a group of world > 1 and the zigzag layout it makes
+   * the shard's positions tensor (for B rows of S local tokens): the caller disposes sp.positions.
+   */
+  #seqPar(o: { group?: AttendGroup | Group; positionOffset?: number; layout?: RingLayout; ringAlgorithm?: RingAlgorithm; timeoutMs?: number },
+      B: number, S: number): SeqPar {
     const off = o.positionOffset ?? 0;
     if (typeof off !== 'number' || !Number.isSafeInteger(off) || off < 0)
       throw new ArgumentError(`model: positionOffset must be a non-negative integer, got ${String(off)}`);
-    return { group: o.group, positionOffset: off };
+    const layout = o.layout ?? 'zigzag';
+    if (layout !== 'zigzag' && layout !== 'contiguous')
+      throw new ArgumentError(`model: layout must be 'zigzag' or 'contiguous', got ${String(layout)}`);
+    const g = ringGroup(o.group, 'model');
+    if (!g) return { group: o.group, positionOffset: off, layout, world: 1, rank: 0 };
+    if (g.device !== this.device) throw new DeviceError(`model: the group is on ${g.device}, the model on ${this.device}`);
+    const sp: SeqPar = { group: g, positionOffset: off, layout, world: g.worldSize, rank: g.rank, algorithm: o.ringAlgorithm, timeoutMs: o.timeoutMs };
+    // chunks() checks that the shard splits as the layout needs (zigzag: two equal halves).
+    ring.chunks(S * sp.world, sp.rank, sp.world, layout);
+    if (layout === 'zigzag')
+      sp.positions = ring.positions(S * sp.world, sp.rank, sp.world, 'zigzag', { batch: B, device: this.device, offset: off });
+    return sp;
+  }
+
+  /** Synchronous entry points run plain attention only. */
+  #syncOnly(what: string, o: { group?: AttendGroup | Group }): void {
+    if (worldOf(o.group) > 1)
+      throw new UnsupportedError(`model.${what}: a group of world size > 1 (ring attention) needs forwardBackward`);
   }
 
   #ids(ids: Ids, what: string): Tensor {
@@ -241,7 +350,7 @@ export class Model {
   // ---- one decoder layer ----------------------------------------------------------------------
 
   /** The layer up to the MLP input (everything its backward needs besides the MLP's own tensors). */
-  #attnPart(l: number, x: Tensor, B: number, S: number, sp: SeqPar): LayerActs {
+  *#attnPart(l: number, x: Tensor, B: number, S: number, sp: SeqPar): AttnGen<LayerActs> {
     const c = this.config, p = `model.layers.${l}.`;
     const N = B * S, D = c.headDim;
     const acts: Partial<LayerActs> = {};
@@ -252,7 +361,7 @@ export class Model {
       const k = acts.k = rs(linear(y1, this.#p(`${p}self_attn.k_proj.weight`)), [B, S, c.numKvHeads, D]);
       const v = acts.v = rs(linear(y1, this.#p(`${p}self_attn.v_proj.weight`)), [B, S, c.numKvHeads, D]);
       rope.applyQK(q, k, this.#ropeOpts(S, sp));
-      const a = attend.forward(q, k, v, sp);
+      const a = (yield { fwd: true, q, k, v }) as { out: Tensor; lse: Tensor };
       acts.attn = a.out; acts.lse = a.lse;
       const a2 = a.out.reshape([N, c.numHeads * D]);
       let o: Tensor;
@@ -297,9 +406,9 @@ export class Model {
   }
 
   /** Layer forward: returns the layer output ([N, H], new tensor); acts kept only when asked. */
-  #layerForward(l: number, x: Tensor, B: number, S: number, keep: boolean, chunk: number, sp: SeqPar):
-      { out: Tensor; acts: LayerActs | null } {
-    const acts = this.#attnPart(l, x, B, S, sp);
+  *#layerForward(l: number, x: Tensor, B: number, S: number, keep: boolean, chunk: number, sp: SeqPar):
+      AttnGen<{ out: Tensor; acts: LayerActs | null }> {
+    const acts = yield* this.#attnPart(l, x, B, S, sp);
     let out: Tensor;
     if (keep) {
       out = acts.h.clone();
@@ -322,8 +431,8 @@ export class Model {
    * Layer backward. `dout` ([N, H], model dtype, owned: it is overwritten and returned as the gradient
    * with respect to the layer input). Parameter gradients accumulate into grads.
    */
-  #layerBackward(l: number, acts: LayerActs, x: Tensor, dout: Tensor, B: number, S: number, chunk: number,
-      sp: SeqPar): Tensor {
+  *#layerBackward(l: number, acts: LayerActs, x: Tensor, dout: Tensor, B: number, S: number, chunk: number,
+      sp: SeqPar): AttnGen<Tensor> {
     const c = this.config, p = `model.layers.${l}.`;
     const G = this.#grads!;
     const N = B * S, D = c.headDim;
@@ -371,7 +480,8 @@ export class Model {
       attn2.dispose();
       const dattn = rs(matmul(dout, w('self_attn.o_proj.weight')), [B, S, c.numHeads, D]);
       trash.push(dattn);
-      const ab = attend.backward(dattn, acts.q, acts.k, acts.v, acts.attn, acts.lse, sp);
+      const ab = (yield { fwd: false, dout: dattn, q: acts.q, k: acts.k, v: acts.v, out: acts.attn, lse: acts.lse }) as
+        { dq: Tensor; dk: Tensor; dv: Tensor };
       trash.push(ab.dq, ab.dk, ab.dv);
       dattn.dispose(); acts.attn.dispose(); acts.lse.dispose(); acts.q.dispose(); acts.k.dispose(); acts.v.dispose();
       rope.backwardQK(ab.dq, ab.dk, this.#ropeOpts(S, sp));
@@ -403,19 +513,20 @@ export class Model {
    */
   layerForwardBackward(l: number, x: Tensor, dout: Tensor, opts: { batch?: number; checkpoint?: boolean; mlpChunkTokens?: number; group?: AttendGroup; positionOffset?: number } = {}): Tensor {
     if (!Number.isSafeInteger(l) || l < 0 || l >= this.config.numLayers) throw new ArgumentError(`layerForwardBackward: no layer ${l}`);
+    this.#syncOnly('layerForwardBackward', opts);
     const N = x.shape[0], B = opts.batch ?? 1;
     if (x.ndim !== 2 || x.shape[1] !== this.config.hiddenSize || N % B !== 0)
       throw new ShapeError(`layerForwardBackward: x must be [batch·seq, ${this.config.hiddenSize}], got [${x.shape}]`);
     const S = N / B;
-    const sp = this.#seqPar(opts);
-    this.#checkSeq(S + (sp.positionOffset ?? 0));
+    const sp = this.#seqPar(opts, B, S);
+    this.#checkSeq(S + sp.positionOffset);
     this.grads();
     const chunk = this.#mlpChunk(N, opts.mlpChunkTokens);
     const keep = !(opts.checkpoint ?? false);
-    const r = this.#layerForward(l, x, B, S, keep, chunk, sp);
+    const r = runSync(this.#layerForward(l, x, B, S, keep, chunk, sp), sp);
     r.out.dispose();
-    const acts = r.acts ?? this.#attnPart(l, x, B, S, sp);
-    return this.#layerBackward(l, acts, x, dout, B, S, chunk, sp);
+    const acts = r.acts ?? runSync(this.#attnPart(l, x, B, S, sp), sp);
+    return runSync(this.#layerBackward(l, acts, x, dout, B, S, chunk, sp), sp);
   }
 
   // ---- whole model ----------------------------------------------------------------------------
@@ -430,30 +541,50 @@ export class Model {
    * Forward + backward on token ids [batch, seq] (i32 Tensor or arrays) and labels of the same shape
    * (label i is the target at position i — already shifted, -100 = ignored). Gradients accumulate into
    * grads(); returns the mean loss over counted tokens and their count.
+   *
+   * Sequence parallelism: with `group` of world W > 1, every rank of the group calls this at once with
+   * its shard of the same sequence(s) (ids/labels [batch, seq/W], cut by shardBatch with the same
+   * `layout`); see ForwardBackwardOptions.group.
    */
   async forwardBackward(ids: Ids, labels: Ids, opts: ForwardBackwardOptions = {}): Promise<ForwardBackwardResult> {
     if (opts === null || typeof opts !== 'object') throw new ArgumentError('forwardBackward: options must be an object');
     const checkpoint = opts.checkpoint ?? true;
+    const reduce = opts.reduceGrads ?? true;
+    if (typeof reduce !== 'boolean') throw new ArgumentError('forwardBackward: reduceGrads must be a boolean');
     const idT = this.#ids(ids, 'ids');
     const labT = this.#ids(labels, 'labels');
     const own = (t: Tensor, src: Ids) => t !== src;
     const c = this.config;
     const [B, S] = idT.shape;
     const N = B * S;
-    const chunk = this.#mlpChunk(N, opts.mlpChunkTokens);
-    const sp = this.#seqPar(opts);
     const inputs: Tensor[] = [];
     const saved: (LayerActs | null)[] = [];
     let lossT: Tensor | undefined;
     let countTensor: Tensor | undefined;
+    let sp: SeqPar | undefined;
     try {
+      const chunk = this.#mlpChunk(N, opts.mlpChunkTokens);
       if (labT.shape[0] !== B || labT.shape[1] !== S) throw new ShapeError(`forwardBackward: labels [${labT.shape}] must match ids [${idT.shape}]`);
-      this.#checkSeq(S + (sp.positionOffset ?? 0));
+      sp = this.#seqPar(opts, B, S);
+      const g = sp.world > 1 ? sp.group as Group : null;
+      this.#checkSeq(S * sp.world + sp.positionOffset);
+      if (g && this.#reduced)
+        throw new ArgumentError('forwardBackward: the gradients were already summed over the group; call zeroGrad() first '
+          + '(for gradient accumulation pass reduceGrads: false on all but the last micro-batch)');
       this.grads();
+      // World > 1: every rank's loss part is divided by the global count of counted tokens, so the sum of
+      // the ranks' losses (and gradients) is the world-1 mean over the whole sequence.
+      let divisor = opts.lossDivisor;
+      let globalCount: number | undefined;
+      if (g) {
+        globalCount = await this.#globalCount(g, idT, labT, opts.ignoreIndex ?? -100, opts.timeoutMs);
+        if (divisor === undefined && globalCount > 0) divisor = globalCount;
+      }
+      const run = g ? <R>(gen: AttnGen<R>) => runAsync(gen, sp!) : <R>(gen: AttnGen<R>) => runSync(gen, sp!);
       const emb = nn.embedding(idT, this.#p('model.embed_tokens.weight'));
       inputs.push(rs(emb, [N, c.hiddenSize]));
       for (let l = 0; l < c.numLayers; l++) {
-        const r = this.#layerForward(l, inputs[l], B, S, !checkpoint, chunk, sp);
+        const r = await run(this.#layerForward(l, inputs[l], B, S, !checkpoint, chunk, sp));
         inputs.push(r.out);
         saved.push(r.acts);
       }
@@ -465,7 +596,7 @@ export class Model {
       try {
         head = nn.lmHeadLoss(nf.y, this.#p(this.#headName()), lab1, {
           chunkTokens: opts.lossChunkTokens, ignoreIndex: opts.ignoreIndex, dweight: G.get(this.#headName()),
-          divisor: opts.lossDivisor,
+          divisor,
         });
       } finally {
         lab1.dispose();
@@ -482,9 +613,9 @@ export class Model {
       inputs.pop()!.dispose();
       for (let l = c.numLayers - 1; l >= 0; l--) {
         const x = inputs[l];
-        const acts = saved[l] ?? this.#attnPart(l, x, B, S, sp);
+        const acts = saved[l] ?? await run(this.#attnPart(l, x, B, S, sp));
         saved[l] = null;
-        d = this.#layerBackward(l, acts, x, d, B, S, chunk, sp);
+        d = await run(this.#layerBackward(l, acts, x, d, B, S, chunk, sp));
         inputs.pop()!.dispose();
       }
       const d3 = rs(d, [B, S, c.hiddenSize]);
@@ -495,8 +626,13 @@ export class Model {
       }
       // Out-of-range ids/labels: the CPU ops fail (surfacing here); CUDA kernels record them for checkIds.
       await nn.checkIds(this.device);
+      if (g) {
+        // Every rank's part is divided by the same divisor: their sum is the loss of the whole sequence.
+        await g.allReduce(head.loss, { op: 'sum', timeoutMs: opts.timeoutMs });
+        if (reduce) await this.reduceGrads(g, { timeoutMs: opts.timeoutMs });
+      }
       const loss = (await head.loss.toArray())[0];
-      const count = (await countT.toArray())[0];
+      const count = globalCount ?? (await countT.toArray())[0];
       countT.dispose();
       return { loss, count };
     } finally {
@@ -504,26 +640,66 @@ export class Model {
       for (const a of saved) if (a) disposeAll(...Object.values(a));
       lossT?.dispose();
       countTensor?.dispose();
+      sp?.positions?.dispose();
       if (own(idT, ids)) idT.dispose();
       if (own(labT, labels)) labT.dispose();
     }
   }
 
+  /**
+   * Σ over the group of the counted labels (exact: sent as two f32 parts, < 2^12 and the rest). The same
+   * allReduce carries a flag for ids/labels out of the vocabulary, so every rank fails at once (ERR_ARG)
+   * instead of the others waiting in the ring for a rank whose loss op threw.
+   */
+  async #globalCount(g: Group, ids: Tensor, labels: Tensor, ignoreIndex: number, timeoutMs?: number): Promise<number> {
+    const [id, lab] = [await ids.toArray(), await labels.toArray()];
+    const V = this.config.vocabSize;
+    let n = 0, bad = 0;
+    for (let i = 0; i < lab.length; i++) {
+      if (lab[i] !== ignoreIndex) { n++; if (!(lab[i] >= 0 && lab[i] < V)) bad = 1; }
+      if (!(id[i] >= 0 && id[i] < V)) bad = 1;
+    }
+    const t = tensor(Float32Array.from([Math.floor(n / 4096), n % 4096, bad]), { shape: [3], dtype: 'f32', device: this.device });
+    try {
+      await g.allReduce(t, { op: 'sum', timeoutMs });
+      const [hi, lo, anyBad] = await t.toArray();
+      if (anyBad > 0)
+        throw new ArgumentError(bad ? `forwardBackward: rank ${g.rank}'s ids or labels hold values outside [0, ${V}) (labels may also be ignoreIndex ${ignoreIndex})`
+          : `forwardBackward: another rank's ids or labels are outside [0, ${V})`);
+      return hi * 4096 + lo;
+    } finally {
+      t.dispose();
+    }
+  }
+
+  /**
+   * Sums every parameter gradient over the group (in place), so each rank holds the gradient of the
+   * whole sequence (sequence parallelism) or of the whole batch (data parallelism; divide by W for the
+   * mean). forwardBackward({ group }) calls it unless reduceGrads: false. Every rank calls it.
+   */
+  async reduceGrads(group: Group, opts: { timeoutMs?: number } = {}): Promise<void> {
+    const g = ringGroup(group, 'model.reduceGrads');
+    if (!g) return;
+    for (const t of this.grads().values()) await g.allReduce(t, { op: 'sum', timeoutMs: opts.timeoutMs });
+    this.#reduced = true;
+  }
+
   /** Final hidden states after the last norm, [batch·seq, hidden] (no gradients). */
   hidden(ids: Ids, opts: { group?: AttendGroup; positionOffset?: number; mlpChunkTokens?: number } = {}): Tensor {
+    this.#syncOnly('hidden', opts);
     const idT = this.#ids(ids, 'ids');
     const c = this.config;
     const [B, S] = idT.shape;
     const N = B * S;
-    const chunk = this.#mlpChunk(N, opts.mlpChunkTokens);
-    const sp = this.#seqPar(opts);
     let x: Tensor | undefined;
     try {
-      this.#checkSeq(S + (sp.positionOffset ?? 0));
+      const chunk = this.#mlpChunk(N, opts.mlpChunkTokens);
+      const sp = this.#seqPar(opts, B, S);
+      this.#checkSeq(S + sp.positionOffset);
       const emb = nn.embedding(idT, this.#p('model.embed_tokens.weight'));
       let cur = x = rs(emb, [N, c.hiddenSize]);
       for (let l = 0; l < c.numLayers; l++) {
-        const r = this.#layerForward(l, cur, B, S, false, chunk, sp);
+        const r = runSync(this.#layerForward(l, cur, B, S, false, chunk, sp), sp);
         cur.dispose();
         cur = x = r.out;
       }
