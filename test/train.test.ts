@@ -15,6 +15,7 @@ import { tokens } from '../lib/data';
 import { trainCli, plotCli } from '../lib/cli/train';
 import { main } from '../lib/cli';
 import { rejectsCode } from './helpers/assert';
+import { localGroups } from '../lib/dist/local';
 import { TINY, run, losses, passkeyBatch, writeTokens } from './helpers/train-run';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-train-'));
@@ -198,6 +199,55 @@ t.test('CLI: megabeam train (resume) and plot', async (t) => {
   t.match(p.err[0], /^megabeam plot: ERR_ARG: cannot read/);
   // the top-level dispatcher knows both commands
   t.equal(await main(['plot', '--help']), 0);
+});
+
+t.test('sequence parallel: train() at world 2 (localGroups, ZeRO-1) = world 1; checkpoint shards; resume', async (t) => {
+  const steps = 6;
+  const opts = { steps, microBatches: 2, seed: 3, optimizer: { lr: 2e-3, weightDecay: 0.1 }, maxGradNorm: 0.5, data: passkeyBatch(32, 3) };
+  const ref = fromConfig(TINY, { seed: 5 });
+  const r1 = await train({ model: ref, ...opts });
+  r1.optimizer.dispose();
+  const refParams = [...ref.parameters().values()];
+  const W = 2;
+  const groups = localGroups(W, { timeoutMs: 20000 });
+  const models = groups.map(() => fromConfig(TINY, { seed: 5 }));
+  const d = path.join(tmp, 'sp');
+  try {
+    const rs = await Promise.all(groups.map((group, i) => train({ model: models[i], group, ...opts,
+      checkpoint: { dir: d, every: 3, keep: 1 } })));
+    for (const r of rs) r.optimizer.dispose();
+    for (const r of rs) {
+      const err = Math.max(...r.records.map((x, i) => Math.abs(x.loss - r1.records[i].loss)));
+      t.ok(err < 1e-4, `losses match world 1 (max diff ${err})`);
+      t.ok(Math.abs(r.records[steps - 1].gradNorm - r1.records[steps - 1].gradNorm) < 1e-4 * r1.records[steps - 1].gradNorm, 'gradient norm');
+      t.equal(r.records[0].tokens, 64, 'global tokens');
+    }
+    let worst = 0;
+    for (const m of models) {
+      const ps = [...m.parameters().values()];
+      for (let i = 0; i < ps.length; i++) {
+        const a = await ps[i].toArray(), b = await refParams[i].toArray();
+        for (let j = 0; j < a.length; j++) worst = Math.max(worst, Math.abs(a[j] - b[j]));
+      }
+    }
+    t.ok(worst < 1e-4, `parameters after ${steps} steps match world 1 (max diff ${worst})`);
+    const ck = latestCheckpoint(d)!;
+    t.ok(['optimizer-rank0-of-2.safetensors', 'optimizer-rank1-of-2.safetensors', 'model.safetensors', 'state.json']
+      .every((f) => fs.existsSync(path.join(ck, f))), 'one optimizer shard per rank');
+    t.same(listCheckpoints(d).map((c) => c.step), [6], 'keep 1');
+    // A world-1 run cannot take a world-2 checkpoint (its optimizer shards differ).
+    const m1 = fromConfig(TINY, { seed: 5 });
+    await rejectsCode(t, () => train({ model: m1, ...opts, steps: 8, resume: ck }), 'ERR_ARG', 'world size mismatch');
+    m1.dispose();
+    // Resume at world 2 continues (steps 7-8) on every rank.
+    const more = await Promise.all(groups.map((group, i) => train({ model: models[i], group, ...opts, steps: 8,
+      checkpoint: { dir: d, every: 3, keep: 1 }, resume: true })));
+    for (const r of more) { r.optimizer.dispose(); t.same(r.records.map((x) => x.step), [7, 8]); }
+  } finally {
+    for (const m of models) m.dispose();
+    ref.dispose();
+    await Promise.all(groups.map((g) => g.destroy()));
+  }
 });
 
 t.test('tokens.write round trip used by the CLI test', async (t) => {

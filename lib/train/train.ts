@@ -29,6 +29,7 @@ import type { Group } from '../dist/types';
 import type { Model, ForwardBackwardOptions } from '../model/mistral';
 import type { ModelConfig } from '../model/config';
 import { latestCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint';
+import { shardBatch } from '../model/shard';
 
 type Ids = Int32Array | number[] | number[][] | Tensor;
 
@@ -88,7 +89,11 @@ export interface TrainOptions {
   microBatches?: number;
   /** Clip the global gradient norm (only when building the optimizer here; default 1.0; 0 = off). */
   maxGradNorm?: number;
-  /** Process group: passed to forwardBackward (sequence parallel) and to the optimizer (ZeRO-1). */
+  /**
+   * Sequence-parallel group: every rank calls train() with the same data (whole sequences, host arrays);
+   * train() cuts each rank's shard (model.shardBatch, forward.layout), forwardBackward runs ring attention
+   * and the optimizer built here is ZeRO-1 over the group (gradReduction 'sum').
+   */
   group?: Group;
   /** Seed of the loop's RNG (BatchContext.random); default 0. */
   seed?: number;
@@ -108,7 +113,7 @@ export interface TrainOptions {
   /** Peak FLOP/s of the device for MFU (default 989e12 on CUDA, none on the CPU). */
   peakFlops?: number;
   /** Passed to every forwardBackward (checkpoint, mlpChunkTokens, lossChunkTokens, ignoreIndex). */
-  forward?: Omit<ForwardBackwardOptions, 'group' | 'lossDivisor'>;
+  forward?: Omit<ForwardBackwardOptions, 'group' | 'lossDivisor' | 'reduceGrads'>;
 }
 
 export interface TrainResult {
@@ -266,11 +271,15 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   let ownOptimizer = false;
   if (o.optimizer instanceof AdamW) {
     optimizer = o.optimizer;
+    if (group && optimizer.group && optimizer.gradReduction !== 'sum')
+      throw new ArgumentError("train: with a sequence-parallel group a ZeRO-1 AdamW needs gradReduction: 'sum' (each rank's loss part is already divided by the global token count)");
     if (o.maxGradNorm !== undefined && o.maxGradNorm !== optimizer.maxGradNorm)
       throw new ArgumentError(`train: maxGradNorm ${o.maxGradNorm} differs from the given optimizer's (${optimizer.maxGradNorm}); set it on the AdamW`);
   } else {
     if (!o.optimizer || typeof o.optimizer !== 'object') throw new ArgumentError('train: optimizer must be an AdamW or AdamW options ({ lr, ... })');
-    optimizer = adamwFor(model, { ...o.optimizer, maxGradNorm: o.maxGradNorm ?? 1.0, group });
+    // With a group the ranks hold shards of one sequence, each loss part already divided by the global
+    // count: the gradient of the whole sequence is the sum over ranks.
+    optimizer = adamwFor(model, { ...o.optimizer, maxGradNorm: o.maxGradNorm ?? 1.0, group, gradReduction: 'sum' });
     ownOptimizer = true;
   }
   const schedule: Schedule = typeof o.schedule === 'function' ? o.schedule
@@ -326,14 +335,25 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       }
       const counts = batches.map((b) => countLabels(b.labels, ignore));
       const total = counts.every((c) => c !== null) ? (counts as number[]).reduce((a, b) => a + b, 0) : null;
-      // With a group the model's sequence-parallel path defines the loss normalisation (global mean per call).
-      const divisor = !group && total !== null && total > 0 ? total : undefined;
+      if (group && total === null)
+        throw new ArgumentError('train: with a group the batches must be host arrays (every rank gets the whole sequence; train() cuts its shard)');
+      // Token-weighted over the micro-batches (and over the ranks of a group: the host labels are whole).
+      const divisor = total !== null && total > 0 ? total : undefined;
       let loss = 0, tokens = 0, seqLen = 0;
-      for (const b of batches) {
+      for (let m = 0; m < batches.length; m++) {
+        const b = batches[m];
         const [B, S] = shapeOf(b.input);
         tokens += B * S;
         seqLen = S;
-        const r = await model.forwardBackward(b.input, b.labels, { ...o.forward, group, lossDivisor: divisor });
+        let input = b.input, labels = b.labels;
+        if (group) {
+          const sh = shardBatch({ ids: input as Int32Array, labels: labels as Int32Array }, rank, world, { layout: o.forward?.layout });
+          input = sh.ids; labels = sh.labels;
+        }
+        // Sequence parallel: ZeRO-1 reduce-scatters the local gradients itself; a replicated optimizer
+        // needs them summed once, after the last micro-batch.
+        const reduceGrads = group ? (!optimizer.group && m === batches.length - 1) : undefined;
+        const r = await model.forwardBackward(input, labels, { ...o.forward, group, lossDivisor: divisor, reduceGrads });
         loss += divisor !== undefined ? r.loss : r.loss / micro;
       }
       const gradScale = divisor !== undefined ? 1 : 1 / micro;
@@ -341,10 +361,11 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       if (optimizer.maxGradNorm > 0) {
         await optimizer.step({ lr: schedule(s), gradScale });
         const sq = optimizer.lastGradSumsq();
-        // sumsq is of the (reduced) gradients before gradScale; clip compares the same quantity.
-        gnorm = sq ? Math.sqrt((await sq.toArray())[0]) * gradScale : NaN;
+        // Σg² of the gradient the update used (after gradScale and the reduction over a group).
+        gnorm = sq ? Math.sqrt((await sq.toArray())[0]) : NaN;
       } else {
-        gnorm = (await gradNorm([...model.grads().values()])) * gradScale;
+        // Without the clip the norm is only logged: local (unreduced) ZeRO-1 gradients have none to give.
+        gnorm = optimizer.group ? NaN : (await gradNorm([...model.grads().values()])) * gradScale;
         await optimizer.step({ lr: schedule(s), gradScale });
       }
       const lr = schedule(s);
