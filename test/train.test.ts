@@ -250,6 +250,29 @@ t.test('sequence parallel: train() at world 2 (localGroups, ZeRO-1) = world 1; c
   }
 });
 
+t.test('examples/passkey.js --tiny runs end to end (short curriculum): loss falls, heat map + grid written', async (t) => {
+  const out = path.join(tmp, 'example');
+  const args = ['--import', 'tsx', '-r', path.join(__dirname, 'helpers', 'megabeam-alias.cjs'),
+    path.join(__dirname, '..', 'examples', 'passkey.js'), '--tiny', '--stages', '32:150,64:30', '--eval-lengths', '32,64',
+    '--depths', '0,1', '--eval-samples', '2', '--eval-every', '60', '--out', out];
+  const cp = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: process.env });
+  let so = '', se = '';
+  cp.stdout!.on('data', (b) => { so += b; });
+  cp.stderr!.on('data', (b) => { se += b; });
+  const code = await new Promise((res) => cp.on('exit', res));
+  t.equal(code, 0, se.slice(-2000));
+  t.match(so, /heat map: .*passkey-heatmap\.svg/);
+  t.match(fs.readFileSync(path.join(out, 'passkey-heatmap.svg'), 'utf8'), /<svg/);
+  const grid = JSON.parse(fs.readFileSync(path.join(out, 'passkey-grid.json'), 'utf8'));
+  t.same(grid.lengths, [32, 64]);
+  t.equal(grid.accuracy.length, 2, 'one row per depth');
+  const recs = losses(path.join(out, 'train-log.jsonl'));
+  t.equal(recs.length, 180);
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const first = mean(recs.slice(0, 10).map((r) => r.loss)), last = mean(recs.slice(130, 150).map((r) => r.loss));
+  t.ok(last < first - 0.5, `example loss falls: ${first.toFixed(3)} -> ${last.toFixed(3)}`);
+});
+
 t.test('tokens.write round trip used by the CLI test', async (t) => {
   const f = path.join(tmp, 'small.bin');
   tokens.write(f, [1, 2, 3]);
