@@ -199,6 +199,16 @@ t.test('CLI: megabeam train (resume) and plot', async (t) => {
   t.match(p.err[0], /^megabeam plot: ERR_ARG: cannot read/);
   // the top-level dispatcher knows both commands
   t.equal(await main(['plot', '--help']), 0);
+  // bench train: the same step on a tiny config on the CPU (the real one is Mistral-7B-shaped on CUDA)
+  const { benchTrain } = await import('../lib/bench/train');
+  const b = io();
+  t.equal(await benchTrain(['--device', 'cpu', '--config', cfg, '--seqs', '32,64', '--reps', '1', '--out', path.join(d, 'bench.json')], b.io), 0, b.err.join('\n'));
+  const bj = JSON.parse(fs.readFileSync(path.join(d, 'bench.json'), 'utf8'));
+  t.same(bj.rows.map((r: { seq: number; status: string }) => [r.seq, r.status]), [[32, 'ok'], [64, 'ok']]);
+  t.ok(bj.rows.every((r: { tokensPerSecond: number; peakGiB: number }) => r.tokensPerSecond > 0 && r.peakGiB > 0));
+  const bb = io();
+  t.equal(await benchTrain(['--seqs', 'x'], bb.io), 2);
+  t.match(bb.err[0], /^megabeam bench train: ERR_ARG: --seqs must be a size/);
 });
 
 t.test('sequence parallel: train() at world 2 (localGroups, ZeRO-1) = world 1; checkpoint shards; resume', async (t) => {

@@ -8,7 +8,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { performance } from 'perf_hooks';
-import { MegabeamError } from '../errors';
+import { ArgumentError, MegabeamError } from '../errors';
 import { DeviceString, parseDevice } from '../device';
 import { fromConfig, Model } from '../model/mistral';
 import { AdamW } from '../optim';
@@ -18,7 +18,7 @@ import { MISTRAL_7B } from './model';
 import { GiB, IO, median, table } from './util';
 import { Command, FlagValues, runLocal } from '../cli/trainargs';
 
-const PEAK = 989e12;
+const PEAK = 989e12; // H100/H200 dense bf16
 
 export const command: Command = {
   usage: 'megabeam bench train [--seqs 16k,32k,64k,128k] [--layers 4] [--full] [--reps 3] [--json] [--out FILE]',
@@ -32,7 +32,8 @@ export const command: Command = {
     reps: { type: 'int', min: 1, max: 1000, help: 'timed steps after one warm-up step (median)', default: '3' },
     'grad-dtype': { type: 'choice', choices: ['f32', 'param'], help: 'linear-weight gradient dtype', default: 'f32 (--full: param)' },
     'mlp-chunk': { type: 'size', min: 1, help: 'tokens per MLP chunk', default: '8k' },
-    device: { type: 'string', help: 'CUDA device', default: 'cuda' },
+    config: { type: 'string', metavar: 'FILE', help: 'another HF config.json instead of Mistral-7B (--layers still applies when given)' },
+    device: { type: 'string', help: 'device (cpu only for smoke tests with a tiny --config)', default: 'cuda' },
     json: { type: 'bool', help: 'print the rows as JSON on stdout' },
     out: { type: 'string', metavar: 'FILE', help: 'also write the rows as JSON to FILE' },
   },
@@ -58,15 +59,25 @@ async function run(o: FlagValues, io: IO & { json?: (v: unknown) => void }): Pro
   const reps = (o.reps as number | undefined) ?? 3;
   const gradDtype = (o['grad-dtype'] as 'f32' | 'param' | undefined) ?? (full ? 'param' : 'f32');
   const device: DeviceString = parseDevice((o.device as string | undefined) ?? 'cuda').name;
-  const cfg = { ...MISTRAL_7B, num_hidden_layers: layers, max_position_embeddings: Math.max(...seqs) };
+  let base: Record<string, unknown> = MISTRAL_7B;
+  if (o.config !== undefined) {
+    try {
+      base = JSON.parse(fs.readFileSync(String(o.config), 'utf8')) as Record<string, unknown>;
+    } catch (e) {
+      throw new ArgumentError(`--config: cannot read ${String(o.config)}: ${(e as Error).message}`);
+    }
+  }
+  const cfg = { ...base, num_hidden_layers: o.config !== undefined && o.layers === undefined ? base.num_hidden_layers : layers,
+    max_position_embeddings: Math.max(...seqs) } as unknown as Record<string, unknown> & { vocab_size: number; num_hidden_layers: number };
+  const nLayers = cfg.num_hidden_layers;
   const rows: Record<string, unknown>[] = [];
   let model: Model | undefined, opt: AdamW | undefined;
   try {
-    model = fromConfig(cfg, { device, dtype: 'bf16', seed: 1, gradDtype, seqLen: Math.max(...seqs) });
+    model = fromConfig(cfg, { device, dtype: device === 'cpu' ? 'f32' : 'bf16', seed: 1, gradDtype, seqLen: Math.max(...seqs) });
     opt = adamwFor(model, { lr: 1e-5, betas: [0.9, 0.95], weightDecay: 0.1, maxGradNorm: 1 });
     await synchronize(device);
     const staticBytes = memory(device).allocated;
-    io.err(`bench train: ${(model.numParameters / 1e9).toFixed(2)}B parameters (${layers} layers), weights+grads+AdamW state ${(staticBytes / GiB).toFixed(1)} GiB`);
+    io.err(`bench train: ${(model.numParameters / 1e9).toFixed(2)}B parameters (${nLayers} layers), weights+grads+AdamW state ${(staticBytes / GiB).toFixed(1)} GiB`);
     for (const S of seqs) {
       let ids: Tensor | undefined, labels: Tensor | undefined;
       try {
@@ -89,13 +100,13 @@ async function run(o: FlagValues, io: IO & { json?: (v: unknown) => void }): Pro
         }
         const t = median(times);
         const tps = S / t;
-        const mfu = (tps * flopsPerToken(model.config, S, model.numParameters)) / PEAK;
+        const mfu = device === 'cpu' ? NaN : (tps * flopsPerToken(model.config, S, model.numParameters)) / PEAK;
         const peak = memory(device).peak;
-        rows.push({ seq: S, layers, secondsPerStep: t, tokensPerSecond: tps, mfu, peakGiB: peak / GiB, status: 'ok' });
-        io.err(`  ${S} tokens: ${t.toFixed(3)} s/step, ${Math.round(tps)} tokens/s, MFU ${(mfu * 100).toFixed(1)}%, peak ${(peak / GiB).toFixed(1)} GiB`);
+        rows.push({ seq: S, layers: nLayers, secondsPerStep: t, tokensPerSecond: tps, mfu, peakGiB: peak / GiB, status: 'ok' });
+        io.err(`  ${S} tokens: ${t.toFixed(3)} s/step, ${Math.round(tps)} tokens/s${Number.isNaN(mfu) ? '' : `, MFU ${(mfu * 100).toFixed(1)}%`}, peak ${(peak / GiB).toFixed(1)} GiB`);
       } catch (e) {
         if (!isOom(e)) throw e;
-        rows.push({ seq: S, layers, status: 'OOM', message: (e as Error).message.split('\n')[0] });
+        rows.push({ seq: S, layers: nLayers, status: 'OOM', message: (e as Error).message.split('\n')[0] });
         io.err(`  ${S} tokens: out of memory`);
         model.zeroGrad();
         emptyCache(device);
@@ -109,9 +120,9 @@ async function run(o: FlagValues, io: IO & { json?: (v: unknown) => void }): Pro
     model?.dispose();
   }
   io.out(table(['seq', 'layers', 's/step', 'tokens/s', 'MFU %', 'peak GiB'], rows.map((r) => r.status === 'ok'
-    ? [String(r.seq), String(r.layers), r.secondsPerStep as number, r.tokensPerSecond as number, (r.mfu as number) * 100, r.peakGiB as number]
+    ? [String(r.seq), String(r.layers), r.secondsPerStep as number, r.tokensPerSecond as number, Number.isNaN(r.mfu) ? '-' : (r.mfu as number) * 100, r.peakGiB as number]
     : [String(r.seq), String(r.layers), 'OOM', '-', '-', '-'])));
-  const result = { bench: 'train', model: full ? 'mistral-7b' : `mistral-7b-${layers}L`, gradDtype, rows };
+  const result = { bench: 'train', model: o.config !== undefined ? String(o.config) : full ? 'mistral-7b' : `mistral-7b-${nLayers}L`, device, gradDtype, rows };
   if (o.out) {
     fs.mkdirSync(path.dirname(path.resolve(String(o.out))), { recursive: true });
     fs.writeFileSync(String(o.out), JSON.stringify(result, null, 2) + '\n');
