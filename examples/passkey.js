@@ -6,7 +6,7 @@
 //
 //   npm run build:ts && node examples/passkey.js                  # one GPU: ~38M parameters, minutes
 //   node examples/passkey.js --tiny                                # CPU, a tiny model, about a minute
-//   node examples/passkey.js --stages 256:300,1k:600,8k:200,32k:60,64k:20 --eval-lengths 1k,8k,32k,64k
+//   node examples/passkey.js --stages 256:300,1k:500,8k:200,32k:100,64k:30 --eval-lengths 1k,8k,32k,64k
 //
 // Why it can learn: labels are on the answer digits only (everything else is -100), so the whole
 // gradient is about retrieval; copying needs an induction circuit (find the KEY marker, copy the token
@@ -35,28 +35,29 @@ function args(argv) {
     stages: '64:1200,128:300,256:100', tokensPerStep: '512', evalLengths: '64,128,256,512', evalSamples: 4, lr: 3e-3, evalEvery: 100,
   } : {
     device: cuda.isAvailable() ? 'cuda' : 'cpu', dtype: 'bf16', hidden: 768, layers: 6, heads: 6, kvHeads: 2, intermediate: 2048, digits: 5,
-    stages: '256:300,1k:600,8k:200,32k:60', tokensPerStep: '32k', evalLengths: '1k,2k,4k,8k,16k,32k', evalSamples: 10, lr: 1e-3, evalEvery: 100,
+    stages: '256:300,1k:500,8k:200,32k:100', tokensPerStep: '32k', evalLengths: '1k,2k,4k,8k,16k,32k', evalSamples: 10, lr: 1e-3, evalEvery: 100,
   };
-  Object.assign(o, { depths: '0,0.25,0.5,0.75,1', out: 'passkey-out', seed: 1, vocab: 64, warmup: 50, ckptDir: undefined });
+  Object.assign(o, { depths: '0,0.25,0.5,0.75,1', out: 'passkey-out', seed: 1, vocab: 64, warmup: 50, ckptDir: undefined, mix: 0.5 });
   const names = {
     '--device': 'device', '--dtype': 'dtype', '--hidden': 'hidden', '--layers': 'layers', '--heads': 'heads', '--kv-heads': 'kvHeads',
     '--intermediate': 'intermediate', '--digits': 'digits', '--stages': 'stages', '--tokens-per-step': 'tokensPerStep',
     '--eval-lengths': 'evalLengths', '--eval-samples': 'evalSamples', '--depths': 'depths', '--lr': 'lr', '--out': 'out',
-    '--seed': 'seed', '--warmup': 'warmup', '--ckpt-dir': 'ckptDir', '--eval-every': 'evalEvery',
+    '--seed': 'seed', '--warmup': 'warmup', '--ckpt-dir': 'ckptDir', '--eval-every': 'evalEvery', '--mix': 'mix',
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--tiny') continue;
     if (a === '-h' || a === '--help') {
       console.log(`usage: node examples/passkey.js [--tiny] ${Object.keys(names).map((n) => `[${n} X]`).join(' ')}\n` +
-        '  --stages LEN:STEPS,...  the curriculum (sizes take k suffixes); --tokens-per-step: batch = tokens / LEN (at least 1)');
+        '  --stages LEN:STEPS,...  the curriculum (sizes take k suffixes); --tokens-per-step: batch = tokens / LEN (at least 1);\n' +
+        '  --mix P: probability that a later-stage step replays an earlier stage\'s length');
       process.exit(0);
     }
     const [k, v] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, argv[++i]];
     if (!(k in names) || v === undefined) { console.error(`passkey: unknown flag or missing value: ${a}`); process.exit(2); }
     o[names[k]] = v;
   }
-  for (const k of ['hidden', 'layers', 'heads', 'kvHeads', 'intermediate', 'digits', 'evalSamples', 'lr', 'seed', 'warmup', 'evalEvery']) o[k] = Number(o[k]);
+  for (const k of ['hidden', 'layers', 'heads', 'kvHeads', 'intermediate', 'digits', 'evalSamples', 'lr', 'seed', 'warmup', 'evalEvery', 'mix']) o[k] = Number(o[k]);
   o.stages = String(o.stages).split(',').map((s) => { const [len, steps] = s.split(':'); return { len: parseSize(len), steps: Number(steps) }; });
   o.tokensPerStep = parseSize(o.tokensPerStep);
   o.evalLengths = String(o.evalLengths).split(',').map(parseSize);
@@ -86,8 +87,12 @@ async function main() {
   for (const s of o.stages) { total += s.steps; bounds.push({ until: total, len: s.len, batch: Math.max(1, Math.floor(o.tokensPerStep / s.len)) }); }
   const stageOf = (step) => bounds.find((b) => step <= b.until) ?? bounds[bounds.length - 1];
   const sampleOpts = { digits: o.digits, vocabSize: o.vocab };
+  // Later stages replay an earlier stage's length with probability --mix (default 0.5), so retrieval at
+  // short contexts is not forgotten while the context grows (as long-context continued pretraining mixes
+  // in short documents).
   const data = ({ step, random }) => {
-    const { len, batch } = stageOf(step);
+    const cur = stageOf(step), i = bounds.indexOf(cur);
+    const { len, batch } = i > 0 && random() < o.mix ? bounds[Math.floor(random() * i)] : cur;
     const input = [], labels = [];
     for (let b = 0; b < batch; b++) {
       const s = passkeySample(len, random(), random, sampleOpts);

@@ -104,7 +104,7 @@ export const command: Command = {
             meta: { command: 'megabeam train', flags: o } } : undefined,
           resume: !!resumeFrom,
           log: o.log as string | undefined,
-          progress: o.quiet ? false : (s) => process.stderr.write(s),
+          progress: !o.quiet,
           signal: ac.signal,
           forward: o['mlp-chunk'] !== undefined ? { mlpChunkTokens: o['mlp-chunk'] as number } : undefined,
         });
