@@ -12,7 +12,7 @@ import { latestCheckpoint, listCheckpoints, readCheckpointState } from '../lib/t
 import { passkeySample, rng } from '../lib/train/passkey';
 import { configFromHF } from '../lib/model/config';
 import { tokens } from '../lib/data';
-import { trainCli, plotCli } from '../lib/cli/train';
+import { trainCli, plotCli, plotCommand } from '../lib/cli/train';
 import { main } from '../lib/cli';
 import { rejectsCode } from './helpers/assert';
 import { localGroups } from '../lib/dist/local';
@@ -175,6 +175,11 @@ t.test('CLI: megabeam train (resume) and plot', async (t) => {
   c = io();
   t.equal(await plotCli([log, '--out', path.join(d, 'loss.svg')], c.io), 0, c.err.join('\n'));
   t.match(fs.readFileSync(path.join(d, 'loss.svg'), 'utf8'), /<svg/);
+  t.equal(await plotCli(['--out=' + path.join(d, 'loss2.svg'), log], io().io), 0, 'flag before the file');
+  t.ok(fs.existsSync(path.join(d, 'loss2.svg')));
+  // the command table's parser hands everything after the first argument over as args
+  t.equal(await plotCommand.run({}, io().io, [log, '--out', path.join(d, 'loss3.svg')]), 0, 'flags among the args');
+  t.ok(fs.existsSync(path.join(d, 'loss3.svg')));
   c = io();
   t.equal(await trainCli(['--help'], c.io), 0);
   t.match(c.out.join('\n'), /--batch-accum/);

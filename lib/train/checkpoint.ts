@@ -152,6 +152,8 @@ export async function saveCheckpoint(a: SaveCheckpointArgs): Promise<string> {
   if (g) await g.barrier();
   if (rank === 0) {
     try {
+      // safetensors fsyncs its files; config.json (model.save) and anything else are synced here.
+      for (const f of fs.readdirSync(tmp)) fsyncPath(path.join(tmp, f));
       fsyncPath(tmp);
       // Re-saving the same step (a resumed run that stops again at once) replaces it.
       if (fs.existsSync(final)) fs.rmSync(final, { recursive: true, force: true });
