@@ -58,14 +58,19 @@ _GQA = [True]
 
 
 def attend(q, k, v):
-    # SDPA's native GQA when this torch's causal flash path takes it, else HF's repeat_kv.
-    if _GQA[0]:
-        try:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        except (RuntimeError, TypeError):
-            _GQA[0] = False
-    r = HQ // HKV
-    return F.scaled_dot_product_attention(q, k.repeat_interleave(r, dim=1), v.repeat_interleave(r, dim=1), is_causal=True)
+    # Only the O(S) memory kernels (flash, cuDNN): a silent fallback to the math backend would be an
+    # O(S^2) OOM that reads like a memory result. SDPA's native GQA when they take it, else HF's repeat_kv.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
+        if _GQA[0]:
+            try:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except (RuntimeError, TypeError):
+                _GQA[0] = False
+        r = HQ // HKV
+        return F.scaled_dot_product_attention(q, k.repeat_interleave(r, dim=1), v.repeat_interleave(r, dim=1), is_causal=True)
 
 
 class Layer(nn.Module):
