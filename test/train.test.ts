@@ -16,6 +16,7 @@ import { trainCli, plotCli, plotCommand } from '../lib/cli/train';
 import { main } from '../lib/cli';
 import { rejectsCode } from './helpers/assert';
 import { localGroups } from '../lib/dist/local';
+import { gpu } from './helpers/devices';
 import { TINY, run, losses, passkeyBatch, writeTokens } from './helpers/train-run';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-train-'));
@@ -286,6 +287,32 @@ t.test('examples/passkey.js --tiny runs end to end (short curriculum): loss fall
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
   const first = mean(recs.slice(0, 10).map((r) => r.loss)), last = mean(recs.slice(130, 150).map((r) => r.loss));
   t.ok(last < first - 0.5, `example loss falls: ${first.toFixed(3)} -> ${last.toFixed(3)}`);
+});
+
+t.test('CUDA bf16: the loss falls, MFU is reported, a checkpoint resumes (same curve within bf16 rounding)', { ...gpu }, async (t) => {
+  const d = path.join(tmp, 'cuda');
+  const go = async (o: Record<string, unknown>) => {
+    const model = fromConfig(TINY, { seed: 1, device: 'cuda', dtype: 'bf16' });
+    try {
+      const r = await train({ model, data: passkeyBatch(32, 2), steps: 120, microBatches: 2, seed: 1,
+        optimizer: { lr: 3e-3, weightDecay: 0 }, maxGradNorm: 1, ...o });
+      r.optimizer.dispose();
+      return r;
+    } finally {
+      model.dispose();
+    }
+  };
+  const full = await go({});
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const first = mean(full.records.slice(0, 5).map((x) => x.loss)), last = mean(full.records.slice(-20).map((x) => x.loss));
+  t.ok(last < first - 0.5, `falls: ${first.toFixed(3)} -> ${last.toFixed(3)}`);
+  t.ok(typeof full.records[0].mfu === 'number' && full.records[0].mfu! > 0, 'MFU on CUDA');
+  const ac = new AbortController();
+  await go({ steps: 120, signal: ac.signal, checkpoint: { dir: d, every: 50 }, onStep: (r: { step: number }) => { if (r.step === 60) ac.abort(); } });
+  const b = await go({ checkpoint: { dir: d, every: 50 }, resume: true, seed: 1 });
+  t.equal(b.records[0].step, 61);
+  const err = Math.max(...b.records.slice(0, 5).map((x, i) => Math.abs(x.loss - full.records[60 + i].loss)));
+  t.ok(err < 0.05, `resumed losses follow the uninterrupted run (max diff over 5 steps ${err})`);
 });
 
 t.test('tokens.write round trip used by the CLI test', async (t) => {
