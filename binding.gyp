@@ -19,7 +19,7 @@
       "conditions": [
         ["mb_cuda==1", {
           "sources": ["<!@(node scripts/sources.js cu)"],
-          "defines": ["MEGABEAM_CUDA"],
+          "defines": ["MEGABEAM_CUDA", "MB_CUDA_ARCHS=<!(node scripts/cuda.js archs-define)"],
           "include_dirs": ["<(mb_cuda_home)/include"],
           "libraries": ["<(mb_cuda_home)/lib64/libcudart_static.a", "-ldl", "-lrt", "-lpthread"],
           "rules": [{

@@ -14,16 +14,16 @@ run() { local name=$1; shift; echo "=== $name ($(date +%T))"; "$@" || { echo "!!
 for p in "${parts[@]}"; do
   case $p in
     tests) run tests bash -c "node_modules/.bin/tap test/*.test.ts > '$OUT/tests.log' 2>&1; rc=\$?; grep -E '^(not ok|ok|# \\{)|# SKIP' '$OUT/tests.log' | grep -v '^    ' | tail -30; exit \$rc" ;;
-    rope) run rope node bin/megabeam.js bench rope --json "$OUT/rope.json" ;;
+    rope) run rope node bin/megabeam.js bench rope --out "$OUT/rope.json" ;;
     check) run check bash -c "node bin/megabeam.js bench attention --seqs 64k --reps 1 --dump /tmp/mb-attn-64k > /dev/null && python3 bench/torch_attention.py check /tmp/mb-attn-64k --json '$OUT/attention_check.json'" ;;
-    attention) run attention node bin/megabeam.js bench attention --json "$OUT/attention.json" ;;
+    attention) run attention node bin/megabeam.js bench attention --out "$OUT/attention.json" ;;
     torch) run torch python3 bench/torch_attention.py time --json "$OUT/torch_attention.json" ;;
     ring) run ring bash -c "node bin/megabeam.js bench ring --world 2,4,8 --seq 512k --out '$OUT/ring.json' && node bin/megabeam.js bench ring --model '$OUT/ring.json'" ;;
-    gemm) run gemm node bin/megabeam.js bench gemm --torch --json "$OUT/gemm.json" ;;
+    gemm) run gemm node bin/megabeam.js bench gemm --torch --out "$OUT/gemm.json" ;;
     nn) run nn-tests bash -c "node_modules/.bin/tap test/nn.test.ts > '$OUT/nn-tests.log' 2>&1; rc=\$?; grep -E '^\s*not ok|# \\{|# SKIP' '$OUT/nn-tests.log' | tail -20; exit \$rc"
-        run nn node bin/megabeam.js bench nn --json "$OUT/nn.json" ;;
-    modelcheck) run modelcheck bash -c "python3 bench/torch_model.py make /tmp/mb-model-check && node bin/megabeam.js bench model check /tmp/mb-model-check --json '$OUT/model_check.json'" ;;
-    model) run model node bin/megabeam.js bench model --json "$OUT/model.json" ;;
+        run nn node bin/megabeam.js bench nn --out "$OUT/nn.json" ;;
+    modelcheck) run modelcheck bash -c "python3 bench/torch_model.py make /tmp/mb-model-check && node bin/megabeam.js bench model check /tmp/mb-model-check --out '$OUT/model_check.json'" ;;
+    model) run model node bin/megabeam.js bench model --out "$OUT/model.json" ;;
     torchlayer) run torchlayer python3 bench/torch_layer.py --json "$OUT/torch_layer.json" ;;
     train) run train-tests bash -c "node_modules/.bin/tap test/train.test.ts > '$OUT/train-tests.log' 2>&1; rc=\$?; grep -E '^\s*not ok|# \\{' '$OUT/train-tests.log' | tail -20; exit \$rc"
            run benchtrain node bin/megabeam.js bench train --out "$OUT/train.json"

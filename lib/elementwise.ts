@@ -1,7 +1,7 @@
 // Element-wise arithmetic: fp32 math between any float dtypes, rounded once to the output's dtype.
 // The native op decides validity (csrc/ops/elementwise: axpby_check); this file only coerces options.
-import { Dtype, checkDtype } from './dtype';
-import { ArgumentError, native as call } from './errors';
+import { Dtype } from './dtype';
+import { ArgumentError, callNative as call } from './errors';
 import { native } from './native';
 import { Tensor, arg } from './tensor';
 
@@ -26,9 +26,9 @@ function axpby(op: string, a: Tensor, b: Tensor | undefined, o: AxpbyOptions): T
   const ha = arg(a, `${op}: a`);
   const hb = b === undefined ? undefined : arg(b, `${op}: b`);
   const hout = o.out === undefined ? undefined : arg(o.out, `${op}: out`);
-  const dtype = o.out ? o.out.dtype : o.dtype === undefined ? a.dtype : checkDtype(o.dtype, `${op}: dtype`);
   const h = call(() => native().axpby({ a: ha, b: hb, out: hout, alpha: o.alpha, beta: o.beta, dtype: o.dtype }));
-  return o.out ?? new Tensor(h, a.shape, dtype, a.device);
+  // The native check accepted the call: out, or the new tensor's dtype (o.dtype, default a's).
+  return o.out ?? new Tensor(h, a.shape, o.dtype ?? a.dtype, a.device);
 }
 
 /** alpha·a + beta·b (same element count, same device). */

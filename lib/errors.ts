@@ -1,5 +1,5 @@
 // One error hierarchy with stable codes. TypeScript validation throws these before any native call;
-// native code re-checks and its errors are mapped to the same classes (see fromNative).
+// native code decides validity and its errors are mapped to the same classes (fromNative, callNative).
 
 export type ErrorCode =
   | 'ERR_ARG'          // a malformed argument that is not a shape/dtype/device problem
@@ -107,7 +107,7 @@ export function fromNative(e: unknown): unknown {
 }
 
 /** Runs a native call and rethrows its errors (thrown, or rejections of a returned promise) as MegabeamErrors. */
-export function native<T>(fn: () => T): T {
+export function callNative<T>(fn: () => T): T {
   let r: T;
   try {
     r = fn();

@@ -1,5 +1,10 @@
-// megabeam: long-context training primitives for Node.js.
-export * from './errors';
+// megabeam: long-context training primitives for Node.js. The public surface, listed name by name:
+// anything not exported here (the native module, error mapping, handles) is internal.
+export {
+  ErrorCode, MegabeamError, ArgumentError, ShapeError, DtypeError, DeviceError, DisposedError, OutOfMemoryError,
+  CudaError, NcclUnavailableError, NcclError, CommError, TimeoutError, UnsupportedError, RopeConfigError,
+  NativeLoadError,
+} from './errors';
 export { Dtype, DTYPES } from './dtype';
 export { cuda, devices, cpuThreads, DeviceLike, DeviceString, CudaDeviceInfo } from './device';
 export {
@@ -7,8 +12,11 @@ export {
   tensor, empty, zeros, ones, full, randn, rand, synchronize, memory, resetPeakMemory, emptyCache,
 } from './tensor';
 export * as theta from './theta';
-export { rope, RopeOptions, RopeStyle, RopePrecision } from './rope';
-export { attention, AttentionOptions, AttentionForwardResult, AttentionBackwardResult } from './attention';
+export { rope, RopeApplyOptions, RopeStyle, RopePrecision } from './rope';
+export {
+  attention, AttentionOptions, AttentionBackwardOptions, AttentionForwardResult, AttentionBackwardResult,
+} from './attention';
+export type { AttentionBackwardKernel } from './native';
 export { add, scale, AxpbyOptions } from './elementwise';
 export { AdamW, AdamWOptions, ParamEntry, gradNorm, schedules, Schedule } from './optim';
 export { tokens, TokenFile, Sampler, SamplerState, Batch, TokenWidth, TextTokenizer } from './data';

@@ -3,7 +3,7 @@
 // The native op decides validity (csrc/ops/gemm: gemm_check + the binding's shape rules); this file
 // only coerces options and computes the result's shape.
 import { Dtype, checkDtype } from './dtype';
-import { ArgumentError, native as call } from './errors';
+import { ArgumentError, callNative as call } from './errors';
 import { native } from './native';
 import { Tensor, arg } from './tensor';
 

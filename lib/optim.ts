@@ -3,7 +3,7 @@
 //
 // One step = for every parameter: (clip) -> decoupled weight decay -> Adam moments -> update, fused in one
 // kernel per tensor (csrc/ops/optim). Everything is enqueued: step() returns at once.
-import { ArgumentError, UnsupportedError, native as call } from './errors';
+import { ArgumentError, UnsupportedError, callNative as call } from './errors';
 import { native } from './native';
 import { Tensor, arg, empty, zeros } from './tensor';
 import { scale } from './elementwise';

@@ -22,10 +22,10 @@
 // - 'auto' (default): see chooseAlgorithm below.
 import { attention, AttentionOptions } from './attention';
 import { add } from './elementwise';
-import { ArgumentError, DeviceError, DtypeError, ShapeError, native as call } from './errors';
+import { ArgumentError, DeviceError, DtypeError, ShapeError, callNative as call } from './errors';
 import { native } from './native';
 import type { DeviceLike } from './device';
-import { RopeOptions, rope } from './rope';
+import { RopeApplyOptions, rope } from './rope';
 import { Tensor, empty, tensor as makeTensor, zeros } from './tensor';
 import type { Group } from './dist/types';
 
@@ -734,12 +734,12 @@ export async function backward(group: Group | null | undefined, dout: Tensor, q:
 
 export interface AttentionLayerOptions extends Omit<RingOptions, 'qOffset' | 'kOffset'> {
   /** RoPE frequencies and style (e.g. { base: 75e6 } or theta.frequencies(...)); positions are filled in. */
-  rope: Omit<RopeOptions, 'positions' | 'positionOffset' | 'inplace'>;
+  rope: Omit<RopeApplyOptions, 'positions' | 'positionOffset' | 'inplace'>;
   /** Global position of the full sequence's first token (default 0). */
   offset?: number;
 }
 
-function layerSetup(group: Group | null | undefined, q: Tensor, opts: AttentionLayerOptions): { pos: Tensor; ring: RingOptions; ropeOpts: RopeOptions } {
+function layerSetup(group: Group | null | undefined, q: Tensor, opts: AttentionLayerOptions): { pos: Tensor; ring: RingOptions; ropeOpts: RopeApplyOptions } {
   if (!opts || typeof opts !== 'object' || !opts.rope || typeof opts.rope !== 'object')
     throw new ArgumentError('ring.attentionLayer: options.rope (RoPE frequencies, e.g. { base: 75e6 }) is required');
   if (!(q instanceof Tensor) || q.ndim !== 4) throw new ArgumentError('ring.attentionLayer: q must be a 4-D Tensor');

@@ -20,6 +20,10 @@ export interface Panel {
   hline?: number;
   /** Fixed x range; default: the data's extent. */
   xDomain?: [number, number];
+  /** A second, smaller title line (the settings the plot is for). */
+  subtitle?: string;
+  /** Labelled points (a circle and a text), e.g. the minimum of a curve. */
+  markers?: { id: string; x: number; y: number; color: string; label: string }[];
 }
 
 export function escapeXml(s: string): string {
@@ -45,7 +49,7 @@ function extent(vals: number[], log: boolean): [number, number] {
 
 /** Renders panels stacked vertically into one standalone SVG document. */
 export function renderPanels(panels: Panel[], width = 800, panelHeight = 300): string {
-  const margin = { left: 80, right: 20, top: 30, bottom: 45 };
+  const margin = { left: 80, right: 20, top: 40, bottom: 45 };
   const height = panels.length * panelHeight;
   const out: string[] = [];
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`);
@@ -62,12 +66,14 @@ export function renderPanels(panels: Panel[], width = 800, panelHeight = 300): s
       for (let i = 0; i < s.x.length; i++) { allX.push(s.x[i]); allY.push(s.y[i]); }
     }
     if (p.hline !== undefined) allY.push(p.hline);
+    for (const m of p.markers ?? []) { allX.push(m.x); allY.push(m.y); }
     const [xa, xb] = p.xDomain ?? extent(allX, xLog);
     const [ya, yb] = extent(allY, yLog);
     const tx = (v: number) => margin.left + (xLog ? Math.log(v / xa) / Math.log(xb / xa) : (v - xa) / (xb - xa)) * pw;
     const ty = (v: number) => y0 + margin.top + ph - (yLog ? Math.log(v / ya) / Math.log(yb / ya) : (v - ya) / (yb - ya)) * ph;
     out.push(`<g class="panel" id="panel-${k}">`);
     out.push(`<text x="${width / 2}" y="${y0 + 18}" text-anchor="middle" font-size="13">${escapeXml(p.title)}</text>`);
+    if (p.subtitle) out.push(`<text class="subtitle" x="${width / 2}" y="${y0 + 29}" text-anchor="middle" font-size="10" fill="#444">${escapeXml(p.subtitle)}</text>`);
     out.push(`<rect x="${margin.left}" y="${y0 + margin.top}" width="${pw}" height="${ph}" fill="none" stroke="#888"/>`);
     // Ticks: decades on log axes, 5 even steps on linear ones.
     const ticks = (a: number, b: number, log: boolean): number[] => {
@@ -114,6 +120,13 @@ export function renderPanels(panels: Panel[], width = 800, panelHeight = 300): s
       out.push(`<line x1="${margin.left + pw - 150}" y1="${ly}" x2="${margin.left + pw - 130}" y2="${ly}" stroke="${escapeXml(s.color)}" stroke-width="2"/>`);
       out.push(`<text x="${margin.left + pw - 125}" y="${ly}" dominant-baseline="middle">${escapeXml(s.label)}</text>`);
     });
+    for (const m of p.markers ?? []) {
+      if (!Number.isFinite(m.x) || !Number.isFinite(m.y) || (xLog && m.x <= 0) || (yLog && m.y <= 0)) continue;
+      const cx = tx(m.x), cy = ty(m.y);
+      const right = cx < margin.left + pw / 2;
+      out.push(`<circle class="marker-${escapeXml(m.id)}" cx="${cx.toFixed(2)}" cy="${cy.toFixed(2)}" r="4" fill="none" stroke="${escapeXml(m.color)}" stroke-width="1.5"/>`);
+      out.push(`<text class="marker-label" x="${(cx + (right ? 7 : -7)).toFixed(2)}" y="${(cy - 7).toFixed(2)}" text-anchor="${right ? 'start' : 'end'}" fill="${escapeXml(m.color)}">${escapeXml(m.label)}</text>`);
+    }
     out.push('</g>');
   });
   out.push('</svg>');

@@ -4,29 +4,31 @@
 import { randomBytes } from 'crypto';
 import { Dtype, checkDtype, dtypeCode, dtypeSize } from './dtype';
 import { DeviceLike, DeviceString, deviceIndex, parseDevice } from './device';
-import { ArgumentError, DeviceError, DisposedError, DtypeError, ShapeError, UnsupportedError, native as call } from './errors';
+import { ArgumentError, DeviceError, DisposedError, DtypeError, ShapeError, UnsupportedError, callNative as call } from './errors';
 import { NativeHandle, native } from './native';
 
 export type Shape = readonly number[];
 export type TensorData = Float32Array | Float64Array | Int32Array | Uint16Array | number[] | NestedArray;
 interface NestedArray extends Array<number | NestedArray> {}
 
-export interface TensorOptions { dtype?: Dtype; device?: DeviceLike }
-export interface RandomOptions extends TensorOptions { seed?: number | bigint }
+export interface TensorOptions<D extends Dtype = Dtype> { dtype?: D; device?: DeviceLike }
+export interface RandomOptions<D extends Dtype = Dtype> extends TensorOptions<D> { seed?: number | bigint }
+/** What toArray() gives for a dtype: Float32Array for float dtypes, Int32Array for i32. */
+export type ArrayOf<D extends Dtype> = D extends 'i32' ? Int32Array : Float32Array;
 
 // Frees what users forget to dispose. Tests and long-running code must not rely on it.
 const registry = new FinalizationRegistry<NativeHandle>((h) => {
   try { h.dispose(); } catch { /* process is going away */ }
 });
 
-export class Tensor {
+export class Tensor<D extends Dtype = Dtype> {
   readonly shape: Shape;
-  readonly dtype: Dtype;
+  readonly dtype: D;
   readonly device: DeviceString;
   #handle: NativeHandle | null;
 
   /** @internal use the creation functions (tensor, zeros, randn, ...) */
-  constructor(handle: NativeHandle, shape: Shape, dtype: Dtype, device: DeviceString) {
+  constructor(handle: NativeHandle, shape: Shape, dtype: D, device: DeviceString) {
     this.#handle = handle;
     this.shape = Object.freeze([...shape]);
     this.dtype = dtype;
@@ -41,7 +43,7 @@ export class Tensor {
   /** @internal true for real tensors only (not objects that merely inherit Tensor.prototype). */
   static isTensor(x: unknown): x is Tensor { return typeof x === 'object' && x !== null && #handle in x; }
 
-  /** @internal the live native handle; throws ERR_DISPOSED. */
+  /** @internal the live native handle; throws ERR_DISPOSED (ERR_ARG for a fake Tensor). */
   handle(what = 'tensor'): NativeHandle {
     if (!isTensor(this)) throw new ArgumentError(`${what} is not a Tensor made by megabeam`);
     if (this.#handle === null) throw new DisposedError(`${what} was disposed`);
@@ -49,9 +51,9 @@ export class Tensor {
   }
 
   /** Reads the values back: Float32Array for float dtypes, Int32Array for i32. */
-  async toArray(): Promise<Float32Array | Int32Array> {
+  async toArray(): Promise<ArrayOf<D>> {
     const h = this.handle();
-    return call(() => native().read(h, false)) as Promise<Float32Array | Int32Array>;
+    return call(() => native().read(h, false)) as Promise<ArrayOf<D>>;
   }
 
   /** Reads the stored bits: Uint16Array for f16/bf16, else as toArray(). */
@@ -93,12 +95,12 @@ export class Tensor {
     return out;
   }
 
-  clone(): Tensor {
+  clone(): Tensor<D> {
     return convert(this.handle(), this.shape, this.dtype, this.device);
   }
 
   /** A view with another shape over the same memory (same element count). */
-  reshape(shape: Shape): Tensor {
+  reshape(shape: Shape): Tensor<D> {
     const s = checkShape(shape);
     const n = s.reduce((a, b) => a * b, 1);
     if (n !== this.numel) throw new ShapeError(`reshape: [${s}] has ${n} elements, tensor has ${this.numel}`);
@@ -110,7 +112,7 @@ export class Tensor {
    * A view of `length` entries starting at `start` along dimension `dim` — cheap (no copy) when the
    * slice is contiguous, i.e. every dimension before `dim` has size 1; otherwise ERR_UNSUPPORTED.
    */
-  narrow(dim: number, start: number, length: number): Tensor {
+  narrow(dim: number, start: number, length: number): Tensor<D> {
     const h = this.handle();
     const nd = this.ndim;
     if (!Number.isSafeInteger(dim) || dim < -nd || dim >= nd) throw new ArgumentError(`narrow: dim ${describe(dim)} out of range for ${nd}-D tensor`);
@@ -162,7 +164,7 @@ function describe(v: unknown): string {
   }
 }
 
-function convert(h: NativeHandle, shape: Shape, dtype: Dtype, device: DeviceString): Tensor {
+function convert<D extends Dtype>(h: NativeHandle, shape: Shape, dtype: D, device: DeviceString): Tensor<D> {
   const out = empty(shape, { dtype, device });
   try {
     call(() => native().copy(out.handle(), h));
@@ -201,14 +203,14 @@ function options(o: unknown, defDtype: Dtype = 'f32'): { dtype: Dtype; device: D
 }
 
 /** Uninitialised memory. */
-export function empty(shape: Shape, opts?: TensorOptions): Tensor {
+export function empty<D extends Dtype = 'f32'>(shape: Shape, opts?: TensorOptions<D>): Tensor<D> {
   const s = checkShape(shape);
   const { dtype, device, index } = options(opts);
   const h = call(() => native().empty(s, dtypeCode(dtype), index));
-  return new Tensor(h, s, dtype, device);
+  return new Tensor(h, s, dtype as D, device);
 }
 
-export function full(shape: Shape, value: number, opts?: TensorOptions): Tensor {
+export function full<D extends Dtype = 'f32'>(shape: Shape, value: number, opts?: TensorOptions<D>): Tensor<D> {
   if (typeof value !== 'number') throw new ArgumentError('full: value must be a number');
   if (options(opts).dtype === 'i32' && !isInt32(value)) throw new ArgumentError(`full: an i32 tensor takes int32 values, got ${value}`);
   const t = empty(shape, opts);
@@ -219,8 +221,8 @@ export function full(shape: Shape, value: number, opts?: TensorOptions): Tensor 
     throw e;
   }
 }
-export const zeros = (shape: Shape, opts?: TensorOptions): Tensor => full(shape, 0, opts);
-export const ones = (shape: Shape, opts?: TensorOptions): Tensor => full(shape, 1, opts);
+export const zeros = <D extends Dtype = 'f32'>(shape: Shape, opts?: TensorOptions<D>): Tensor<D> => full(shape, 0, opts);
+export const ones = <D extends Dtype = 'f32'>(shape: Shape, opts?: TensorOptions<D>): Tensor<D> => full(shape, 1, opts);
 
 function seedWords(seed: unknown): [number, number] {
   let s: bigint;
@@ -232,7 +234,7 @@ function seedWords(seed: unknown): [number, number] {
   return [Number(s >> 32n), Number(s & 0xffffffffn)];
 }
 
-function random(kind: 0 | 1, shape: Shape, a: number, b: number, opts?: RandomOptions): Tensor {
+function random<D extends Dtype>(kind: 0 | 1, shape: Shape, a: number, b: number, opts?: RandomOptions<D>): Tensor<D> {
   const o = options(opts);
   if (o.dtype === 'i32') throw new DtypeError('random values need a float dtype');
   const [hi, lo] = seedWords(opts?.seed);
@@ -250,7 +252,8 @@ function random(kind: 0 | 1, shape: Shape, a: number, b: number, opts?: RandomOp
  * Standard normal values (mean 0, std 1). The same seed gives the same bits on the CPU and on
  * CUDA: values come from a counter-based generator (Philox4x32-10) indexed by element.
  */
-export function randn(shape: Shape, opts?: RandomOptions & { mean?: number; std?: number }): Tensor {
+export function randn<D extends Dtype = 'f32'>(shape: Shape,
+    opts?: RandomOptions<D> & { mean?: number; std?: number }): Tensor<D> {
   const mean = opts?.mean ?? 0, std = opts?.std ?? 1;
   if (typeof mean !== 'number' || typeof std !== 'number' || !Number.isFinite(mean) || !Number.isFinite(std))
     throw new ArgumentError('randn: mean and std must be finite numbers');
@@ -260,7 +263,8 @@ export function randn(shape: Shape, opts?: RandomOptions & { mean?: number; std?
 }
 
 /** Uniform values in [low, high) (default [0, 1)); same bits on CPU and CUDA for a seed. */
-export function rand(shape: Shape, opts?: RandomOptions & { low?: number; high?: number }): Tensor {
+export function rand<D extends Dtype = 'f32'>(shape: Shape,
+    opts?: RandomOptions<D> & { low?: number; high?: number }): Tensor<D> {
   const low = opts?.low ?? 0, high = opts?.high ?? 1;
   if (typeof low !== 'number' || typeof high !== 'number' || !Number.isFinite(low) || !Number.isFinite(high) || !(high > low))
     throw new ArgumentError('rand: need finite low < high');
@@ -294,6 +298,10 @@ function inferShape(data: NestedArray): { shape: number[]; flat: number[] } {
  * A tensor from host data: a typed array (with `shape`, default 1-D) or (nested) number arrays.
  * Float data is rounded to f16/bf16 to nearest even; a Uint16Array holds raw f16/bf16 bits.
  */
+export function tensor<D extends Dtype>(data: TensorData, opts: TensorOptions<D> & { dtype: D; shape?: Shape }): Tensor<D>;
+export function tensor(data: Int32Array, opts?: { device?: DeviceLike; shape?: Shape; dtype?: undefined }): Tensor<'i32'>;
+export function tensor(data: TensorData, opts?: { device?: DeviceLike; shape?: Shape; dtype?: undefined }): Tensor<'f32'>;
+export function tensor(data: TensorData, opts?: TensorOptions & { shape?: Shape }): Tensor;
 export function tensor(data: TensorData, opts?: TensorOptions & { shape?: Shape }): Tensor {
   let typed: Float32Array | Float64Array | Int32Array | Uint16Array;
   let shape: number[];

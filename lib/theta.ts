@@ -5,9 +5,10 @@ export { fromHFConfig } from './theta/hf';
 export type { FromHFConfigOptions, HFRopeResult } from './theta/hf';
 export {
   wavelength, criticalDim, baseLowerBound, baseLowerBoundFit, meetsDecayCriterion, cosineSumScan, cosineSumEnvelope,
+  MAX_SCAN_TERMS, MAX_SEARCH_TERMS,
 } from './theta/analysis';
 export type { CriticalDimOptions, BaseLowerBoundOptions, CosineSumResult } from './theta/analysis';
-export { angleErrorBound, halfUlp, floatFormats } from './theta/precision';
+export { angleErrorBound, halfUlp, floatFormats, EXACT_MODE_ANGLE_ERROR } from './theta/precision';
 export type { AngleDtype, FloatFormat } from './theta/precision';
 export { presets } from './theta/presets';
 export type { ThetaPreset, PresetName } from './theta/presets';

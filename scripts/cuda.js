@@ -29,6 +29,13 @@ function archs() {
   return (process.env.MEGABEAM_CUDA_ARCHS || DEFAULT_ARCHS).split(/[,; ]+/).filter(Boolean);
 }
 
+/** The compiled targets as a bare comma list (sm_80,...,compute_90) for the MB_CUDA_ARCHS define (doctor). */
+function archsDefine() {
+  const list = archs().map((a) => `sm_${a.replace(/[^0-9a-z]/g, '')}`);
+  if (!process.env.MEGABEAM_CUDA_ARCHS) list.push('compute_90');
+  return list.join(',');
+}
+
 function gencodeFlags() {
   const list = archs();
   const flags = [];
@@ -41,12 +48,13 @@ function gencodeFlags() {
   return flags;
 }
 
-module.exports = { cudaHome, archs, gencodeFlags };
+module.exports = { cudaHome, archs, archsDefine, gencodeFlags };
 if (require.main === module) {
   const what = process.argv[2];
   const home = cudaHome();
   if (what === 'enabled') process.stdout.write(home ? '1' : '0');
   else if (what === 'home') process.stdout.write(home || '/nonexistent');
+  else if (what === 'archs-define') process.stdout.write(archsDefine());
   else if (what === 'cmake-archs') process.stdout.write(archs().map((a) => `${a}-real`).join(';') + (process.env.MEGABEAM_CUDA_ARCHS ? '' : ';90-virtual'));
   else process.stdout.write(gencodeFlags().join(' '));
 }

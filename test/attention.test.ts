@@ -4,7 +4,7 @@
 import t, { Test } from 'tap';
 import { attention, AttentionOptions } from '../lib/attention';
 import { fromNative } from '../lib/errors';
-import { native } from '../lib/native';
+import { AttentionBackwardKernel, native } from '../lib/native';
 import { Tensor, full, randn, synchronize, tensor } from '../lib/tensor';
 import { throwsCode } from './helpers/assert';
 import { gpu } from './helpers/devices';
@@ -121,7 +121,8 @@ function exactZeros(tt: Tap, label: string, c: Case, lseRef: Float64Array, out: 
 }
 
 /** Runs forward + backward through the public API and checks everything against the reference. */
-async function checkCase(tt: Tap, c: Case, device: 'cpu' | 'cuda', tol: number): Promise<void> {
+async function checkCase(tt: Tap, c: Case, device: 'cpu' | 'cuda', tol: number,
+    bwdKernel?: AttentionBackwardKernel): Promise<void> {
   const inp = await makeInputs(c, device);
   const dims: AttnDims = c;
   const o = optsOf(c);
@@ -132,7 +133,7 @@ async function checkCase(tt: Tap, c: Case, device: 'cpu' | 'cuda', tol: number):
   tt.equal(out.device, inp.q.x.device, 'out device');
   tt.same(lse.shape, [c.batch, c.headsQ, c.seqQ], 'lse shape');
   tt.equal(lse.dtype, 'f32', 'lse dtype');
-  const g = attention.backward(inp.dout.x, inp.q.x, inp.k.x, inp.v.x, out, lse, o);
+  const g = attention.backward(inp.dout.x, inp.q.x, inp.k.x, inp.v.x, out, lse, bwdKernel ? { ...o, kernel: bwdKernel } : o);
   tt.same([g.dq.shape, g.dk.shape, g.dv.shape], [qShape(c), kShape(c), kShape(c)], 'gradient shapes');
   const gref = attentionBackwardRef(inp.dout.v, inp.q.v, inp.k.v, inp.v.v, dims, o);
   const lseTol = c.dtype === 'f32' || device === 'cpu' ? 2e-5 : 2e-3;
@@ -153,10 +154,12 @@ async function checkCase(tt: Tap, c: Case, device: 'cpu' | 'cuda', tol: number):
   const pOut = poison(qShape(c), c.dtype), pLse = poison([c.batch, c.headsQ, c.seqQ], 'f32');
   const pDq = poison(qShape(c), c.dtype), pDk = poison(kShape(c), c.dtype), pDv = poison(kShape(c), c.dtype);
   const scale = c.scale ?? 1 / Math.sqrt(c.headDim);
-  native().attentionForward(inp.q.x.handle(), inp.k.x.handle(), inp.v.x.handle(), pOut.handle(), pLse.handle(),
-    scale, c.causal, c.qOffset, c.kOffset);
-  native().attentionBackward(inp.dout.x.handle(), inp.q.x.handle(), inp.k.x.handle(), inp.v.x.handle(), pOut.handle(),
-    pLse.handle(), pDq.handle(), pDk.handle(), pDv.handle(), scale, c.causal, c.qOffset, c.kOffset);
+  const scalars = { scale, causal: c.causal, qOffset: c.qOffset, kOffset: c.kOffset };
+  native().attentionForward({ q: inp.q.x.handle(), k: inp.k.x.handle(), v: inp.v.x.handle(), out: pOut.handle(),
+    lse: pLse.handle(), ...scalars });
+  native().attentionBackward({ dout: inp.dout.x.handle(), q: inp.q.x.handle(), k: inp.k.x.handle(), v: inp.v.x.handle(),
+    out: pOut.handle(), lse: pLse.handle(), dq: pDq.handle(), dk: pDk.handle(), dv: pDv.handle(), ...scalars,
+    ...(bwdKernel ? { kernel: bwdKernel } : {}) });
   await checkAll('poisoned:', [pOut, pLse, pDq, pDk, pDv]);
   if (device === 'cpu') {
     // Each CPU output element is computed by one task in a fixed order: results are reproducible.
@@ -208,6 +211,31 @@ cpuCases.push(
   base({ seqQ: 0, seqK: 5, headsQ: 4, headsKv: 2, headDim: 8, causal: true }),
   base({ batch: 0, seqQ: 4, seqK: 5, headsQ: 2, headsKv: 1, headDim: 8 }),
 );
+
+// Issue 13: the CPU scratch was sized by headDim x 64 rows/keys whatever the sequence lengths (one key
+// and headDim 2^18 took ~1 GB of scratch per worker thread); it follows the work now. First in the file,
+// so the process's peak RSS is still near its start.
+t.test('cpu: scratch follows the work (one query, one key, headDim 2^18)', async (tt) => {
+  const r0 = process.resourceUsage().maxRSS;
+  const d = 2 ** 18;
+  const q = randn([1, 1, 2, d], { seed: 11 }), k = randn([1, 1, 1, d], { seed: 12 }), v = randn([1, 1, 1, d], { seed: 13 });
+  const { out, lse } = attention.forward(q, k, v);
+  const g = attention.backward(q, q, k, v, out, lse);
+  const [o, l, dv] = await Promise.all([out.toArray(), lse.toArray(), g.dv.toArray()]);
+  const grownMiB = (process.resourceUsage().maxRSS - r0) / 1024;
+  // inputs + outputs are ~14 MiB; the scratch is now ~16 x headDim floats per buffer (VW-padded keys)
+  tt.ok(grownMiB < 450, `peak RSS grew by ${grownMiB.toFixed(0)} MiB (was > 1 GiB)`);
+  // one key: softmax weight 1, out = v, dv = dout summed over the 2 q heads (dout = q here)
+  const vv = await v.toArray(), qq = await q.toArray();
+  let bad = 0;
+  for (let x = 0; x < d; x += 997) {
+    if (Math.abs(o[x] - vv[x]) > 1e-6 || Math.abs(o[d + x] - vv[x]) > 1e-6) bad++;
+    if (Math.abs(dv[x] - (qq[x] + qq[d + x])) > 1e-5) bad++;
+  }
+  tt.equal(bad, 0, 'out = v and dv = sum of dout with a single key');
+  tt.ok(Number.isFinite(l[0]), 'lse finite');
+  for (const x of [q, k, v, out, lse, g.dq, g.dk, g.dv]) x.dispose();
+});
 
 for (const c of cpuCases) {
   t.test(`cpu ${describe(c)}`, async (tt) => {
@@ -442,7 +470,7 @@ t.test('errors: the native side re-checks on its own', async (tt) => {
   const fwd = (over: Record<string, unknown>) => () => {
     const a = { q: q.handle(), k: k.handle(), v: v.handle(), out: out.handle(), lse: lse.handle(), scale: 0.25,
       causal: false, qOffset: 0, kOffset: 0, ...over };
-    return n.attentionForward(a.q, a.k, a.v, a.out, a.lse, a.scale, a.causal, a.qOffset, a.kOffset);
+    return (n.attentionForward as (o: unknown) => unknown)(a);
   };
   const wrap = (fn: () => unknown) => () => {
     try { return fn(); } catch (e) { throw fromNative(e); }
@@ -465,7 +493,7 @@ t.test('errors: the native side re-checks on its own', async (tt) => {
     const a = { dout: q.handle(), q: q.handle(), k: k.handle(), v: v.handle(), out: out.handle(), lse: lse.handle(),
       dq: mk([1, 8, 4, 16]).handle(), dk: mk([1, 6, 2, 16]).handle(), dv: mk([1, 6, 2, 16]).handle(), scale: 0.25,
       causal: true, qOffset: 0, kOffset: 0, ...over };
-    return n.attentionBackward(a.dout, a.q, a.k, a.v, a.out, a.lse, a.dq, a.dk, a.dv, a.scale, a.causal, a.qOffset, a.kOffset);
+    return (n.attentionBackward as (o: unknown) => unknown)(a);
   };
   throwsCode(tt, wrap(bwd({ dk: mk([1, 6, 2, 8]).handle() })), 'ERR_SHAPE', 'dk shape');
   throwsCode(tt, wrap(bwd({ dv: mk([1, 6, 2, 16], 'bf16').handle() })), 'ERR_DTYPE', 'dv dtype');
@@ -506,19 +534,8 @@ for (const c of cudaCases) {
 
 // The CUDA backward has three kernels: wgmma (the default on sm_90 for head_dim 128), the mma.sync one
 // (the default elsewhere) and its small-shared-memory configuration (64 keys per CTA, under 99 KB; picked
-// on its own where the default does not fit, e.g. sm_86/sm_89). MEGABEAM_ATTN_BWD_CONFIG=mma|small forces
-// the latter two on any GPU: the launcher reads it at every launch. fn must await the results so that
-// every launch has happened before the variable goes back to what it was.
-async function withBwdConfig<T>(config: 'mma' | 'small', fn: () => Promise<T>): Promise<T> {
-  const prev = process.env.MEGABEAM_ATTN_BWD_CONFIG;
-  process.env.MEGABEAM_ATTN_BWD_CONFIG = config;
-  try {
-    return await fn();
-  } finally {
-    if (prev === undefined) delete process.env.MEGABEAM_ATTN_BWD_CONFIG;
-    else process.env.MEGABEAM_ATTN_BWD_CONFIG = prev;
-  }
-}
+// on its own where the default does not fit, e.g. sm_86/sm_89). The backward option kernel: 'mma' |
+// 'mma-small' forces the latter two on any GPU.
 
 // Lengths around multiples of 64 (the small config's key block), several q blocks per head, GQA 1/4/8.
 const smallBwdCases: Case[] = [
@@ -532,10 +549,10 @@ const smallBwdCases: Case[] = [
   base({ dtype: 'bf16', headDim: 128, seqQ: randInt(1, 300), seqK: randInt(1, 300), headsQ: 8, headsKv: pick([1, 2, 8]),
     causal: true, qOffset: randInt(-40, 40), kOffset: randInt(-40, 40) }),
 ];
-for (const config of ['small', 'mma'] as const) {
+for (const config of ['mma-small', 'mma'] as const) {
   for (const c of smallBwdCases) {
-    t.test(`cuda, backward config ${config} (MEGABEAM_ATTN_BWD_CONFIG): ${describe(c)}`, gpu, async (tt) => {
-      await withBwdConfig(config, () => checkCase(tt, c, 'cuda', CUDA_TOL[c.dtype]));
+    t.test(`cuda, backward kernel ${config}: ${describe(c)}`, gpu, async (tt) => {
+      await checkCase(tt, c, 'cuda', CUDA_TOL[c.dtype], config);
     });
   }
 }
@@ -548,8 +565,8 @@ t.test('cuda: the forced backward configs agree with the default one on the same
     const inp = await makeInputs(c, 'cuda');
     const o = optsOf(c);
     const { out, lse } = attention.forward(inp.q.x, inp.k.x, inp.v.x, o);
-    const grads = async () => {
-      const g = attention.backward(inp.dout.x, inp.q.x, inp.k.x, inp.v.x, out, lse, o);
+    const grads = async (kernel: AttentionBackwardKernel = 'auto') => {
+      const g = attention.backward(inp.dout.x, inp.q.x, inp.k.x, inp.v.x, out, lse, { ...o, kernel });
       const r = await Promise.all([g.dq, g.dk, g.dv].map(values));
       for (const x of [g.dq, g.dk, g.dv]) x.dispose();
       return r;
@@ -557,8 +574,8 @@ t.test('cuda: the forced backward configs agree with the default one on the same
     const dflt = await grads();
     // dq sums partials over different key blocks in fp32 (and arrives through atomics in any order), so the
     // kernels agree to about one ulp of the stored dtype (2^-8 relative for bf16).
-    for (const config of ['small', 'mma'] as const) {
-      const other = await withBwdConfig(config, grads);
+    for (const config of ['mma-small', 'mma'] as const) {
+      const other = await grads(config);
       ['dq', 'dk', 'dv'].forEach((name, i) => {
         const same = dflt[i].every((x, j) => Object.is(x, other[i][j]));
         near(tt, `${describe(c)} ${name}: ${config} vs default config (bit-identical: ${same})`, other[i], dflt[i], 4e-3);

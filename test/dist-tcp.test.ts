@@ -94,7 +94,7 @@ t.test('tcp: a rank that does not make the call -> ERR_TIMEOUT naming the op and
 t.test('launch: a failing rank ends the job with its exit code; usage errors', async (t) => {
   const bad = await run([cliEntry, 'launch', '--nproc', '0', worker]);
   t.equal(bad.code, 2);
-  t.match(bad.err, /--nproc needs an integer >= 1/);
+  t.match(bad.err, /ERR_ARG: --nproc must be ≥ 1/);
   const multi = await run([cliEntry, 'launch', '--nnodes', '2', worker]);
   t.equal(multi.code, 2);
   t.match(multi.err, /--master host:port is required/);

@@ -124,11 +124,11 @@ t.test('AdamW errors', async (t) => {
   throwsCode(t, () => new AdamW([{ name: 'w', param: i, grad: g }], { lr: 1 }), 'ERR_UNSUPPORTED', 'i32 param');
   // the native check on its own
   const m = zeros([8]), v = zeros([8]);
-  t.throws(() => native().adamw({ param: p.handle(), grad: g.handle(), m: m.handle(), v: m.handle(), lr: 1, step: 1 }),
+  t.throws(() => (native().adamw as (o: unknown) => unknown)({ param: p.handle(), grad: g.handle(), m: m.handle(), v: m.handle(), lr: 1, step: 1 }),
     /ERR_ARG: adamw: .*must not share memory/, 'm and v aliased');
-  t.throws(() => native().adamw({ param: p.handle(), grad: g.handle(), m: m.handle(), v: v.handle(), lr: 1, step: 0 }),
+  t.throws(() => (native().adamw as (o: unknown) => unknown)({ param: p.handle(), grad: g.handle(), m: m.handle(), v: v.handle(), lr: 1, step: 0 }),
     /ERR_ARG: adamw: step must be >= 1/);
-  t.throws(() => native().adamw({ param: p.handle(), grad: g.handle(), m: m.handle(), v: v.handle(), lr: 1, step: 1, lrr: 2 }),
+  t.throws(() => (native().adamw as (o: unknown) => unknown)({ param: p.handle(), grad: g.handle(), m: m.handle(), v: v.handle(), lr: 1, step: 1, lrr: 2 }),
     /unknown option 'lrr'/);
   for (const x of [p, g, g9, i, m, v]) x.dispose();
 });

@@ -7,7 +7,7 @@ import { attention, dist, ring, rope, tensor, Tensor, randn, synchronize } from 
 import type { RingLayout, RingOptions } from '../lib/ring';
 import { rejectsCode, throwsCode } from './helpers/assert';
 import { native } from '../lib/native';
-import { native as mapped } from '../lib/errors';
+import { callNative as mapped } from '../lib/errors';
 import { gpu } from './helpers/devices';
 import { mulberry32, randomNormal, testSeed } from './helpers/rng';
 import { attentionBackwardRef, attentionForwardRef } from './ref/attention';
@@ -264,7 +264,7 @@ t.test('errors', async (t) => {
   await rejectsCode(t, ring.forward(a, q, k, k, { algorithm: 'ring', timeoutMs: 50 }), 'ERR_TIMEOUT', 'missing peer times out');
   void b;
   // the native helpers decide validity themselves
-  const raw = native();
+  const raw = native() as unknown as Record<string | symbol, (a: unknown) => unknown>;
   const n = new Proxy(raw, { get: (o, k) => (arg: unknown) => mapped(() => (o as Record<string | symbol, (a: unknown) => unknown>)[k](arg)) });
   const f32 = (shape: number[]) => randn(shape), i32 = tensor(new Int32Array(8), { shape: [1, 2, 1, 4] });
   throwsCode(t, () => n.ringMerge({ outAcc: f32([1, 2, 1, 4]).handle(), lseAcc: f32([1, 1, 2]).handle(), out: i32.handle(),

@@ -2,8 +2,9 @@
 // Inputs are fresh random values (seed printed; replay with TEST_SEED), already representable in the
 // dtype so the reference sees exactly what the kernel sees.
 import t, { Test } from 'tap';
-import { rope, RopeOptions, ropeError } from '../lib/rope';
-import { Tensor, empty, tensor } from '../lib/tensor';
+import { rope, RopeApplyOptions } from '../lib/rope';
+import { RopeConfigError, callNative } from '../lib/errors';
+import { Tensor, empty, synchronize, tensor } from '../lib/tensor';
 import { native } from '../lib/native';
 import { Dtype } from '../lib/dtype';
 import * as ref from './ref/rope';
@@ -40,7 +41,7 @@ function makeX(shape: Shape4, dtype: FDtype, device: 'cpu' | 'cuda'): { x: Tenso
   return { x: tensor(v, { shape, dtype, device }), v };
 }
 
-function refOpts(o: RopeOptions, invFreq: Float64Array, inverse: boolean, positions?: Int32Array): ref.RefOptions {
+function refOpts(o: RopeApplyOptions, invFreq: Float64Array, inverse: boolean, positions?: Int32Array): ref.RefOptions {
   return {
     invFreq, rotaryDim: 2 * invFreq.length, style: o.style ?? 'neox', precision: o.precision ?? 'exact',
     attentionFactor: o.attentionFactor ?? 1, inverse, positionOffset: o.positionOffset, positions,
@@ -90,11 +91,11 @@ function compare(got: ArrayLike<number>, x: Float64Array, want: Float64Array, sh
 }
 
 async function checkAgainstRef(tt: Test, device: 'cpu' | 'cuda', dtype: FDtype, style: ref.RefStyle,
-  shape: Shape4, o: RopeOptions & { invFreq: Float64Array }, positions?: Int32Array, inverse = false): Promise<Cmp> {
+  shape: Shape4, o: RopeApplyOptions & { invFreq: Float64Array }, positions?: Int32Array, inverse = false): Promise<Cmp> {
   const { x, v } = makeX(shape, dtype, device);
   const pos = positions ? tensor(positions, { shape: [shape[0], shape[1]], dtype: 'i32', device }) : undefined;
   poisonCache(shape, dtype, device);
-  const opts: RopeOptions = { ...o, style, ...(pos ? { positions: pos } : {}) };
+  const opts: RopeApplyOptions = { ...o, style, ...(pos ? { positions: pos } : {}) };
   const y = inverse ? rope.backward(x, opts) : rope.apply(x, opts);
   const got = await y.toArray();
   const want = ref.ropeRef(v, shape, refOpts(opts, o.invFreq, inverse, positions));
@@ -180,7 +181,7 @@ for (const device of devices) {
   t.test(`${device}: in place, q/k in one call (GQA), base option`, device === 'cuda' ? gpu : {}, async (tt) => {
     for (const dtype of DTYPES) {
       const invFreq = invFreqFor(64);
-      const o: RopeOptions = { invFreq, positionOffset: irand(0, 2 ** 22), attentionFactor: 0.9 };
+      const o: RopeApplyOptions = { invFreq, positionOffset: irand(0, 2 ** 22), attentionFactor: 0.9 };
       const q = makeX([2, 10, 8, 64], dtype, device);
       const k = makeX([2, 10, 2, 64], dtype, device);
       const yq = rope.apply(q.x, o), yk = rope.apply(k.x, o);
@@ -239,7 +240,7 @@ for (const device of devices) {
       for (const style of STYLES) {
         for (const precision of ['exact', 'fp32', 'bf16'] as const) {
           const shape: Shape4 = [2, 8, 3, 32];
-          const o: RopeOptions = { invFreq: invFreqFor(24), style, precision, positionOffset: irand(0, 2 ** 22), attentionFactor: 1.1 };
+          const o: RopeApplyOptions = { invFreq: invFreqFor(24), style, precision, positionOffset: irand(0, 2 ** 22), attentionFactor: 1.1 };
           const a = makeX(shape, 'f32', device), b = makeX(shape, 'f32', device);
           const ya = await rope.apply(a.x, o).toArray();
           const gb = await rope.backward(b.x, o).toArray();
@@ -338,14 +339,14 @@ t.test('cuda: unsupported rotary size and device mismatches', gpu, async (tt) =>
 t.test('errors: typed, before any native call', async (tt) => {
   const x = tensor(randomValues(2 * 3 * 2 * 8, 'f32'), { shape: [2, 3, 2, 8] });
   const inv = ref.invFreqFromBase(1e4, 8);
-  const ok: RopeOptions = { invFreq: inv };
+  const ok: RopeApplyOptions = { invFreq: inv };
   const cases: [string, () => unknown, string][] = [
     ['x not a tensor', () => rope.apply([1, 2] as unknown as Tensor, ok), 'ERR_ARG'],
     ['x 3-D', () => rope.apply(tensor(new Float32Array(8), { shape: [1, 1, 8] }), ok), 'ERR_SHAPE'],
     ['x i32', () => rope.apply(tensor(new Int32Array(16), { shape: [1, 2, 1, 8] }), ok), 'ERR_DTYPE'],
-    ['options missing', () => rope.apply(x, undefined as unknown as RopeOptions), 'ERR_ARG'],
-    ['options not an object', () => rope.apply(x, 5 as unknown as RopeOptions), 'ERR_ARG'],
-    ['unknown option', () => rope.apply(x, { ...ok, postionOffset: 3 } as RopeOptions), 'ERR_ARG'],
+    ['options missing', () => rope.apply(x, undefined as unknown as RopeApplyOptions), 'ERR_ARG'],
+    ['options not an object', () => rope.apply(x, 5 as unknown as RopeApplyOptions), 'ERR_ARG'],
+    ['unknown option', () => rope.apply(x, { ...ok, postionOffset: 3 } as RopeApplyOptions), 'ERR_ARG'],
     ['neither invFreq nor base', () => rope.apply(x, {}), 'ERR_ROPE_CONFIG'],
     ['both invFreq and base', () => rope.apply(x, { invFreq: inv, base: 1e4 }), 'ERR_ROPE_CONFIG'],
     ['invFreq wrong type', () => rope.apply(x, { invFreq: 'abc' as unknown as Float64Array }), 'ERR_ROPE_CONFIG'],
@@ -387,28 +388,82 @@ t.test('errors: typed, before any native call', async (tt) => {
   // x is untouched by all of the above
   tt.ok((await x.toArray()).every((v) => Number.isFinite(v)), 'x still readable');
 
-  // The native side re-checks what TypeScript validated (called directly, bypassing lib/rope.ts).
-  const y = empty(x.shape, { dtype: 'f32' });
+  // The native side decides on its own (called directly with a baton, bypassing lib/rope.ts).
   const call = (over: Partial<Record<string, unknown>>): unknown => {
-    const a = { x: x.handle(), out: y.handle(), k: null, kOut: null, inv, pos: null, off: 0, style: 0, prec: 0, rd: 8, af: 1, inverse: false, ...over };
-    try {
-      return native().rope(a.x, a.out, a.k, a.kOut, a.inv, a.pos, a.off, a.style, a.prec, a.rd, a.af, a.inverse);
-    } catch (e) {
-      throw ropeError(e);
-    }
+    const a = { x: x.handle(), invFreq: inv, rotaryDim: 8, ...over };
+    for (const k of Object.keys(a)) if ((a as Record<string, unknown>)[k] === undefined) delete (a as Record<string, unknown>)[k];
+    return callNative(() => (native().rope as (o: unknown) => unknown)(a));
   };
-  throwsCode(tt, () => call({ rd: 6 }), 'ERR_ROPE_CONFIG', 'native: invFreq length vs rotaryDim');
-  throwsCode(tt, () => call({ rd: 7 }), 'ERR_ROPE_CONFIG', 'native: odd rotaryDim');
-  throwsCode(tt, () => call({ inv: [1, 2, 3, 4] }), 'ERR_ROPE_CONFIG', 'native: invFreq not a Float64Array');
-  throwsCode(tt, () => call({ inv: new Float64Array([1, Infinity, 1, 1]) }), 'ERR_ROPE_CONFIG', 'native: invFreq not finite');
-  throwsCode(tt, () => call({ style: 7 }), 'ERR_ROPE_CONFIG', 'native: style code');
-  throwsCode(tt, () => call({ prec: 9 }), 'ERR_ROPE_CONFIG', 'native: precision code');
-  throwsCode(tt, () => call({ af: NaN }), 'ERR_ROPE_CONFIG', 'native: attentionFactor');
-  throwsCode(tt, () => call({ off: -3 }), 'ERR_ARG', 'native: negative offset');
-  throwsCode(tt, () => call({ out: empty([2, 3, 2, 4], { dtype: 'f32' }).handle() }), 'ERR_SHAPE', 'native: out shape');
-  throwsCode(tt, () => call({ out: empty([2, 3, 2, 8], { dtype: 'bf16' }).handle() }), 'ERR_DTYPE', 'native: out dtype');
-  throwsCode(tt, () => call({ pos: tensor(new Int32Array(6), { shape: [3, 2] }).handle() }), 'ERR_SHAPE', 'native: positions shape');
+  throwsCode(tt, () => call({ rotaryDim: 6 }), 'ERR_ROPE_CONFIG', 'native: invFreq length vs rotaryDim');
+  throwsCode(tt, () => call({ rotaryDim: 7 }), 'ERR_ROPE_CONFIG', 'native: odd rotaryDim');
+  throwsCode(tt, () => call({ rotaryDim: '8' }), 'ERR_ROPE_CONFIG', 'native: rotaryDim not a number');
+  throwsCode(tt, () => call({ invFreq: 'abc' }), 'ERR_ROPE_CONFIG', 'native: invFreq not an array');
+  throwsCode(tt, () => call({ invFreq: [1, 2, '3', 4] }), 'ERR_ROPE_CONFIG', 'native: invFreq entry not a number');
+  throwsCode(tt, () => call({ invFreq: new Float64Array([1, Infinity, 1, 1]) }), 'ERR_ROPE_CONFIG', 'native: invFreq not finite');
+  throwsCode(tt, () => call({ invFreq: new Float64Array([1, 2 ** 21, 1, 1]) }), 'ERR_ROPE_CONFIG', 'native: invFreq above 2^20');
+  throwsCode(tt, () => call({ invFreq: undefined }), 'ERR_ROPE_CONFIG', 'native: invFreq missing with work to do');
+  throwsCode(tt, () => call({ style: 'gptj' }), 'ERR_ROPE_CONFIG', 'native: style name');
+  throwsCode(tt, () => call({ style: 1 }), 'ERR_ROPE_CONFIG', 'native: style as a number code');
+  throwsCode(tt, () => call({ precision: 'fp16' }), 'ERR_ROPE_CONFIG', 'native: precision name');
+  throwsCode(tt, () => call({ attentionFactor: NaN }), 'ERR_ROPE_CONFIG', 'native: attentionFactor');
+  throwsCode(tt, () => call({ positionOffset: -3 }), 'ERR_ARG', 'native: negative offset');
+  throwsCode(tt, () => call({ positionOffset: 1, positions: tensor(new Int32Array(6), { shape: [2, 3] }).handle() }), 'ERR_ARG', 'native: positions and positionOffset');
+  throwsCode(tt, () => call({ positions: tensor(new Int32Array(6), { shape: [3, 2] }).handle() }), 'ERR_SHAPE', 'native: positions shape');
+  throwsCode(tt, () => call({ k: empty([2, 3, 2, 8], { dtype: 'bf16' }).handle() }), 'ERR_DTYPE', 'native: k dtype');
+  throwsCode(tt, () => call({ k: empty([2, 4, 2, 8], { dtype: 'f32' }).handle() }), 'ERR_SHAPE', 'native: k seq');
+  throwsCode(tt, () => call({ k: x.handle(), inplace: true }), 'ERR_ARG', 'native: q and k alias in place');
   throwsCode(tt, () => call({ x: 5 }), 'ERR_ARG', 'native: x not a tensor');
+  throwsCode(tt, () => call({ invFreq: inv, colour: 'red' }), 'ERR_ARG', 'native: unknown key');
+  throwsCode(tt, () => call({ inplace: null }), 'ERR_ARG', 'native: null is not a default');
+  await synchronize('cpu');
+  tt.pass('nothing refused above was queued');
+});
+
+t.test('issue 13: one base rule, no overlapping q/k in place, cost follows the work', async (tt) => {
+  const x = tensor(randomValues(2 * 3 * 2 * 8, 'f32'), { shape: [2, 3, 2, 8] });
+  // base: the theta module's rule (finite, > 1), ERR_ROPE_CONFIG naming base
+  for (const base of [0.5, 1e-30, 1, -2, Infinity]) {
+    try {
+      rope.apply(x, { base });
+      tt.fail(`base ${base} accepted`);
+    } catch (e) {
+      tt.ok(e instanceof RopeConfigError && e.parameter === 'base', `base ${base} refused naming base (${(e as Error).message})`);
+    }
+  }
+  // the same bound holds for invFreq given directly (base 1e-20 would give entries up to 1e20)
+  throwsCode(tt, () => rope.apply(x, { invFreq: [1, 1e20, 1, 1] }), 'ERR_ROPE_CONFIG', 'invFreq above 2^20');
+
+  // q and k as overlapping views of one buffer: refused in place whatever the overlap; the data is untouched
+  const buf = tensor(randomValues(4 * 2 * 8, 'f32'), { shape: [4, 1, 2, 8] });
+  const before = await buf.toArray();
+  const q = buf.narrow(0, 0, 2).reshape([1, 2, 2, 8]);   // rows 0-1
+  const k = buf.narrow(0, 1, 2).reshape([1, 2, 2, 8]);   // rows 1-2: row 1 is shared
+  const opts = { base: 1e4, inplace: true };
+  throwsCode(tt, () => rope.applyQK(q, k, opts), 'ERR_ARG', 'partially overlapping q/k in place');
+  throwsCode(tt, () => rope.applyQK(k, q, opts), 'ERR_ARG', 'partially overlapping k/q in place');
+  throwsCode(tt, () => rope.backwardQK(q, k, opts), 'ERR_ARG', 'partially overlapping dq/dk in place');
+  const k2 = buf.narrow(0, 2, 2).reshape([1, 2, 2, 8]);  // rows 2-3: disjoint from q
+  const r = rope.applyQK(q, k2, opts);
+  tt.ok(r.q === q && r.k === k2, 'disjoint views of one buffer rotate in place');
+  const out = rope.applyQK(q, k, { base: 1e4 });  // out of place, overlapping inputs are only read
+  tt.ok(out.q !== q, 'out of place, overlapping inputs are fine');
+  tt.notSame(Array.from(await buf.toArray()).slice(16, 32), Array.from(before).slice(16, 32), 'the disjoint call did rotate (position 1)');
+  for (const t2 of [out.q, out.k, q, k, k2, buf]) t2.dispose();
+
+  // an empty tensor with a huge head dim: no frequency table, no scratch, no waiting
+  const e = empty([0, 1, 1, 2 ** 28], { dtype: 'bf16' });
+  const t0 = performance.now();
+  const y = rope.apply(e, { base: 1e4 });
+  const yi = rope.apply(e, { base: 1e4, inplace: true });
+  const yq = rope.applyQK(e, e, { base: 1e4 });
+  await synchronize('cpu');
+  const ms = performance.now() - t0;
+  tt.ok(ms < 500, `zero elements with headDim 2^28: ${ms.toFixed(1)} ms`);
+  tt.same(y.shape, e.shape, 'an empty output');
+  tt.equal(yi, e, 'in place: x itself');
+  throwsCode(tt, () => rope.apply(e, { base: 0.5 }), 'ERR_ROPE_CONFIG', 'options are still checked with no elements');
+  throwsCode(tt, () => rope.apply(e, { base: 1e4, rotaryDim: 3 }), 'ERR_ROPE_CONFIG', 'rotaryDim still checked with no elements');
+  for (const t2 of [y, yq.q, yq.k, e, x]) t2.dispose();
 });
 
 t.test('options from the theta module spread in (invFreq, attentionFactor, options)', async (tt) => {

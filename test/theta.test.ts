@@ -416,7 +416,7 @@ t.test('presets hold the MegaBeam paper values', async (t) => {
 });
 
 function capture() {
-  const io = { outText: '', errText: '', out: (s: string) => { io.outText += s; }, err: (s: string) => { io.errText += s; } };
+  const io = { outText: '', errText: '', out: (s: string) => { io.outText += s + '\n'; }, err: (s: string) => { io.errText += s + '\n'; } };
   return io;
 }
 
@@ -502,4 +502,108 @@ t.test('CLI: bad flags exit 2', async (t) => {
   const help = capture();
   t.equal(await thetaCli(['--help'], help), 0);
   t.match(help.outText, /usage: megabeam theta/);
+});
+
+// Issue 13: in-range arguments that used to scan for hours are refused (or stopped) quickly, with a code.
+t.test('bounded work: huge scans are refused fast with ERR_ROPE_CONFIG', async (t) => {
+  const quick = (fn: () => unknown, parameter: string, msg: string) => {
+    const t0 = Date.now();
+    throwsRope(t, fn, parameter, msg);
+    t.ok(Date.now() - t0 < 2000, `${msg}: refused in ${Date.now() - t0} ms`);
+  };
+  quick(() => theta.baseLowerBound(2 ** 24, { headDim: 65536 }), 'L', 'baseLowerBound(2^24, d=65536)');
+  quick(() => theta.baseLowerBound(4096, { headDim: 128, gridRatio: 1 + 1e-12, relTol: 1e-13 }), 'gridRatio', 'gridRatio 1+1e-12');
+  quick(() => theta.cosineSumScan(theta.defaultInvFreq(1e6, 65536), 2 ** 24), 'L', 'cosineSumScan 2^24 x 32768');
+  quick(() => theta.cosineSumEnvelope(theta.defaultInvFreq(1e6, 65536), 2 ** 24, 100), 'L', 'cosineSumEnvelope 2^24 x 32768');
+  // A total budget stops a search that would run long; the error names the option that raises it.
+  quick(() => theta.baseLowerBound(65536, { headDim: 128, maxWork: 1e6 }), 'maxWork', 'maxWork 1e6');
+  // relTol below float64 resolution terminates (bisection stops at adjacent doubles).
+  const b = theta.baseLowerBound(1024, { headDim: 16, relTol: 1e-300 });
+  t.ok(theta.meetsDecayCriterion(b, 1024, 16), `relTol 1e-300 finishes with a passing base ${b}`);
+  // The limits leave the real workloads alone: 1M context at d=128 is well inside.
+  t.ok(theta.MAX_SCAN_TERMS >= (2 ** 24 + 1) * 64, 'a 16M-token scan at d=128 is allowed');
+});
+
+t.test('messages name the real culprit; no Infinity attention factor', async (t) => {
+  throwsRope(t, () => theta.frequencies({ type: 'ntk', headDim: 128, base: 1e4, factor: 1e308 }), 'factor', 'ntk factor 1e308');
+  throwsRope(t, () => theta.frequencies({ type: 'dynamic', headDim: 128, base: 1e4, factor: 1e308, maxPositionEmbeddings: 4096, seqLen: 8192 }),
+    'factor', 'dynamic factor 1e308');
+  throwsRope(t, () => theta.frequencies({ type: 'linear', headDim: 128, base: 1e20, factor: 1e308 }), 'factor', 'linear factor 1e308 underflows invFreq to 0');
+  const lr = { type: 'longrope' as const, headDim: 8, base: 1e4, shortFactor: [1, 1, 1, 1], longFactor: [1, 2, 3, 4] };
+  throwsRope(t, () => theta.frequencies({ ...lr, originalMaxPositionEmbeddings: 1, maxPositionEmbeddings: 4096 }),
+    'originalMaxPositionEmbeddings', 'longrope L0 = 1');
+  throwsRope(t, () => theta.frequencies({ ...lr, originalMaxPositionEmbeddings: 1, factor: 4 }), 'originalMaxPositionEmbeddings', 'longrope L0 = 1, factor');
+  // With an explicit attention factor L0 = 1 is fine (nothing divides by ln 1).
+  const ok = theta.frequencies({ ...lr, originalMaxPositionEmbeddings: 1, maxPositionEmbeddings: 4096, attentionFactor: 1.2 });
+  t.equal(ok.attentionFactor, 1.2);
+  const two = theta.frequencies({ ...lr, originalMaxPositionEmbeddings: 2, maxPositionEmbeddings: 4096 });
+  t.ok(Math.abs(two.attentionFactor - Math.sqrt(1 + Math.log(2048) / Math.log(2))) < 1e-12, 'L0 = 2 follows the formula');
+});
+
+t.test('CLI: one row per line, capped bf16 bound, one exact-mode constant, plot labels', async (t) => {
+  const dir = t.testdir({});
+  const io = capture();
+  const svgPath = join(dir, 'p.svg');
+  t.equal(await thetaCli(['--context', '524288', '--head-dim', '128', '--base', '75e6', '--plot', svgPath], io), 0, io.errText);
+  const lines = io.outText.split('\n');
+  t.notOk(lines.slice(0, -1).some((l) => l.trim() === ''), 'no blank lines between rows');
+  t.match(io.outText, /angle error @ m=524287, bf16\s+≥ π: the angle is noise \(bound 5120 rad, capped/);
+  t.match(io.outText, `≤ ${theta.EXACT_MODE_ANGLE_ERROR} rad`);
+  const j = capture();
+  t.equal(await thetaCli(['--context', '512k', '--head-dim', '128', '--base', '75e6', '--json'], j), 0, j.errText);
+  const rep = JSON.parse(j.outText);
+  t.equal(rep.angleError.exactModeMax, theta.EXACT_MODE_ANGLE_ERROR, 'JSON and table quote the same constant');
+  t.equal(rep.angleError.bf16MaxCapped, Math.PI);
+  t.equal(rep.context, 524288, '512k = 524288');
+  const svg = readFileSync(svgPath, 'utf8');
+  t.match(svg, /base 7\.500e\+7, head dim 128, context 524288/, 'plot states base, head dim and context');
+  // 75e6 at 512K passes the criterion; a small base dips below zero and the dip is marked.
+  const bad = capture();
+  const svg2 = join(dir, 'bad.svg');
+  t.equal(await thetaCli(['--context', '32768', '--head-dim', '128', '--base', '1e4', '--plot', svg2], bad), 0, bad.errText);
+  const s2 = readFileSync(svg2, 'utf8');
+  t.match(s2, /class="marker-dip"/, 'the dip below zero is marked');
+  t.match(s2, /below 0, criterion fails/);
+  // The huge scan of issue 13 through the CLI: one coded line, fast.
+  const big = capture();
+  const t0 = Date.now();
+  t.equal(await thetaCli(['--context', '16777216', '--head-dim', '65536'], big), 2);
+  t.ok(Date.now() - t0 < 3000, 'refused quickly');
+  t.match(big.errText, /^megabeam theta: ERR_ROPE_CONFIG: /);
+  t.equal(big.errText.trim().split('\n').length, 1, 'one line');
+});
+
+t.test('every error from theta has a code (odd values at every parameter)', async (t) => {
+  const weird: unknown[] = [undefined, null, 0, -1, 1.5, NaN, Infinity, 1e308, 'x', Symbol('s'), 10n, {}, Object.create(null), [],
+    [1, 2], new Float64Array(3), () => 1, true, [Symbol('a')], [10n], { length: 1e12 }];
+  const fns: [string, (v: unknown) => unknown][] = [
+    ['frequencies', (v) => theta.frequencies(v as never)],
+    ['frequencies.factor', (v) => theta.frequencies({ type: 'yarn', headDim: 128, base: 1e4, factor: v, originalMaxPositionEmbeddings: 100 } as never)],
+    ['frequencies.headDim', (v) => theta.frequencies({ type: 'default', headDim: v, base: 1e4 } as never)],
+    ['frequencies.shortFactor', (v) => theta.frequencies({ type: 'longrope', headDim: 8, base: 1e4, shortFactor: v, longFactor: [1, 1, 1, 1], factor: 2, originalMaxPositionEmbeddings: 4 } as never)],
+    ['fromHFConfig', (v) => theta.fromHFConfig(v as never)],
+    ['fromHFConfig.rope_scaling', (v) => theta.fromHFConfig({ hidden_size: 64, num_attention_heads: 4, rope_theta: 1e4, max_position_embeddings: 100, rope_scaling: v } as never)],
+    ['baseLowerBound', (v) => theta.baseLowerBound(v as never, { headDim: 8 })],
+    ['baseLowerBound.options', (v) => theta.baseLowerBound(64, v as never)],
+    ['baseLowerBound.gridRatio', (v) => theta.baseLowerBound(64, { headDim: 8, gridRatio: v } as never)],
+    ['baseLowerBound.maxWork', (v) => theta.baseLowerBound(64, { headDim: 8, maxWork: v } as never)],
+    ['cosineSumScan', (v) => theta.cosineSumScan(v as never, 10)],
+    ['cosineSumEnvelope', (v) => theta.cosineSumEnvelope([0.1], 10, v as never)],
+    ['wavelength', (v) => theta.wavelength(v as never)],
+    ['criticalDim', (v) => theta.criticalDim(v as never)],
+    ['angleErrorBound.dtype', (v) => theta.angleErrorBound(5, [0.1], v as never)],
+    ['angleErrorBound.position', (v) => theta.angleErrorBound(v as never, [0.1], 'fp32')],
+    ['angleErrorBound.invFreq', (v) => theta.angleErrorBound(5, v as never, 'fp32')],
+    ['halfUlp', (v) => theta.halfUlp(v as never, theta.floatFormats.fp32)],
+    ['baseLowerBoundFit', (v) => theta.baseLowerBoundFit(v as never)],
+    ['defaultInvFreq', (v) => theta.defaultInvFreq(v as never, 8)],
+    ['yarnGetMscale', (v) => theta.yarnGetMscale(v as never)],
+  ];
+  const uncoded: string[] = [];
+  for (const [name, fn] of fns) for (const [i, v] of weird.entries()) {
+    try { fn(v); } catch (e) {
+      if (!(e instanceof MegabeamError)) uncoded.push(`${name} #${i}: ${(e as Error)?.name}: ${(e as Error)?.message}`);
+    }
+  }
+  t.same(uncoded, [], 'every thrown error is a MegabeamError with a code');
 });

@@ -197,7 +197,9 @@ t.test('CLI: megabeam train (resume) and plot', async (t) => {
   fs.writeFileSync(path.join(d, 'bad.json'), '{"hidden_size": 64,');
   await bad(['--config', path.join(d, 'bad.json'), '--data', tok, '--seq', '64', '--steps', '1', '--device', 'cpu'], /ERR_ARG: config\.json/, 'bad config JSON');
   fs.writeFileSync(path.join(d, 'moe.json'), JSON.stringify({ ...TINY, num_local_experts: 8 }));
-  await bad(['--config', path.join(d, 'moe.json'), '--data', tok, '--seq', '64', '--steps', '1', '--device', 'cpu'], /ERR_UNSUPPORTED: config\.num_local_experts/, 'unsupported config');
+  const u = io();
+  t.equal(await trainCli(['--config', path.join(d, 'moe.json'), '--data', tok, '--seq', '64', '--steps', '1', '--device', 'cpu'], u.io), 1, 'unsupported config: exit 1');
+  t.match(u.err[0], /^megabeam train: ERR_UNSUPPORTED: config\.num_local_experts/, 'unsupported config');
   await bad(['--config', cfg, '--data', tok, '--steps', '1'], /ERR_ARG: --seq is required/, 'missing --seq');
   await bad([...base, '--steps', '1', '--seq', '64'], /ERR_ARG: --seq given twice/, 'repeated flag');
   const p = io();

@@ -319,17 +319,20 @@ static uint64_t g_seed = 12345;
 // Backward under test: the library's (default) or, with --wgmma / selftest, the experimental wgmma one.
 static bool g_wgmma = false;
 static bool g_diag = false;  // print the worst elements of failing tensors (selftest)
+// The library's backward kernel choice: MEGABEAM_ATTN_BWD_CONFIG=mma|small (read here, by the harness;
+// the addon takes it as an explicit option instead), forced to mma with --wgmma / selftest.
+static AttnBwdKernel g_kernel = AttnBwdKernel::Auto;
 static size_t bwd_workspace(const AttnBwdParams& p) {
 #if defined(MB_ATTN_WGMMA)
   if (g_wgmma) return attention_bwd_wgmma_workspace_bytes(p);
 #endif
-  return attention_bwd_workspace_bytes(p);
+  return attention_bwd_workspace_bytes(p, g_kernel);
 }
 static void bwd_run(const AttnBwdParams& p, cudaStream_t s) {
 #if defined(MB_ATTN_WGMMA)
   if (g_wgmma) { attention_bwd_cuda_wgmma(p, s); return; }
 #endif
-  attention_bwd_cuda(p, s);
+  attention_bwd_cuda(p, s, g_kernel);
 }
 
 // Host-side listing of the largest errors of a strided 16-bit tensor against a dense fp32 reference.
@@ -643,7 +646,7 @@ static void bench(const std::vector<int>& lens) {
         p.dk_head_stride = p.dv_head_stride = D;
     p.batch = B; p.seqlen_q = S; p.seqlen_k = S; p.heads_q = HQ; p.heads_kv = HKV; p.head_dim = D;
     p.scale = 1.0f / sqrtf((float)D); p.causal = true; p.dtype = Dtype::BF16;
-    size_t ws = attention_bwd_workspace_bytes(p);
+    size_t ws = attention_bwd_workspace_bytes(p, g_kernel);
     CK(cudaMalloc(&p.workspace, ws));
     // Experimental wgmma backward: its own outputs and workspace, timed after the library's in each rep.
     AttnBwdParams p2 = p;
@@ -668,7 +671,7 @@ static void bench(const std::vector<int>& lens) {
       CK(cudaEventSynchronize(e1));
       float a = time_ms(e0, e1);
       CK(cudaEventRecord(e0));
-      attention_bwd_cuda(p, 0);
+      attention_bwd_cuda(p, 0, g_kernel);
       CK(cudaEventRecord(e1));
       CK(cudaEventSynchronize(e1));
       float bb = time_ms(e0, e1);
@@ -743,7 +746,11 @@ int main(int argc, char** argv) {
 #endif
   // With --wgmma the "library" columns are the mma.sync kernel and "wg" calls the wgmma one directly
   // (attention_bwd_cuda itself now dispatches to wgmma on sm_90 for head_dim 128).
-  if (g_wgmma || mode == "selftest") setenv("MEGABEAM_ATTN_BWD_CONFIG", "mma", 1);
+  if (const char* e = getenv("MEGABEAM_ATTN_BWD_CONFIG")) {
+    if (!strcmp(e, "mma")) g_kernel = AttnBwdKernel::Mma;
+    if (!strcmp(e, "small")) g_kernel = AttnBwdKernel::MmaSmall;
+  }
+  if ((g_wgmma || mode == "selftest") && g_kernel == AttnBwdKernel::Auto) g_kernel = AttnBwdKernel::Mma;
   if (mode == "selftest") {
     g_wgmma = true;
     g_diag = true;

@@ -24,7 +24,8 @@ if [ -n "$WGMMA" ]; then HFLAGS="-DMB_ATTN_WGMMA"; fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv 2>&1 | tee "$OUTDIR/gpu.txt"
 
 # Translation units compiled in parallel: the main build, plus one kernel build per flag in VARIANTS
-# (e.g. VARIANTS="-DMB_ATTN_NO_RED_V4") for A/B timing in the same call.
+# (e.g. VARIANTS="-DMY_FLAG") for A/B timing in the same call. The shipped kernels have no variant macros
+# (MB_ATTN_NO_* were removed): a variant is an edited copy of the .cu built here.
 t0=$(date +%s)
 pids=()
 VARIANTS=${VARIANTS:-}

@@ -1,19 +1,24 @@
-// Flash attention exports. lib/attention.ts validates everything first (and allocates the outputs);
-// the checks here keep the native side safe on its own, before anything is queued, because an
-// error thrown by a CPU task would only surface at the next sync point.
+// Flash attention exports: one named-options object each (csrc/binding/baton.h).
 //
-// attentionForward(q, k, v, out, lse, scale, causal, qOffset, kOffset)
-// attentionBackward(dout, q, k, v, out, lse, dq, dk, dv, scale, causal, qOffset, kOffset)
+// attentionForward({ q, k, v, scale, causal?, qOffset?, kOffset?, out?, lse? }) -> { out, lse }
+// attentionBackward({ dout, q, k, v, out, lse, scale, causal?, qOffset?, kOffset?, kernel?, dq?, dk?, dv? })
+//   -> { dq, dk, dv }
 //   q/out/dout/dq [b, sq, hq, d], k/v/dk/dv [b, sk, hkv, d] (contiguous), lse f32 [b, hq, sq].
-// attentionCudaCheck(dtype, batch, seqQ, seqK, headsQ, headsKv, headDim) -> '' when the CUDA kernels
-//   take this problem, else their reason (asks the kernels' own validation; no GPU needed).
+//   kernel (CUDA backward only): 'auto' (default) | 'mma' | 'mma-small' (AttnBwdKernel).
+//   Outputs are allocated here unless given (as with axpby's out; tests pass NaN-poisoned ones); given
+//   outputs must not share memory with any other argument. Validity is decided by attention_fwd_check / attention_bwd_check
+//   (csrc/ops/attention); this file reads the baton, checks that the tensors agree with the struct it
+//   builds (shapes, dtypes, device; fresh outputs cannot alias the inputs), and queues the launch.
+// attentionCudaCheck({ dtype, batch, seqQ, seqK, headsQ, headsKv, headDim }) -> '' when the CUDA
+//   kernels take this problem, else their reason (asks the kernels' own validation; no GPU needed).
+#include <cfloat>
 #include <climits>
 #include <cmath>
 #include <cstdint>
 #include <string>
 
 #include "../ops/attention/attention.h"
-#include "binding.h"
+#include "baton.h"
 
 namespace mb {
 namespace {
@@ -22,37 +27,41 @@ struct Dims {
   int64_t b, sq, sk, hq, hkv, d;
 };
 
-void check_4d_float(const TensorImpl* t, const char* name) {
+void check_4d(const Baton& b, const TensorImpl* t, const char* name) {
   if (t->shape.size() != 4)
-    throw Error("ERR_SHAPE", std::string("attention: ") + name + " must be 4-D [batch, seq, heads, headDim], got " +
-                                 std::to_string(t->shape.size()) + " dims");
-  if (t->dtype != Dtype::F32 && t->dtype != Dtype::F16 && t->dtype != Dtype::BF16)
-    throw Error("ERR_DTYPE", std::string("attention: ") + name + " must be f32, f16 or bf16, got " + dtype_name(t->dtype));
+    b.fail("ERR_SHAPE", std::string(name) + " must be 4-D [batch, seq, heads, headDim], got " +
+                            std::to_string(t->shape.size()) + " dims");
+  for (int64_t x : t->shape)
+    if (x > INT32_MAX) b.fail("ERR_SHAPE", std::string("a dimension of ") + name + " is above 2^31 - 1");
 }
 
-void check_dtype(const TensorImpl* t, Dtype want, const char* name) {
-  if (t->dtype != want)
-    throw Error("ERR_DTYPE", std::string("attention: ") + name + " is " + dtype_name(t->dtype) + ", expected " +
-                                 dtype_name(want));
+void check_like(const Baton& b, const TensorImpl* t, const std::vector<int64_t>& shape, Dtype dt, const char* name) {
+  if (t->shape != shape) {
+    std::string s;
+    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    std::string g;
+    for (size_t i = 0; i < t->shape.size(); ++i) g += (i ? ", " : "") + std::to_string(t->shape[i]);
+    b.fail("ERR_SHAPE", std::string(name) + " must have shape [" + s + "], got [" + g + "]");
+  }
+  if (t->dtype != dt)
+    b.fail("ERR_DTYPE", std::string(name) + " is " + dtype_name(t->dtype) + ", expected " + dtype_name(dt));
 }
 
-Dims dims_of(const TensorImpl* q, const TensorImpl* k, const TensorImpl* v) {
-  check_4d_float(q, "q");
-  check_4d_float(k, "k");
-  check_4d_float(v, "v");
-  check_dtype(k, q->dtype, "k");
-  check_dtype(v, q->dtype, "v");
-  check_shape(v, k->shape, "v");
-  Dims d{q->shape[0], q->shape[1], k->shape[1], q->shape[2], k->shape[2], q->shape[3]};
-  if (k->shape[0] != d.b) throw Error("ERR_SHAPE", "attention: q and k have different batch sizes");
-  if (k->shape[3] != d.d) throw Error("ERR_SHAPE", "attention: q and k have different head dims");
-  if (d.d < 1 || d.hq < 1 || d.hkv < 1) throw Error("ERR_SHAPE", "attention: heads and headDim must be >= 1");
-  if (d.hq % d.hkv != 0)
-    throw Error("ERR_SHAPE", "attention: q heads (" + std::to_string(d.hq) + ") must be a multiple of kv heads (" +
-                                 std::to_string(d.hkv) + ")");
-  for (int64_t x : {d.b, d.sq, d.sk, d.hq, d.hkv, d.d})
-    if (x > INT32_MAX) throw Error("ERR_SHAPE", "attention: dimension too large");
-  return d;
+// q, k, v: 4-D, k and v alike, same batch and head dim, q's dtype. Head counts, dtype family and
+// everything else are the check's.
+Dims dims_of(const Baton& b, const TensorImpl* q, const TensorImpl* k, const TensorImpl* v) {
+  check_4d(b, q, "q");
+  check_4d(b, k, "k");
+  check_4d(b, v, "v");
+  if (k->shape[0] != q->shape[0])
+    b.fail("ERR_SHAPE", "q and k have different batch sizes (" + std::to_string(q->shape[0]) + " and " +
+                            std::to_string(k->shape[0]) + ")");
+  if (k->shape[3] != q->shape[3])
+    b.fail("ERR_SHAPE", "q and k have different head dims (" + std::to_string(q->shape[3]) + " and " +
+                            std::to_string(k->shape[3]) + ")");
+  check_like(b, k, k->shape, q->dtype, "k");
+  check_like(b, v, k->shape, q->dtype, "v (like k)");
+  return {q->shape[0], q->shape[1], k->shape[1], q->shape[2], k->shape[2], q->shape[3]};
 }
 
 struct Scalars {
@@ -61,37 +70,24 @@ struct Scalars {
   int64_t q_offset, k_offset;
 };
 
-Scalars scalars_at(const Napi::CallbackInfo& info, size_t i) {
+Scalars read_scalars(Baton& b) {
   Scalars s;
-  const double scale = number_arg(info[i], "scale");
-  if (!std::isfinite(scale) || !(scale > 0) || !std::isfinite((float)scale) || (float)scale <= 0.f)
-    throw Error("ERR_ARG", "attention: scale must be a finite number > 0");
-  s.scale = (float)scale;
-  s.causal = bool_arg(info[i + 1], "causal");
-  s.q_offset = int_arg(info[i + 2], "qOffset");
-  s.k_offset = int_arg(info[i + 3], "kOffset");
+  const double scale = b.number("scale");
+  // The kernels take the scale as f32; beyond f32's range it becomes NaN, which the check refuses
+  // like 0, negative and non-finite scales (converting an out-of-range double is undefined).
+  s.scale = std::fabs(scale) <= FLT_MAX ? (float)scale : NAN;
+  s.causal = b.flag("causal", false);
+  s.q_offset = b.integer("qOffset", 0);
+  s.k_offset = b.integer("kOffset", 0);
   return s;
 }
 
 // Outputs must not share bytes with any other argument (the same tensor passed twice included):
 // the kernels read inputs while writing outputs. args: every tensor argument, outputs last.
-void check_no_overlap(const std::vector<const TensorImpl*>& args, size_t n_outputs) {
-  for (size_t i = args.size() - n_outputs; i < args.size(); ++i) {
-    const char* ob = static_cast<const char*>(args[i]->data());
-    if (!ob || args[i]->nbytes() == 0) continue;
-    for (size_t j = 0; j < args.size(); ++j) {
-      if (j == i) continue;
-      const char* tb = static_cast<const char*>(args[j]->data());
-      if (!tb || args[j]->nbytes() == 0) continue;
-      if (ob < tb + args[j]->nbytes() && tb < ob + args[i]->nbytes())
-        throw Error("ERR_ARG", "attention: an output shares memory with another argument");
-    }
-  }
-}
-
-void check_device_dtype(int device, Dtype dt) {
-  if (device != kCpu && dt != Dtype::F16 && dt != Dtype::BF16)
-    throw Error("ERR_UNSUPPORTED", std::string("attention: CUDA supports f16 and bf16, got ") + dtype_name(dt));
+void check_no_overlap(const Baton& b, const std::vector<const TensorImpl*>& args, size_t n_outputs) {
+  for (size_t i = args.size() - n_outputs; i < args.size(); ++i)
+    for (size_t j = 0; j < args.size(); ++j)
+      if (j != i && overlaps(args[i], args[j])) b.fail("ERR_ARG", "an output shares memory with another argument");
 }
 
 void fill_fwd(AttnFwdParams& p, const Dims& d, const TensorImpl* q, const TensorImpl* k, const TensorImpl* v,
@@ -120,25 +116,53 @@ void fill_fwd(AttnFwdParams& p, const Dims& d, const TensorImpl* q, const Tensor
   p.dtype = q->dtype;
 }
 
+// The outputs: given ones (checked against the expected shape and dtype) or new handles, which are
+// disposed again if the call is refused.
+struct Outputs {
+  Baton& b;
+  std::vector<Napi::Value> handles;
+  std::vector<TensorImpl*> impls, created;
+  bool keep = false;
+  TensorImpl* get(const char* key, const std::vector<int64_t>& shape, Dtype dt, int dev, const char* what) {
+    TensorImpl* t = b.tensor_or_null(key);
+    if (t) {
+      check_like(b, t, shape, dt, what);
+      handles.push_back(b.raw(key));
+    } else {
+      handles.push_back(TensorImpl::Create(b.env(), shape, dt, dev));
+      t = TensorImpl::Unwrap(handles.back().As<Napi::Object>());
+      created.push_back(t);
+    }
+    impls.push_back(t);
+    return t;
+  }
+  ~Outputs() {
+    if (!keep)
+      for (TensorImpl* t : created) t->dispose(b.env());
+  }
+};
+
 Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
-  TensorImpl* q = tensor_arg(info[0], "q");
-  TensorImpl* k = tensor_arg(info[1], "k");
-  TensorImpl* v = tensor_arg(info[2], "v");
-  TensorImpl* out = tensor_arg(info[3], "out");
-  TensorImpl* lse = tensor_arg(info[4], "lse");
-  const Dims d = dims_of(q, k, v);
-  check_shape(out, q->shape, "out");
-  check_dtype(out, q->dtype, "out");
-  check_shape(lse, {d.b, d.hq, d.sq}, "lse");
-  check_dtype(lse, Dtype::F32, "lse");
+  Baton b(info, "attention");
+  TensorImpl* q = b.tensor("q");
+  TensorImpl* k = b.tensor("k");
+  TensorImpl* v = b.tensor("v");
+  const Scalars s = read_scalars(b);
+  const bool given = b.has("out") || b.has("lse");
+  const Dims d = dims_of(b, q, k, v);
+  const int dev = q->device;
+  Outputs o{b};
+  TensorImpl* out = o.get("out", q->shape, q->dtype, dev, "out (like q)");
+  TensorImpl* lse = o.get("lse", {d.b, d.hq, d.sq}, Dtype::F32, dev, "lse ([batch, headsQ, seqQ], f32)");
+  b.finish();
   check_same_device({q, k, v, out, lse}, "attention");
-  check_device_dtype(q->device, q->dtype);
-  const Scalars s = scalars_at(info, 5);
-  check_no_overlap({q, k, v, out, lse}, 2);
+  if (given) check_no_overlap(b, {q, k, v, out, lse}, 2);
 
   AttnFwdParams p{};
   fill_fwd(p, d, q, k, v, out, lse, s);
-  run_on_device(q->device, {q->storage, k->storage, v->storage, out->storage, lse->storage}, [p](void* stream) {
+  attention_fwd_check(p, dev != kCpu);  // the one validity check, before anything is queued
+
+  run_on_device(dev, {q->storage, k->storage, v->storage}, {out->storage, lse->storage}, [p](void* stream) {
 #if defined(MEGABEAM_CUDA)
     if (stream) {
       attention_fwd_cuda(p, (cudaStream_t)stream);
@@ -148,35 +172,34 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
     (void)stream;
     attention_fwd_cpu(p);
   });
-  return info.Env().Undefined();
+  o.keep = true;
+  return result(info.Env(), {{"out", o.handles[0]}, {"lse", o.handles[1]}});
 }
 MB_EXPORT("attentionForward", AttentionForward);
 
 Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
-  TensorImpl* dout = tensor_arg(info[0], "dout");
-  TensorImpl* q = tensor_arg(info[1], "q");
-  TensorImpl* k = tensor_arg(info[2], "k");
-  TensorImpl* v = tensor_arg(info[3], "v");
-  TensorImpl* out = tensor_arg(info[4], "out");
-  TensorImpl* lse = tensor_arg(info[5], "lse");
-  TensorImpl* dq = tensor_arg(info[6], "dq");
-  TensorImpl* dk = tensor_arg(info[7], "dk");
-  TensorImpl* dv = tensor_arg(info[8], "dv");
-  const Dims d = dims_of(q, k, v);
-  for (auto [t, name] : {std::pair<TensorImpl*, const char*>{dout, "dout"}, {out, "out"}, {dq, "dq"}}) {
-    check_shape(t, q->shape, name);
-    check_dtype(t, q->dtype, name);
-  }
-  for (auto [t, name] : {std::pair<TensorImpl*, const char*>{dk, "dk"}, {dv, "dv"}}) {
-    check_shape(t, k->shape, name);
-    check_dtype(t, q->dtype, name);
-  }
-  check_shape(lse, {d.b, d.hq, d.sq}, "lse");
-  check_dtype(lse, Dtype::F32, "lse");
+  Baton b(info, "attention");
+  TensorImpl* dout = b.tensor("dout");
+  TensorImpl* q = b.tensor("q");
+  TensorImpl* k = b.tensor("k");
+  TensorImpl* v = b.tensor("v");
+  TensorImpl* out = b.tensor("out");
+  TensorImpl* lse = b.tensor("lse");
+  const Scalars s = read_scalars(b);
+  const AttnBwdKernel kernel = (AttnBwdKernel)b.choice("kernel", {"auto", "mma", "mma-small"}, 0);
+  const bool given = b.has("dq") || b.has("dk") || b.has("dv");
+  const Dims d = dims_of(b, q, k, v);
+  check_like(b, dout, q->shape, q->dtype, "dout (like q)");
+  check_like(b, out, q->shape, q->dtype, "out (like q)");
+  check_like(b, lse, {d.b, d.hq, d.sq}, Dtype::F32, "lse ([batch, headsQ, seqQ], f32)");
+  const int dev = q->device;
+  Outputs o{b};
+  TensorImpl* dq = o.get("dq", q->shape, q->dtype, dev, "dq (like q)");
+  TensorImpl* dk = o.get("dk", k->shape, q->dtype, dev, "dk (like k)");
+  TensorImpl* dv = o.get("dv", v->shape, q->dtype, dev, "dv (like v)");
+  b.finish();
   check_same_device({dout, q, k, v, out, lse, dq, dk, dv}, "attention");
-  check_device_dtype(q->device, q->dtype);
-  const Scalars s = scalars_at(info, 9);
-  check_no_overlap({dout, q, k, v, out, lse, dq, dk, dv}, 3);
+  if (given) check_no_overlap(b, {dout, q, k, v, out, lse, dq, dk, dv}, 3);
 
   AttnBwdParams p{};
   fill_fwd(p, d, q, k, v, out, lse, s);
@@ -190,49 +213,53 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   p.dk_head_stride = p.dv_head_stride = d.d;
   p.dk_row_stride = p.dv_row_stride = d.hkv * d.d;
   p.dk_batch_stride = p.dv_batch_stride = d.sk * d.hkv * d.d;
-  p.workspace = nullptr;  // the CPU allocates its own scratch
-  const int dev = q->device;
-  run_on_device(dev,
-                {dout->storage, q->storage, k->storage, v->storage, out->storage, lse->storage, dq->storage,
-                 dk->storage, dv->storage},
-                [p, dev](void* stream) mutable {
+  p.workspace = nullptr;  // the CPU allocates its own scratch; CUDA's is allocated with the launch
+  attention_bwd_check(p, dev != kCpu, kernel);  // the one validity check, before anything is queued
+
+  run_on_device(dev, {dout->storage, q->storage, k->storage, v->storage, out->storage, lse->storage},
+                {dq->storage, dk->storage, dv->storage},
+                [p, dev, kernel](void* stream) mutable {
 #if defined(MEGABEAM_CUDA)
                   if (stream) {
                     // Dropped right after the launch: the block goes back to the cache and later
                     // work on this stream is ordered after the kernels that use it.
-                    const size_t bytes = attention_bwd_workspace_bytes(p);
+                    const size_t bytes = attention_bwd_workspace_bytes(p, kernel);
                     StoragePtr ws = bytes ? alloc_storage(dev, bytes) : nullptr;
                     p.workspace = ws ? ws->ptr : nullptr;
-                    attention_bwd_cuda(p, (cudaStream_t)stream);
+                    attention_bwd_cuda(p, (cudaStream_t)stream, kernel);
                     return;
                   }
 #endif
                   (void)stream;
                   (void)dev;
+                  (void)kernel;
                   attention_bwd_cpu(p);
                 });
-  return info.Env().Undefined();
+  o.keep = true;
+  return result(info.Env(), {{"dq", o.handles[0]}, {"dk", o.handles[1]}, {"dv", o.handles[2]}});
 }
 MB_EXPORT("attentionBackward", AttentionBackward);
 
 Napi::Value AttentionCudaCheck(const Napi::CallbackInfo& info) {
-  const Dtype dt = dtype_arg(info[0], "dtype");
-  const int64_t b = int_arg(info[1], "batch"), sq = int_arg(info[2], "seqQ"), sk = int_arg(info[3], "seqK");
-  const int64_t hq = int_arg(info[4], "headsQ"), hkv = int_arg(info[5], "headsKv"), hd = int_arg(info[6], "headDim");
-  for (int64_t x : {b, sq, sk, hq, hkv, hd})
-    if (x < 0 || x > INT32_MAX) throw Error("ERR_ARG", "attentionCudaCheck: dimensions must be in [0, 2^31)");
+  Baton b(info, "attentionCudaCheck");
+  const Dtype dt = b.dtype("dtype");
+  const int64_t dims[6] = {b.integer("batch"), b.integer("seqQ"), b.integer("seqK"),
+                           b.integer("headsQ"), b.integer("headsKv"), b.integer("headDim")};
+  b.finish();
+  for (int64_t x : dims)
+    if (x < 0 || x > INT32_MAX) b.fail("ERR_ARG", "dimensions must be in [0, 2^31)");
 #if defined(MEGABEAM_CUDA)
   AttnBwdParams p{};
-  p.batch = (int)b;
-  p.seqlen_q = (int)sq;
-  p.seqlen_k = (int)sk;
-  p.heads_q = (int)hq;
-  p.heads_kv = (int)hkv;
-  p.head_dim = (int)hd;
+  p.batch = (int)dims[0];
+  p.seqlen_q = (int)dims[1];
+  p.seqlen_k = (int)dims[2];
+  p.heads_q = (int)dims[3];
+  p.heads_kv = (int)dims[4];
+  p.head_dim = (int)dims[5];
   p.scale = 1.f;
   p.dtype = dt;
   try {
-    attention_bwd_workspace_bytes(p);  // runs the launchers' shared configuration check only
+    attention_bwd_workspace_bytes(p);  // the launchers' shared configuration check only
   } catch (const Error& e) {
     return Napi::String::New(info.Env(), e.what());
   }

@@ -18,10 +18,7 @@ Napi::Value Baton::get(const char* key) {
   return obj_.Get(key);
 }
 
-bool Baton::has(const char* key) {
-  Napi::Value v = obj_.Get(key);
-  return !v.IsUndefined() && !v.IsNull();
-}
+bool Baton::has(const char* key) { return !obj_.Get(key).IsUndefined(); }
 
 Napi::Value Baton::raw(const char* key) { return get(key); }
 
@@ -50,7 +47,7 @@ int64_t Baton::integer(const char* key, int64_t def) { return has(key) ? integer
 
 bool Baton::flag(const char* key, bool def) {
   Napi::Value v = get(key);
-  if (v.IsUndefined() || v.IsNull()) return def;
+  if (v.IsUndefined()) return def;
   if (!v.IsBoolean()) fail("ERR_ARG", std::string(key) + " must be a boolean");
   return v.As<Napi::Boolean>().Value();
 }

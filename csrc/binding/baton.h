@@ -31,7 +31,9 @@ class Baton {
 
   const std::string& op() const { return op_; }
   Napi::Env env() const { return obj_.Env(); }
-  bool has(const char* key);  // present and neither undefined nor null (does not mark it read)
+  // Present: anything but undefined (does not mark it read). Only undefined takes a getter's default:
+  // null is a value, and a wrong one for every getter except tensor_or_null.
+  bool has(const char* key);
 
   TensorImpl* tensor(const char* key);             // required live tensor (ERR_ARG / ERR_DISPOSED)
   TensorImpl* tensor_or_null(const char* key);     // undefined / null -> nullptr

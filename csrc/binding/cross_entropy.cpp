@@ -79,9 +79,10 @@ Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
   }
   p.losses = static_cast<float*>(li->data());
   p.dlogits = di ? di->data() : nullptr;
-  std::vector<StoragePtr> keep;
-  keep_all(keep, {x, labels, li, di, count, bad});
-  run_on_device(x->device, std::move(keep), [p](void* s) {
+  std::vector<StoragePtr> ins, outs;
+  keep_all(ins, {x, labels});
+  keep_all(outs, {li, di, count, bad});
+  run_on_device(x->device, std::move(ins), std::move(outs), [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { cross_entropy_cuda(p, (cudaStream_t)s); return; }
 #endif
@@ -108,8 +109,7 @@ Napi::Value LossCount(const Napi::CallbackInfo& info) {
   p.ignore_index = ignore;
   p.n = labels->numel();
   p.count_out = static_cast<int32_t*>(out->data());
-  std::vector<StoragePtr> keep{labels->storage, out->storage};
-  run_on_device(out->device, std::move(keep), [p](void* s) {
+  run_on_device(out->device, {labels->storage}, {out->storage}, [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { loss_count_cuda(p, (cudaStream_t)s); return; }
 #endif
@@ -143,9 +143,9 @@ Napi::Value LossMean(const Napi::CallbackInfo& info) {
   p.count = count ? static_cast<const int32_t*>(count->data()) : nullptr;
   p.divisor = divisor;
   p.mean_out = static_cast<float*>(out->data());
-  std::vector<StoragePtr> keep;
-  keep_all(keep, {losses, out, count});
-  run_on_device(out->device, std::move(keep), [p](void* s) {
+  std::vector<StoragePtr> ins;
+  keep_all(ins, {losses, count});
+  run_on_device(out->device, std::move(ins), {out->storage}, [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { loss_mean_cuda(p, (cudaStream_t)s); return; }
 #endif

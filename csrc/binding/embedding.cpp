@@ -41,9 +41,10 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
   Napi::Object out = TensorImpl::Create(info.Env(), oshape, odt, w->device);
   TensorImpl* o = TensorImpl::Unwrap(out);
   p.out = o->data();
-  std::vector<StoragePtr> keep;
-  keep_all(keep, {ids, w, bad, o});
-  run_on_device(w->device, std::move(keep), [p](void* s) {
+  std::vector<StoragePtr> ins, outs;
+  keep_all(ins, {ids, w});
+  keep_all(outs, {bad, o});
+  run_on_device(w->device, std::move(ins), std::move(outs), [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { embedding_cuda(p, (cudaStream_t)s); return; }
 #endif
@@ -76,9 +77,10 @@ Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
   p.dy = dy->data(); p.dy_dtype = dy->dtype; p.dweight = static_cast<float*>(dw->data());
   p.bad = bad ? static_cast<int32_t*>(bad->data()) : nullptr;
   embedding_check(p, true);
-  std::vector<StoragePtr> keep;
-  keep_all(keep, {dy, ids, dw, bad});
-  run_on_device(dw->device, std::move(keep), [p](void* s) {
+  std::vector<StoragePtr> ins, outs;
+  keep_all(ins, {dy, ids});
+  keep_all(outs, {dw, bad});
+  run_on_device(dw->device, std::move(ins), std::move(outs), [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { embedding_bwd_cuda(p, (cudaStream_t)s); return; }
 #endif

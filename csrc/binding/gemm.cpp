@@ -79,7 +79,7 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   Napi::Value result = out ? bt.raw("out") : TensorImpl::Create(info.Env(), oshape, p.out_dtype, a->device);
   TensorImpl* o = out ? out : TensorImpl::Unwrap(result.As<Napi::Object>());
   p.out = o->data();
-  run_on_device(a->device, {a->storage, b->storage, o->storage}, [p](void* s) {
+  run_on_device(a->device, {a->storage, b->storage}, {o->storage}, [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { gemm_cuda(p, (cudaStream_t)s); return; }
 #endif

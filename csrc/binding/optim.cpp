@@ -59,9 +59,10 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
   p.sumsq = sumsq ? static_cast<const float*>(sumsq->data()) : nullptr;
   p.n = param->numel();
   adamw_check(p);
-  std::vector<StoragePtr> keep;
-  for (auto* t : all) keep.push_back(t->storage);
-  run_on_device(param->device, std::move(keep), [p](void* s) {
+  std::vector<StoragePtr> in{grad->storage}, out{param->storage, m->storage, v->storage};
+  if (sumsq) in.push_back(sumsq->storage);
+  if (master) out.push_back(master->storage);
+  run_on_device(param->device, std::move(in), std::move(out), [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { adamw_cuda(p, (cudaStream_t)s); return; }
 #endif
@@ -82,7 +83,7 @@ Napi::Value Sumsq(const Napi::CallbackInfo& info) {
   check_same_device({x, out}, "sumsq");
   SumsqParams p{x->data(), x->dtype, x->numel(), static_cast<float*>(out->data())};
   sumsq_check(p);
-  run_on_device(x->device, {x->storage, out->storage}, [p](void* s) {
+  run_on_device(x->device, {x->storage}, {out->storage}, [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { sumsq_cuda(p, (cudaStream_t)s); return; }
 #endif

@@ -34,7 +34,7 @@ Napi::Value RingMerge(const Napi::CallbackInfo& info) {
   p.out_dtype = ob->dtype;
   p.lse_blk = static_cast<const float*>(lb->data());
   ring_merge_check(p);
-  run_on_device(oa->device, {oa->storage, la->storage, ob->storage, lb->storage}, [p](void* s) {
+  run_on_device(oa->device, {ob->storage, lb->storage}, {oa->storage, la->storage}, [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { ring_merge_cuda(p, (cudaStream_t)s); return; }
 #endif
@@ -65,7 +65,7 @@ Napi::Value RowCopy(const Napi::CallbackInfo& info) {
   if (p.outer * p.dst_rows * p.inner != dst->numel()) b.fail("ERR_SHAPE", "outer·dstRows·inner must be dst's element count");
   check_same_device({src, dst}, "rowCopy");
   if (overlaps(src, dst)) b.fail("ERR_ARG", "src and dst overlap");
-  run_on_device(dst->device, {src->storage, dst->storage}, [p](void* s) {
+  run_on_device(dst->device, {src->storage}, {dst->storage}, [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { row_copy_cuda(p, (cudaStream_t)s); return; }
 #endif
@@ -92,7 +92,7 @@ Napi::Value Maximum(const Napi::CallbackInfo& info) {
   p.out = out->data(); p.out_dtype = out->dtype;
   p.n = a->numel();
   maximum_check(p);
-  run_on_device(a->device, {a->storage, y->storage, out->storage}, [p](void* s) {
+  run_on_device(a->device, {a->storage, y->storage}, {out->storage}, [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { maximum_cuda(p, (cudaStream_t)s); return; }
 #endif

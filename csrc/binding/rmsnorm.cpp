@@ -48,9 +48,10 @@ Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
     h = ho;
   }
   p.y = yi->data(); p.rstd = static_cast<float*>(ri->data()); p.h = hi ? hi->data() : nullptr;
-  std::vector<StoragePtr> keep;
-  keep_all(keep, {x, w, res, yi, ri, hi});
-  run_on_device(x->device, std::move(keep), [p](void* s) {
+  std::vector<StoragePtr> ins, outs;
+  keep_all(ins, {x, w, res});
+  keep_all(outs, {yi, ri, hi});
+  run_on_device(x->device, std::move(ins), std::move(outs), [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { rmsnorm_cuda(p, (cudaStream_t)s); return; }
 #endif
@@ -104,14 +105,15 @@ Napi::Value RmsNormBackward(const Napi::CallbackInfo& info) {
   Napi::Value dxv = dx ? b.raw("dx") : TensorImpl::Create(env, x->shape, x->dtype, x->device);
   TensorImpl* dxi = dx ? dx : TensorImpl::Unwrap(dxv.As<Napi::Object>());
   p.dx = dxi->data();
-  std::vector<StoragePtr> keep;
-  keep_all(keep, {dy, x, w, rstd, dw, dxi});
+  std::vector<StoragePtr> ins, outs;
+  keep_all(ins, {dy, x, w, rstd});
+  keep_all(outs, {dw, dxi});
   StoragePtr ws;
   if (x->device != kCpu && p.rows > 0) {
     ws = alloc_storage(x->device, (size_t)(rmsnorm_bwd_blocks(p.rows, true) * H) * sizeof(float));
     p.partial = static_cast<float*>(ws->ptr);
   }
-  run_on_device(x->device, std::move(keep), [p, ws](void* s) {
+  run_on_device(x->device, std::move(ins), std::move(outs), [p, ws](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { rmsnorm_bwd_cuda(p, (cudaStream_t)s); return; }
 #endif

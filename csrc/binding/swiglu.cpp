@@ -31,9 +31,10 @@ Napi::Value Swiglu(const Napi::CallbackInfo& info) {
   Napi::Value yv = out ? b.raw("out") : TensorImpl::Create(info.Env(), g->shape, g->dtype, g->device);
   TensorImpl* y = out ? out : TensorImpl::Unwrap(yv.As<Napi::Object>());
   p.y = y->data();
-  std::vector<StoragePtr> keep;
-  keep_all(keep, {g, u, y});
-  run_on_device(g->device, std::move(keep), [p](void* s) {
+  std::vector<StoragePtr> ins, outs;
+  keep_all(ins, {g, u});
+  keep_all(outs, {y});
+  run_on_device(g->device, std::move(ins), std::move(outs), [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { swiglu_cuda(p, (cudaStream_t)s); return; }
 #endif
@@ -76,9 +77,10 @@ Napi::Value SwigluBackward(const Napi::CallbackInfo& info) {
   TensorImpl* dgi = dg ? dg : TensorImpl::Unwrap(dgv.As<Napi::Object>());
   TensorImpl* dui = du ? du : TensorImpl::Unwrap(duv.As<Napi::Object>());
   p.dgate = dgi->data(); p.dup = dui->data();
-  std::vector<StoragePtr> keep;
-  keep_all(keep, {dy, g, u, dgi, dui});
-  run_on_device(g->device, std::move(keep), [p](void* s) {
+  std::vector<StoragePtr> ins, outs;
+  keep_all(ins, {dy, g, u});
+  keep_all(outs, {dgi, dui});
+  run_on_device(g->device, std::move(ins), std::move(outs), [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { swiglu_bwd_cuda(p, (cudaStream_t)s); return; }
 #endif

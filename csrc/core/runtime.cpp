@@ -411,7 +411,20 @@ const CudaInfo& cuda_info() {
     cudaError_t e = cudaGetDeviceCount(&i.count);
     if (e != cudaSuccess) {
       i.count = 0;
-      i.reason = std::string("CUDA is not usable: ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+      // cudaErrorInsufficientDriver also means "no driver at all" (the static runtime finds no libcuda and
+      // reports driver version 0): say which, so a machine without a GPU does not read as "driver too old".
+      int drv = 0, rt = 0;
+      if (cudaDriverGetVersion(&drv) != cudaSuccess) drv = 0;
+      if (cudaRuntimeGetVersion(&rt) != cudaSuccess) rt = 0;
+      if (e == cudaErrorInsufficientDriver && drv == 0) {
+        i.reason = "no NVIDIA driver installed (libcuda.so.1 not found): CUDA is not usable";
+      } else if (e == cudaErrorInsufficientDriver) {
+        i.reason = "the NVIDIA driver supports CUDA " + std::to_string(drv / 1000) + "." + std::to_string(drv % 1000 / 10) +
+                   ", older than this addon's CUDA runtime " + std::to_string(rt / 1000) + "." + std::to_string(rt % 1000 / 10) +
+                   ": update the driver";
+      } else {
+        i.reason = std::string("CUDA is not usable: ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+      }
       cudaGetLastError();
     } else if (i.count == 0) {
       i.reason = "no CUDA device found";

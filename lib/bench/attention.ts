@@ -7,7 +7,10 @@ import { attention } from '../attention';
 import { cuda } from '../device';
 import { Dtype } from '../dtype';
 import { Tensor, memory, randn, resetPeakMemory, synchronize } from '../tensor';
-import { GiB, IO, intList, median, parseArgs, table, timed, withProgress } from './util';
+import type { Command } from '../cli';
+import { CliIO, FlagValues } from '../cli/args';
+import { DEVICE_FLAG, HEADS_FLAG, HEAD_DIM_FLAG, JSON_FLAG, KV_HEADS_FLAG, OUT_FLAG, REPS_FLAG, checkHeads, checkOutputPath, resolveDevice } from '../cli/common';
+import { GiB, median, table, timed, withProgress } from './util';
 
 export interface AttentionBenchRow {
   device: string; seq: number; batch: number; headsQ: number; headsKV: number; headDim: number; dtype: Dtype;
@@ -25,41 +28,57 @@ async function writeRaw(file: string, t: Tensor): Promise<void> {
   fs.writeFileSync(file, Buffer.from(a.buffer, a.byteOffset, a.byteLength));
 }
 
-const HELP = `usage: megabeam bench attention [options]
-  --seqs 16k,64k,128k,512k   sequence lengths (default: those on a GPU, 4k on the CPU)
-  --device cuda|cpu          (default: cuda when available)
-  --heads-q 32 --heads-kv 8 --head-dim 128 --batch 1 --dtype bf16 --non-causal
-  --reps N                   timed repetitions (default: 5 below 128K, 2 up to 128K, 1 above)
-  --json FILE                write the rows as JSON
-  --dump DIR                 also write inputs and results of the first size (raw) for bench/torch_attention.py check
-`;
+export const command: Command = {
+  usage: 'megabeam bench attention [options]',
+  description: `Flash attention forward and backward: time, TFLOP/s and peak memory per sequence length
+(Mistral-7B attention shapes by default). PyTorch's numbers come from bench/torch_attention.py.`,
+  flags: {
+    seqs: { type: 'sizes', min: 1, max: 2 ** 24, help: 'sequence lengths', default: '16k,64k,128k,512k on a GPU, 4k on the CPU' },
+    device: DEVICE_FLAG,
+    heads: { ...HEADS_FLAG, default: '32 on a GPU, 8 on the CPU' },
+    'kv-heads': { ...KV_HEADS_FLAG, default: '8 on a GPU, 2 on the CPU' },
+    'head-dim': { ...HEAD_DIM_FLAG, default: '128' },
+    batch: { type: 'int', min: 1, max: 65536, help: 'batch size', default: '1' },
+    dtype: { type: 'choice', choices: ['bf16', 'f16', 'f32'], help: 'element type (CUDA: bf16, f16)', default: 'bf16' },
+    'non-causal': { type: 'bool', help: 'full (non-causal) attention' },
+    reps: { ...REPS_FLAG, default: '5 below 128K, 2 at 128K, 1 above' },
+    json: JSON_FLAG,
+    out: OUT_FLAG,
+    dump: { type: 'string', metavar: 'DIR', help: 'write inputs and results of the first size (raw) for bench/torch_attention.py check' },
+  },
+  run: benchAttentionRun,
+};
 
-export async function benchAttention(argv: string[], io: IO): Promise<number> {
-  const { opts } = parseArgs(argv);
-  if (opts.help) { io.out(HELP); return 0; }
-  const known = new Set(['seqs', 'device', 'heads-q', 'heads-kv', 'head-dim', 'batch', 'dtype', 'non-causal', 'reps', 'json', 'dump', 'help']);
-  for (const k of Object.keys(opts)) if (!known.has(k)) { io.err(`bench attention: unknown option --${k}\n${HELP}`); return 2; }
-  const device = (opts.device as string) ?? (cuda.isAvailable() ? 'cuda' : 'cpu');
+/** Old entry point: the command through the shared runner. */
+export async function benchAttention(argv: string[], io: CliIO): Promise<number> {
+  const { runCommand } = await import('../cli');
+  return runCommand(command, 'bench attention', argv, io);
+}
+
+async function benchAttentionRun(opts: FlagValues, io: CliIO): Promise<number> {
+  const device = resolveDevice(opts.device);
   const onGpu = device !== 'cpu';
-  const seqs = intList(opts.seqs, onGpu ? [16384, 65536, 131072, 524288] : [4096]);
-  const hq = Number(opts['heads-q'] ?? (onGpu ? 32 : 8));
-  const hkv = Number(opts['heads-kv'] ?? (onGpu ? 8 : 2));
-  const d = Number(opts['head-dim'] ?? 128);
-  const b = Number(opts.batch ?? 1);
-  const dtype = (opts.dtype as Dtype) ?? 'bf16';
+  const seqs = (opts.seqs as number[] | undefined) ?? (onGpu ? [16384, 65536, 131072, 524288] : [4096]);
+  const hq = (opts.heads as number | undefined) ?? (onGpu ? 32 : 8);
+  const hkv = (opts['kv-heads'] as number | undefined) ?? (onGpu ? 8 : 2);
+  checkHeads(hq, hkv);
+  const d = (opts['head-dim'] as number | undefined) ?? 128;
+  const b = (opts.batch as number | undefined) ?? 1;
+  const dtype = ((opts.dtype as string | undefined) ?? 'bf16') as Dtype;
   const causal = !opts['non-causal'];
+  if (opts.out !== undefined) checkOutputPath(String(opts.out));
   const rows: AttentionBenchRow[] = [];
   let rate = 0;  // FLOP/s seen so far, for the progress bar's estimate
   for (const [si, S] of seqs.entries()) {
-    const reps = opts.reps !== undefined ? Number(opts.reps) : S < 131072 ? 5 : S <= 131072 ? 2 : 1;
+    const reps = opts.reps !== undefined ? (opts.reps as number) : S < 131072 ? 5 : S <= 131072 ? 2 : 1;
     const fl = attentionFlops(S, S, hq, d, b, causal);
-    await synchronize(device as 'cpu');
-    resetPeakMemory(device as 'cpu');
+    await synchronize(device);
+    resetPeakMemory(device);
     const seed = 1000 + si;
-    const q = randn([b, S, hq, d], { dtype, device: device as 'cpu', seed });
-    const k = randn([b, S, hkv, d], { dtype, device: device as 'cpu', seed: seed + 1 });
-    const v = randn([b, S, hkv, d], { dtype, device: device as 'cpu', seed: seed + 2 });
-    const dout = randn([b, S, hq, d], { dtype, device: device as 'cpu', seed: seed + 3 });
+    const q = randn([b, S, hq, d], { dtype, device: device, seed });
+    const k = randn([b, S, hkv, d], { dtype, device: device, seed: seed + 1 });
+    const v = randn([b, S, hkv, d], { dtype, device: device, seed: seed + 2 });
+    const dout = randn([b, S, hq, d], { dtype, device: device, seed: seed + 3 });
     const o = { causal };
     // Warm-up (module load, allocator) at small sizes only: at 512K one pass is seconds.
     if (S <= 131072) {
@@ -71,11 +90,11 @@ export async function benchAttention(argv: string[], io: IO): Promise<number> {
     for (let r = 0; r < reps; r++) {
       let res!: { out: Tensor; lse: Tensor };
       fwdT.push(await withProgress(`S=${S} fwd ${r + 1}/${reps}`, rate ? fl / rate : 0, () =>
-        timed(device as 'cpu', () => { res = attention.forward(q, k, v, o); })));
+        timed(device, () => { res = attention.forward(q, k, v, o); })));
       rate = fl / fwdT[fwdT.length - 1];
       let g!: { dq: Tensor; dk: Tensor; dv: Tensor };
       bwdT.push(await withProgress(`S=${S} bwd ${r + 1}/${reps}`, (2.5 * fl) / (rate * 0.7), () =>
-        timed(device as 'cpu', () => { g = attention.backward(dout, q, k, v, res.out, res.lse, o); })));
+        timed(device, () => { g = attention.backward(dout, q, k, v, res.out, res.lse, o); })));
       if (opts.dump && si === 0 && r === 0) {
         const dir = String(opts.dump);
         fs.mkdirSync(dir, { recursive: true });
@@ -88,12 +107,12 @@ export async function benchAttention(argv: string[], io: IO): Promise<number> {
       }
       for (const x of [res.out, res.lse, g.dq, g.dk, g.dv]) x.dispose();
     }
-    await synchronize(device as 'cpu');
-    const peak = memory(device as 'cpu').peak / GiB;
+    await synchronize(device);
+    const peak = memory(device).peak / GiB;
     for (const x of [q, k, v, dout]) x.dispose();
     const fwd = median(fwdT), bwd = median(bwdT);
     const row: AttentionBenchRow = {
-      device: onGpu ? (cuda.devices()[0]?.name ?? device) : 'cpu', seq: S, batch: b, headsQ: hq, headsKV: hkv, headDim: d, dtype, causal,
+      device: onGpu ? (cuda.devices()[Number(device.slice(5))]?.name ?? device) : 'cpu', seq: S, batch: b, headsQ: hq, headsKV: hkv, headDim: d, dtype, causal,
       fwd_s: fwd, bwd_s: bwd, fwd_tflops: fl / fwd / 1e12, bwd_tflops: (2.5 * fl) / bwd / 1e12, peak_gib: peak, reps,
     };
     rows.push(row);
@@ -102,9 +121,12 @@ export async function benchAttention(argv: string[], io: IO): Promise<number> {
   io.out(`\nflash attention, ${dtype}, ${causal ? 'causal' : 'full'}, batch ${b}, ${hq} q heads / ${hkv} kv heads, d=${d}, on ${rows[0]?.device}`);
   io.out(table(['seq', 'fwd s', 'fwd TFLOP/s', 'bwd s', 'bwd TFLOP/s', 'peak GiB'],
     rows.map((r) => [String(r.seq), r.fwd_s, r.fwd_tflops, r.bwd_s, r.bwd_tflops, r.peak_gib])));
-  if (opts.json) {
-    fs.mkdirSync(path.dirname(String(opts.json)), { recursive: true });
-    fs.writeFileSync(String(opts.json), JSON.stringify({ date: new Date().toISOString(), rows }, null, 2));
+  const result = { date: new Date().toISOString(), rows };
+  if (opts.out !== undefined) {
+    fs.mkdirSync(path.dirname(path.resolve(String(opts.out))), { recursive: true });
+    fs.writeFileSync(String(opts.out), JSON.stringify(result, null, 2));
+    io.err(`wrote ${opts.out}`);
   }
+  if (opts.json) io.json!(result);
   return 0;
 }

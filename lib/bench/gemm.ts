@@ -5,22 +5,15 @@ import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { cuda } from '../device';
+
 import { Dtype } from '../dtype';
+import { ArgumentError } from '../errors';
 import { gemmInfo, matmul } from '../matmul';
 import { Tensor, empty, randn, synchronize } from '../tensor';
-import { IO, intList, parseArgs, table, timed, withProgress } from './util';
-
-const HELP = `megabeam bench gemm [options]
-  --tokens 16k,64k           token counts T (default 16k,64k on a GPU, 512 on the CPU)
-  --backends cublaslt,builtin  CUDA backends to time (default: both when cuBLASLt is found)
-  --shapes qkv,o,gateup,down,gate  projections (default qkv,o,gateup,down)
-  --passes fwd,dx,dw         forward y = x·Wᵀ, dX = dY·W, dW = dYᵀ·X (default all)
-  --reps N                   repetitions per shape, run back to back after a warm-up (default 10)
-  --device cuda|cpu          (default cuda when available)
-  --torch                    also run bench/torch_gemm.py (torch.matmul) on the same shapes and compare
-  --python PYTHON            interpreter for --torch (default python3)
-  --json FILE                write the rows (and PyTorch's) as JSON`;
+import type { Command } from '../cli';
+import { CliIO, FlagValues } from '../cli/args';
+import { DEVICE_FLAG, JSON_FLAG, OUT_FLAG, REPS_FLAG, checkOutputPath, listOf, resolveDevice } from '../cli/common';
+import { table, timed, withProgress } from './util';
 
 // Mistral-7B: hidden 4096, 32 q heads + 8 kv heads of 128 (qkv 6144), MLP 14336 (gate+up fused 28672).
 export const MISTRAL_SHAPES: Record<string, { in: number; out: number }> = {
@@ -45,7 +38,7 @@ export function problems(tokens: number[], shapes: string[], passes: string[]): 
   for (const T of tokens)
     for (const s of shapes) {
       const w = MISTRAL_SHAPES[s];
-      if (!w) throw new Error(`unknown shape ${s}`);
+      if (!w) throw new ArgumentError(`unknown shape ${s} (one of ${Object.keys(MISTRAL_SHAPES).join(', ')})`);
       // fwd: y[T,out] = x[T,in]·W[out,in]ᵀ; dx: dX[T,in] = dY[T,out]·W[out,in]; dw: dW[out,in] = dY[T,out]ᵀ·X[T,in]
       if (passes.includes('fwd')) out.push({ tokens: T, shape: s, pass: 'fwd', m: T, n: w.out, k: w.in, transA: false, transB: true });
       if (passes.includes('dx')) out.push({ tokens: T, shape: s, pass: 'dx', m: T, n: w.in, k: w.out, transA: false, transB: false });
@@ -60,26 +53,48 @@ export interface GemmBenchRow extends GemmProblem {
   tflops: number;
 }
 
-export async function benchGemm(argv: string[], io: IO): Promise<number> {
-  const { opts } = parseArgs(argv);
-  if (opts.help) { io.out(HELP); return 0; }
-  const known = new Set(['tokens', 'backends', 'shapes', 'passes', 'reps', 'device', 'torch', 'python', 'json', 'help']);
-  for (const k of Object.keys(opts)) if (!known.has(k)) { io.err(`bench gemm: unknown option --${k}\n${HELP}`); return 2; }
-  const device = (opts.device as string) ?? (cuda.isAvailable() ? 'cuda' : 'cpu');
+export const command: Command = {
+  usage: 'megabeam bench gemm [options]',
+  description: `TFLOP/s of matmul at the Mistral-7B projection shapes (forward y = x·Wᵀ, dX = dY·W, dW = dYᵀ·X) for
+each CUDA backend (cuBLASLt, builtin); with --torch, torch.matmul at the same shapes in the same run.`,
+  flags: {
+    tokens: { type: 'sizes', min: 1, max: 2 ** 24, help: 'token counts T', default: '16k,64k on a GPU, 512 on the CPU' },
+    backends: { type: 'string', metavar: 'cublaslt,builtin', help: 'CUDA backends to time', default: 'both when cuBLASLt is found' },
+    shapes: { type: 'string', metavar: 'qkv,o,gateup,down,gate', help: 'projections', default: 'qkv,o,gateup,down' },
+    passes: { type: 'string', metavar: 'fwd,dx,dw', help: 'passes', default: 'all' },
+    reps: { ...REPS_FLAG, help: 'repetitions per shape, back to back after a warm-up', default: '10 on a GPU, 2 on the CPU' },
+    device: DEVICE_FLAG,
+    torch: { type: 'bool', help: 'also run bench/torch_gemm.py (torch.matmul) on the same shapes and compare' },
+    python: { type: 'string', metavar: 'PYTHON', help: 'interpreter for --torch', default: 'python3' },
+    json: JSON_FLAG,
+    out: OUT_FLAG,
+  },
+  run: benchGemmRun,
+};
+
+/** Old entry point: the command through the shared runner. */
+export async function benchGemm(argv: string[], io: CliIO): Promise<number> {
+  const { runCommand } = await import('../cli');
+  return runCommand(command, 'bench gemm', argv, io);
+}
+
+async function benchGemmRun(opts: FlagValues, io: CliIO): Promise<number> {
+  const device = resolveDevice(opts.device);
   const onGpu = device !== 'cpu';
+  if (opts.out !== undefined) checkOutputPath(String(opts.out));
   const info = gemmInfo();
-  const tokens = intList(opts.tokens, onGpu ? [16384, 65536] : [512]);
-  const shapes = typeof opts.shapes === 'string' ? opts.shapes.split(',') : ['qkv', 'o', 'gateup', 'down'];
-  const passes = typeof opts.passes === 'string' ? opts.passes.split(',') : ['fwd', 'dx', 'dw'];
-  const backends = !onGpu ? ['cpu'] : typeof opts.backends === 'string' ? opts.backends.split(',')
+  const tokens = (opts.tokens as number[] | undefined) ?? (onGpu ? [16384, 65536] : [512]);
+  const shapes = listOf(opts.shapes, Object.keys(MISTRAL_SHAPES), '--shapes', ['qkv', 'o', 'gateup', 'down']);
+  const passes = listOf(opts.passes, ['fwd', 'dx', 'dw'], '--passes', ['fwd', 'dx', 'dw']);
+  const backends = !onGpu ? ['cpu'] : opts.backends !== undefined ? listOf(opts.backends, ['cublaslt', 'builtin'], '--backends', [])
     : info.found ? ['cublaslt', 'builtin'] : ['builtin'];
-  const reps = Number(opts.reps ?? (onGpu ? 10 : 2));
+  const reps = (opts.reps as number | undefined) ?? (onGpu ? 10 : 2);
   const dtype: Dtype = 'bf16';
   io.out(`megabeam bench gemm — ${device}, ${dtype} in/out, fp32 accumulate; cuBLASLt: ${info.found ? `${info.version} (${info.path})` : `not found (${info.error})`}`);
   const rows: GemmBenchRow[] = [];
   let seed = 7000;
   for (const p of problems(tokens, shapes, passes)) {
-    const dev = device as 'cpu';
+    const dev = device;
     const a = randn(p.transA ? [p.k, p.m] : [p.m, p.k], { dtype, device: dev, seed: ++seed });
     const b = randn(p.transB ? [p.n, p.k] : [p.k, p.n], { dtype, device: dev, seed: ++seed });
     const out = empty([p.m, p.n], { dtype, device: dev });
@@ -97,7 +112,7 @@ export async function benchGemm(argv: string[], io: IO): Promise<number> {
     }
     for (const x of [a, b, out] as Tensor[]) x.dispose();
   }
-  await synchronize(device as 'cpu');
+  await synchronize(device);
 
   // PyTorch yardstick in a child process, after ours (so both have the GPU to themselves).
   let torchRows: { tokens: number; shape: string; pass: string; ms: number; tflops: number }[] | undefined;
@@ -143,9 +158,11 @@ export async function benchGemm(argv: string[], io: IO): Promise<number> {
       if (ratios.length) io.out(`${b}: min ${(100 * Math.min(...ratios)).toFixed(1)}% of torch.matmul, geomean ${(100 * Math.exp(ratios.reduce((s, x) => s + Math.log(x), 0) / ratios.length)).toFixed(1)}% (bar: >= 95%)`);
     }
   }
-  if (opts.json) {
-    fs.mkdirSync(path.dirname(String(opts.json)), { recursive: true });
-    fs.writeFileSync(String(opts.json), JSON.stringify({ date: new Date().toISOString(), device, gemm: info, rows, torch: torchRows, torchEnv: torchInfo }, null, 2));
+  const result = { date: new Date().toISOString(), device, gemm: info, rows, torch: torchRows, torchEnv: torchInfo };
+  if (opts.out !== undefined) {
+    fs.writeFileSync(String(opts.out), JSON.stringify(result, null, 2));
+    io.err(`wrote ${opts.out}`);
   }
+  if (opts.json) io.json!(result);
   return 0;
 }

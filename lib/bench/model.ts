@@ -10,7 +10,10 @@ import { MegabeamError } from '../errors';
 import { fromConfig, fromPretrained, Model } from '../model/mistral';
 import * as safetensors from '../safetensors';
 import { Tensor, emptyCache, memory, randn, resetPeakMemory, synchronize, tensor } from '../tensor';
-import { GiB, IO, intList, median, parseArgs, table, timed, withProgress } from './util';
+import { GiB, IO, median, table, timed, withProgress } from './util';
+import type { Command } from '../cli';
+import { CliIO, FlagValues } from '../cli/args';
+import { OUT_FLAG, REPS_FLAG, checkOutputPath } from '../cli/common';
 
 export const MISTRAL_7B = {
   architectures: ['MistralForCausalLM'], model_type: 'mistral', hidden_size: 4096, intermediate_size: 14336,
@@ -25,18 +28,6 @@ export function layerFlops(n: number, c = MISTRAL_7B): number {
   const p = 2 * H * hq * d + 2 * H * hkv * d + 3 * H * I;
   return 6 * n * p + 7 * n * n * hq * d;
 }
-
-const HELP = `usage: megabeam bench model [options]            (Mistral-7B shapes, CUDA bf16)
-  --parts layer,model         what to run (default both)
-  --layer-seqs 16k,64k,128k   one decoder layer fwd+bwd (activations stored, as eager PyTorch)
-  --model-seqs 32k,64k,128k,256k   the whole 32-layer model fwd+bwd with activation checkpointing
-  --grad-dtype f32|param      parameter gradients (default f32; 'param' = bf16, 14.5 GB less)
-  --mlp-chunk N               tokens per MLP chunk (default 8192)
-  --reps N                    timed repetitions of the layer (default 3); the model runs once per size
-  --json FILE                 write the rows as JSON
-usage: megabeam bench model check DIR [--json FILE] [--device cpu (f32, for debugging)]
-  megabeam (CUDA bf16) vs the PyTorch reference written by: python3 bench/torch_model.py make DIR
-`;
 
 function isOom(e: unknown): boolean {
   return e instanceof MegabeamError && e.code === 'ERR_OOM';
@@ -185,40 +176,64 @@ export async function checkAgainstTorch(dir: string, io: IO, json?: string, devi
   return fails ? 1 : 0;
 }
 
-export async function benchModel(argv: string[], io: IO): Promise<number> {
-  const { opts, rest } = parseArgs(argv);
-  if (opts.help) { io.out(HELP); return 0; }
-  if (rest[0] === 'check') {
-    if (!rest[1]) { io.err(HELP); return 2; }
+export const command: Command = {
+  usage: 'megabeam bench model [options] | megabeam bench model check DIR [--device cpu|cuda] [--out FILE]',
+  description: `One Mistral-7B decoder layer fwd+bwd (time, TFLOP/s with model FLOPs, peak memory) and the whole
+Mistral-7B (random bf16 weights) fwd+bwd with per-layer activation checkpointing (tokens/s, peak memory).
+PyTorch's yardstick is bench/torch_layer.py. \`check DIR\` compares megabeam with the reference that
+bench/torch_model.py wrote to DIR (loss, logits and every gradient against float64).`,
+  flags: {
+    parts: { type: 'string', metavar: 'layer,model', help: 'which parts to run', default: 'layer,model' },
+    'layer-seqs': { type: 'sizes', min: 1, help: 'tokens for the one-layer run', default: '16k,64k,128k' },
+    'model-seqs': { type: 'sizes', min: 1, help: 'tokens for the whole-model run', default: '32k,64k,128k,256k' },
+    'grad-dtype': { type: 'choice', choices: ['f32', 'param'], help: 'gradient dtype', default: 'f32' },
+    'mlp-chunk': { type: 'size', min: 1, help: 'tokens per MLP chunk', default: '8k' },
+    reps: { ...REPS_FLAG, default: '3' },
+    device: { type: 'choice', choices: ['cpu', 'cuda'], help: 'check only: where megabeam runs', default: 'cuda' },
+    out: OUT_FLAG,
+  },
+  takesArgs: true,
+  run: benchModelRun,
+};
+
+/** Old entry point: the command through the shared runner. */
+export async function benchModel(argv: string[], io: CliIO): Promise<number> {
+  const { runCommand } = await import('../cli');
+  return runCommand(command, 'bench model', argv, io);
+}
+
+async function benchModelRun(opts: FlagValues, io: CliIO, args: string[]): Promise<number> {
+  if (opts.out !== undefined) checkOutputPath(String(opts.out));
+  if (args[0] === 'check') {
+    if (!args[1] || args.length > 2) throw new MegabeamError('ERR_ARG', 'usage: megabeam bench model check DIR');
     const dev = opts.device === 'cpu' ? 'cpu' : 'cuda';
-    return checkAgainstTorch(rest[1], io, typeof opts.json === 'string' ? opts.json : undefined, dev, dev === 'cpu' ? 'f32' : 'bf16');
+    return checkAgainstTorch(args[1], io as unknown as IO, opts.out === undefined ? undefined : String(opts.out), dev, dev === 'cpu' ? 'f32' : 'bf16');
   }
-  const known = new Set(['parts', 'layer-seqs', 'model-seqs', 'grad-dtype', 'mlp-chunk', 'reps', 'json', 'help']);
-  for (const k of Object.keys(opts)) if (!known.has(k)) { io.err(`bench model: unknown option --${k}\n${HELP}`); return 2; }
-  if (!cuda.isAvailable()) { io.err(`bench model needs a CUDA GPU: ${cuda.unavailableReason()}`); return 2; }
+  if (args.length) throw new MegabeamError('ERR_ARG', `unexpected argument ${JSON.stringify(args[0])} (only \`check DIR\`)`);
+  if (!cuda.isAvailable()) throw new MegabeamError('ERR_NO_CUDA', `bench model needs a CUDA GPU: ${cuda.unavailableReason()}`);
   const parts = String(opts.parts ?? 'layer,model').split(',');
   const gradDtype = (opts['grad-dtype'] ?? 'f32') as 'f32' | 'param';
   const mlpChunk = opts['mlp-chunk'] !== undefined ? Number(opts['mlp-chunk']) : undefined;
   const reps = Number(opts.reps ?? 3);
+  const seqs = (k: string, d: number[]): number[] => (opts[k] as number[] | undefined) ?? d;
   const rows: Record<string, unknown>[] = [];
   const device = cuda.devices()[0]?.name ?? 'cuda';
   if (parts.includes('layer')) {
-    const lr = await benchLayer(intList(opts['layer-seqs'], [16384, 65536, 131072]), reps, gradDtype, mlpChunk, io);
+    const lr = await benchLayer(seqs('layer-seqs', [16384, 65536, 131072]), reps, gradDtype, mlpChunk, io);
     rows.push(...lr);
     io.out(`\none Mistral-7B decoder layer, bf16, batch 1, fwd+bwd (activations stored), on ${device}`);
     io.out(table(['tokens', 'time ms', 'TFLOP/s', 'peak GiB'], lr.map((r) =>
       r.error ? [String(r.seq), String(r.error), '', ''] : [String(r.seq), (r.seconds as number) * 1e3, r.tflops as number, r.peak_gib as number])));
   }
   if (parts.includes('model')) {
-    const mr = await benchWhole(intList(opts['model-seqs'], [32768, 65536, 131072, 262144]), gradDtype, mlpChunk, io);
+    const mr = await benchWhole(seqs('model-seqs', [32768, 65536, 131072, 262144]), gradDtype, mlpChunk, io);
     rows.push(...mr);
     io.out(`\nMistral-7B (random bf16 weights, ${gradDtype === 'f32' ? 'f32' : 'bf16'} grads), fwd+bwd, activation checkpointing per layer, on ${device}`);
     io.out(table(['tokens', 'time s', 'tokens/s', 'peak GiB'], mr.map((r) =>
       r.error ? [String(r.seq), String(r.error), '', ''] : [String(r.seq), r.seconds as number, r.tokens_per_s as number, r.peak_gib as number])));
   }
-  if (opts.json) {
-    fs.mkdirSync(path.dirname(String(opts.json)), { recursive: true });
-    fs.writeFileSync(String(opts.json), JSON.stringify({ date: new Date().toISOString(), device, gradDtype, rows }, null, 2));
+  if (opts.out !== undefined) {
+    fs.writeFileSync(String(opts.out), JSON.stringify({ date: new Date().toISOString(), device, gradDtype, rows }, null, 2));
   }
   return 0;
 }

@@ -6,24 +6,42 @@
 // says how close the kernel is to the memory bandwidth. Each timing is the median of --reps rounds of 8
 // back-to-back calls between device synchronisations. lmHeadLoss is reported in TFLOP/s (3 GEMMs).
 import * as fs from 'fs';
-import * as path from 'path';
 import { performance } from 'perf_hooks';
-import { cuda } from '../device';
+import type { Command } from '../cli';
+import { CliIO, FlagValues } from '../cli/args';
+import { DEVICE_FLAG, JSON_FLAG, OUT_FLAG, REPS_FLAG, checkOutputPath, resolveDevice } from '../cli/common';
+import { cuda, DeviceLike } from '../device';
 import { Dtype, dtypeSize } from '../dtype';
 import * as nn from '../nn';
 import { Tensor, randn, synchronize, tensor, zeros } from '../tensor';
-import { IO, median, table } from './util';
+import { median, table } from './util';
 
-const HELP = `usage: megabeam bench nn [options]
-  --device cuda|cpu     (default: cuda when available)
-  --tokens N            rows (default 65536 on a GPU, 2048 on the CPU)
-  --hidden 4096 --ffn 14336 --vocab 32000 --dtype bf16
-  --ce-tokens N         rows of the cross-entropy / LM-head cases (default 8192 GPU, 256 CPU)
-  --reps N              timed rounds (median; default 10)
-  --json FILE           default bench/out/nn-<device>.json
-`;
+export const command: Command = {
+  usage: 'megabeam bench nn [options]',
+  description: `The layer ops (rmsNorm, swiglu, embedding, cross-entropy, LM-head loss) at Mistral-7B sizes: time and
+bandwidth against a device copy of the same bytes.`,
+  flags: {
+    device: DEVICE_FLAG,
+    tokens: { type: 'size', min: 1, max: 2 ** 26, help: 'rows', default: '64k on a GPU, 2k on the CPU' },
+    hidden: { type: 'int', min: 1, max: 2 ** 20, help: 'hidden size', default: '4096' },
+    ffn: { type: 'int', min: 1, max: 2 ** 20, help: 'MLP size', default: '14336' },
+    vocab: { type: 'int', min: 1, max: 2 ** 24, help: 'vocabulary size', default: '32000' },
+    dtype: { type: 'choice', choices: ['bf16', 'f16', 'f32'], help: 'element type', default: 'bf16' },
+    'ce-tokens': { type: 'size', min: 1, max: 2 ** 24, help: 'rows of the cross-entropy / LM-head cases', default: '8k on a GPU, 256 on the CPU' },
+    reps: { ...REPS_FLAG, help: 'timed rounds (median)', default: '10' },
+    json: JSON_FLAG,
+    out: OUT_FLAG,
+  },
+  run: benchNnRun,
+};
 
-async function perCall(device: 'cpu' | 'cuda', reps: number, inner: number, fn: () => void): Promise<number> {
+/** Old entry point: the command through the shared runner. */
+export async function benchNn(argv: string[], io: CliIO): Promise<number> {
+  const { runCommand } = await import('../cli');
+  return runCommand(command, 'bench nn', argv, io);
+}
+
+async function perCall(device: DeviceLike, reps: number, inner: number, fn: () => void): Promise<number> {
   fn(); fn();
   await synchronize(device);
   const ts: number[] = [];
@@ -38,26 +56,17 @@ async function perCall(device: 'cpu' | 'cuda', reps: number, inner: number, fn: 
 
 interface Row { case: string; shape: string; bytes: number; ms: number; gbps: number; copy_gbps: number; ratio: number; tflops?: number }
 
-export async function benchNn(argv: string[], io: IO): Promise<number> {
-  const opts: Record<string, string | true> = {};
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (!a.startsWith('--')) { io.err(`unexpected argument ${a}\n${HELP}`); return 2; }
-    const k = a.slice(2);
-    if (i + 1 < argv.length && !argv[i + 1].startsWith('--')) opts[k] = argv[++i];
-    else opts[k] = true;
-  }
-  const known = new Set(['device', 'tokens', 'hidden', 'ffn', 'vocab', 'dtype', 'ce-tokens', 'reps', 'json', 'help']);
-  for (const k of Object.keys(opts)) if (!known.has(k)) { io.err(`unknown option --${k}\n${HELP}`); return 2; }
-  if (opts.help) { io.out(HELP); return 0; }
-  const device = ((opts.device as string) ?? (cuda.isAvailable() ? 'cuda' : 'cpu')) as 'cpu' | 'cuda';
-  const onGpu = device === 'cuda';
-  const N = Number(opts.tokens ?? (onGpu ? 65536 : 2048));
-  const H = Number(opts.hidden ?? 4096), F = Number(opts.ffn ?? 14336), V = Number(opts.vocab ?? 32000);
-  const NC = Number(opts['ce-tokens'] ?? (onGpu ? 8192 : 256));
-  const dtype = (opts.dtype ?? 'bf16') as Dtype;
-  const reps = Number(opts.reps ?? 10), inner = 8, es = dtypeSize(dtype);
-  const dev = onGpu ? (cuda.devices()[0]?.name ?? 'cuda') : 'cpu';
+async function benchNnRun(opts: FlagValues, io: CliIO): Promise<number> {
+  const device = resolveDevice(opts.device);
+  const onGpu = device !== 'cpu';
+  if (opts.out !== undefined) checkOutputPath(String(opts.out));
+  const N = (opts.tokens as number | undefined) ?? (onGpu ? 65536 : 2048);
+  const H = (opts.hidden as number | undefined) ?? 4096, F = (opts.ffn as number | undefined) ?? 14336;
+  const V = (opts.vocab as number | undefined) ?? 32000;
+  const NC = (opts['ce-tokens'] as number | undefined) ?? (onGpu ? 8192 : 256);
+  const dtype = ((opts.dtype as string | undefined) ?? 'bf16') as Dtype;
+  const reps = (opts.reps as number | undefined) ?? 10, inner = 8, es = dtypeSize(dtype);
+  const dev = onGpu ? (cuda.devices()[Number(device.slice(5))]?.name ?? device) : 'cpu';
   io.err(`nn bench on ${dev}: ${N} tokens, hidden ${H}, ffn ${F}, vocab ${V} (${NC} loss rows), ${dtype}`);
 
   const rows: Row[] = [];
@@ -144,9 +153,12 @@ export async function benchNn(argv: string[], io: IO): Promise<number> {
   io.out(table(['case', 'shape', 'ms', 'GB/s', 'copy GB/s', 'of copy', 'TFLOP/s'], rows.map((r) => [
     r.case, r.shape, r.ms.toFixed(3), r.gbps.toFixed(0), r.copy_gbps.toFixed(0), `${(100 * r.ratio).toFixed(1)}%`,
     r.tflops ? r.tflops.toFixed(0) : ''])));
-  const file = String(opts.json ?? path.join('bench', 'out', `nn-${device}.json`));
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), device: dev, tokens: N, hidden: H, ffn: F, vocab: V, ceTokens: NC, dtype, rows }, null, 2));
-  io.err(`wrote ${file}`);
+  // Written only where asked (--out): a benchmark must not drop files into the caller's project.
+  const result = { date: new Date().toISOString(), device: dev, tokens: N, hidden: H, ffn: F, vocab: V, ceTokens: NC, dtype, rows };
+  if (opts.out !== undefined) {
+    fs.writeFileSync(String(opts.out), JSON.stringify(result, null, 2));
+    io.err(`wrote ${opts.out}`);
+  }
+  if (opts.json) io.json!(result);
   return 0;
 }

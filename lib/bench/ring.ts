@@ -6,24 +6,49 @@
 // here (the ranks share one device); the transfer sizes go into the JSON for the scaling model
 // (`megabeam bench ring --model FILE`, docs/ring.md).
 import * as fs from 'fs';
-import * as path from 'path';
 import { attention } from '../attention';
 import { cuda } from '../device';
 import { Dtype, dtypeSize } from '../dtype';
 import { BackwardBlocks, ForwardBlocks, RingLayout, kvGradAccumulators, rankContext, shard } from '../ring';
 import { Tensor, memory, randn, resetPeakMemory, synchronize } from '../tensor';
-import { GiB, IO, fmt, intList, parseArgs, table, timed, withProgress } from './util';
+import type { Command } from '../cli';
+import { CliIO, FlagValues } from '../cli/args';
+import { DEVICE_FLAG, HEADS_FLAG, HEAD_DIM_FLAG, JSON_FLAG, KV_HEADS_FLAG, OUT_FLAG, checkHeads, checkOutputPath, resolveDevice } from '../cli/common';
+import { GiB, fmt, table, timed, withProgress } from './util';
 
-const HELP = `usage: megabeam bench ring [options]
-  --world 2,4,8            virtual ranks (one or a list; default 2,4,8)
-  --seq 512k               full sequence length (default 512k on a GPU, 2k on the CPU)
-  --heads-q 32 --heads-kv 8 --head-dim 128 --batch 1 --dtype bf16
-  --layout zigzag|contiguous (default zigzag)   --non-causal   --no-bwd
-  --device cuda|cpu        (default: cuda when available)
-  --out FILE               write the results as JSON
-  --model FILE             no benchmark: print the scaling model (docs/ring.md) from a JSON written by --out
-    [--nvlink-gbs 450 --net-gbs 50 --efficiency 0.8 --latency-us 15]
-`;
+export const command: Command = {
+  usage: 'megabeam bench ring [options]',
+  description: `Ring attention on virtual ranks of one device: each rank's compute per step against one single-device
+attention (bar: sum/single <= 1.08). --model FILE prints the scaling model (docs/ring.md) from a JSON
+written by --out, instead of running a benchmark.`,
+  flags: {
+    world: { type: 'sizes', min: 1, max: 1024, metavar: 'W,W,...', help: 'virtual ranks (one or a list)', default: '2,4,8' },
+    seq: { type: 'size', min: 1, max: 2 ** 26, help: 'full sequence length', default: '512k on a GPU, 2k on the CPU' },
+    heads: { ...HEADS_FLAG, default: '32 on a GPU, 8 on the CPU' },
+    'kv-heads': { ...KV_HEADS_FLAG, default: '8 on a GPU, 2 on the CPU' },
+    'head-dim': { ...HEAD_DIM_FLAG, default: '128 on a GPU, 64 on the CPU' },
+    batch: { type: 'int', min: 1, max: 65536, help: 'batch size', default: '1' },
+    dtype: { type: 'choice', choices: ['bf16', 'f16', 'f32'], help: 'element type', default: 'bf16 on a GPU, f32 on the CPU' },
+    layout: { type: 'choice', choices: ['zigzag', 'contiguous'], help: 'sequence sharding', default: 'zigzag' },
+    'non-causal': { type: 'bool', help: 'full (non-causal) attention' },
+    'no-bwd': { type: 'bool', help: 'forward only' },
+    device: DEVICE_FLAG,
+    json: JSON_FLAG,
+    out: OUT_FLAG,
+    model: { type: 'string', metavar: 'FILE', help: 'no benchmark: print the scaling model from a JSON written by --out' },
+    'nvlink-gbs': { type: 'number', min: 1e-9, help: 'model: NVLink GB/s', default: '450' },
+    'net-gbs': { type: 'number', min: 1e-9, help: 'model: network GB/s', default: '50' },
+    efficiency: { type: 'number', min: 1e-9, max: 1, help: 'model: link efficiency', default: '0.8' },
+    'latency-us': { type: 'number', min: 0, help: 'model: latency per step (µs)', default: '15' },
+  },
+  run: benchRingRun,
+};
+
+/** Old entry point: the command through the shared runner. */
+export async function benchRing(argv: string[], io: CliIO): Promise<number> {
+  const { runCommand } = await import('../cli');
+  return runCommand(command, 'bench ring', argv, io);
+}
 
 export interface RankTiming { rank: number; total_s: number; steps_s: number[]; calls: number; work_gib: number }
 export interface PassResult { ranks: RankTiming[]; sum_s: number; ratio: number; slowest_share: number; pass: boolean }
@@ -45,25 +70,22 @@ function pass(ranks: RankTiming[], single: number, W: number): PassResult {
   return { ranks, sum_s: sum, ratio: sum / single, slowest_share: slow / sum, pass: W === 1 || sum / single <= BAR };
 }
 
-export async function benchRing(argv: string[], io: IO): Promise<number> {
-  const { opts } = parseArgs(argv);
-  if (opts.help) { io.out(HELP); return 0; }
-  const known = new Set(['world', 'seq', 'heads-q', 'heads-kv', 'head-dim', 'batch', 'dtype', 'layout', 'non-causal', 'no-bwd',
-    'device', 'out', 'model', 'nvlink-gbs', 'net-gbs', 'efficiency', 'latency-us', 'help']);
-  for (const k of Object.keys(opts)) if (!known.has(k)) { io.err(`bench ring: unknown option --${k}\n${HELP}`); return 2; }
-  if (opts.model) return printModel(String(opts.model), opts, io);
+async function benchRingRun(opts: FlagValues, io: CliIO): Promise<number> {
+  if (opts.model !== undefined) return printModel(String(opts.model), opts, io);
 
-  const device = (opts.device as string) ?? (cuda.isAvailable() ? 'cuda' : 'cpu');
-  const dev = device as 'cpu';
+  const device = resolveDevice(opts.device);
+  const dev = device;
   const onGpu = device !== 'cpu';
-  const worlds = intList(opts.world, [2, 4, 8]);
-  const S = intList(opts.seq, [onGpu ? 524288 : 2048])[0];
-  const hq = Number(opts['heads-q'] ?? (onGpu ? 32 : 8));
-  const hkv = Number(opts['heads-kv'] ?? (onGpu ? 8 : 2));
-  const d = Number(opts['head-dim'] ?? (onGpu ? 128 : 64));
-  const B = Number(opts.batch ?? 1);
-  const dtype = (opts.dtype as Dtype) ?? (onGpu ? 'bf16' : 'f32');
-  const layout = ((opts.layout as string) ?? 'zigzag') as RingLayout;
+  if (opts.out !== undefined) checkOutputPath(String(opts.out));
+  const worlds = (opts.world as number[] | undefined) ?? [2, 4, 8];
+  const S = (opts.seq as number | undefined) ?? (onGpu ? 524288 : 2048);
+  const hq = (opts.heads as number | undefined) ?? (onGpu ? 32 : 8);
+  const hkv = (opts['kv-heads'] as number | undefined) ?? (onGpu ? 8 : 2);
+  checkHeads(hq, hkv);
+  const d = (opts['head-dim'] as number | undefined) ?? (onGpu ? 128 : 64);
+  const B = (opts.batch as number | undefined) ?? 1;
+  const dtype = ((opts.dtype as string | undefined) ?? (onGpu ? 'bf16' : 'f32')) as Dtype;
+  const layout = ((opts.layout as string | undefined) ?? 'zigzag') as RingLayout;
   const causal = !opts['non-causal'];
   const doBwd = !opts['no-bwd'];
   const esize = dtypeSize(dtype);
@@ -183,11 +205,11 @@ export async function benchRing(argv: string[], io: IO): Promise<number> {
     }
   }
   io.out(table(['pass', 'sum s', 'sum/single', 'slowest s', 'slowest share', 'ideal', 'calls', 'GiB/GPU est', '<= bar'], rows));
-  if (opts.out) {
-    fs.mkdirSync(path.dirname(path.resolve(String(opts.out))), { recursive: true });
+  if (opts.out !== undefined) {
     fs.writeFileSync(String(opts.out), JSON.stringify(result, null, 2));
     io.err(`wrote ${opts.out}`);
   }
+  if (opts.json) io.json!(result);
   return out.every((w) => w.fwd.pass && (w.bwd?.pass ?? true)) ? 0 : 1;
 }
 
@@ -233,7 +255,7 @@ export function scalingModel(r: RingBenchResult, links: { name: string; gbs: num
   return rows;
 }
 
-function printModel(file: string, opts: Record<string, string | true>, io: IO): number {
+function printModel(file: string, opts: FlagValues, io: CliIO): number {
   const r = JSON.parse(fs.readFileSync(file, 'utf8')) as RingBenchResult;
   const eff = Number(opts.efficiency ?? 0.8);
   const lat = Number(opts['latency-us'] ?? 15) * 1e-6;
@@ -247,5 +269,6 @@ function printModel(file: string, opts: Record<string, string | true>, io: IO): 
   io.out(table(['W', 'link', 'pass', 'compute/step s', 'comm/step s', 'step s', 'comm hidden', 'total s', 'compute-only s', 'S where comm stops hiding'],
     rows.map((x) => [String(x.world), x.link, x.pass, x.step_compute_s, x.step_comm_s, x.step_s, `${(100 * x.hidden).toFixed(0)}%`,
       x.total_s, x.compute_only_s, String(Math.round(x.crossover_seq))])));
+  if (opts.json) io.json!({ source: file, efficiency: eff, latency_s: lat, rows });
   return 0;
 }

@@ -1,31 +1,47 @@
-// RoPE benchmark and precision analysis.
-//   npx tsx bench/rope.ts [--device cuda] [--tokens 524288] [--heads 32] [--head-dim 128] [--dtype bf16]
-//                         [--reps 10] [--json bench/out/rope.json]
-//   npx tsx bench/rope.ts --angles      the angle-error table of docs/rope.md (CPU, no GPU needed)
+// `megabeam bench rope [--device cuda] [--tokens 512k] [--heads 32] [--kv-heads 8] [--head-dim 128]
+//                      [--dtype bf16] [--reps 10] [--json] [--out FILE]`
 // Bandwidth: rope.apply reads and writes the tensor once, so GB/s = 2 * bytes / time, set against a
 // device-to-device copy of the same tensor (x.clone()) timed in the same run. Each timing is the median
 // of --reps rounds of 8 back-to-back calls between device synchronisations.
 import * as fs from 'fs';
 import * as path from 'path';
 import { performance } from 'perf_hooks';
-import { rope, RopeOptions } from '../rope';
-import { cuda } from '../device';
+import { rope, RopeApplyOptions } from '../rope';
+import { cuda, DeviceLike } from '../device';
 import { Dtype } from '../dtype';
 import { Tensor, randn, synchronize, tensor } from '../tensor';
 import { defaultInvFreq } from '../theta';
-import { IO, median, table } from './util';
+import type { Command } from '../cli';
+import { CliIO, FlagValues } from '../cli/args';
+import { DEVICE_FLAG, HEADS_FLAG, HEAD_DIM_FLAG, JSON_FLAG, KV_HEADS_FLAG, OUT_FLAG, REPS_FLAG, checkOutputPath, resolveDevice } from '../cli/common';
+import { median, table } from './util';
 
+export const command: Command = {
+  usage: 'megabeam bench rope [options]',
+  description: `RoPE bandwidth (bytes read + written per second) against a device-to-device copy of the same
+tensor, for the apply / in-place / backward / interleaved / precision / applyQK / positions / partial cases.`,
+  flags: {
+    device: DEVICE_FLAG,
+    tokens: { type: 'size', min: 1, max: 2 ** 26, help: 'batch*seq tokens', default: '512k on a GPU, 16k on the CPU' },
+    heads: { ...HEADS_FLAG, default: '32' },
+    'kv-heads': { ...KV_HEADS_FLAG, default: '8' },
+    'head-dim': { ...HEAD_DIM_FLAG, default: '128' },
+    dtype: { type: 'choice', choices: ['bf16', 'f16', 'f32'], help: 'element type', default: 'bf16' },
+    reps: { ...REPS_FLAG, default: '10' },
+    json: JSON_FLAG,
+    out: OUT_FLAG,
+  },
+  run: benchRopeRun,
+};
 
-const HELP = `usage: megabeam bench rope [options]
-  --device cuda|cpu     (default: cuda when available)
-  --tokens N            batch*seq tokens (default 524288 on a GPU, 16384 on the CPU)
-  --heads 32 --kv-heads 8 --head-dim 128 --dtype bf16
-  --reps N              timed rounds (median; default 10)
-  --json FILE           default bench/out/rope-<device>.json
-`;
+/** Old entry point: the command through the shared runner. */
+export async function benchRope(argv: string[], io: CliIO): Promise<number> {
+  const { runCommand } = await import('../cli');
+  return runCommand(command, 'bench rope', argv, io);
+}
 
 /** Seconds per call of `fn`: median over rounds of `inner` calls bracketed by device syncs. */
-async function perCall(device: 'cpu' | 'cuda', reps: number, inner: number, fn: () => void): Promise<number> {
+async function perCall(device: DeviceLike, reps: number, inner: number, fn: () => void): Promise<number> {
   fn(); fn();
   await synchronize(device);
   const ts: number[] = [];
@@ -40,28 +56,18 @@ async function perCall(device: 'cpu' | 'cuda', reps: number, inner: number, fn: 
 
 interface Row { case: string; bytes: number; rope_ms: number; rope_gbps: number; copy_ms: number; copy_gbps: number; ratio: number }
 
-export async function benchRope(argv: string[], io: IO): Promise<number> {
-  const opts: Record<string, string | true> = {};
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (!a.startsWith('--')) { io.err(`unexpected argument ${a}\n${HELP}`); return 2; }
-    const k = a.slice(2);
-    if (i + 1 < argv.length && !argv[i + 1].startsWith('--')) opts[k] = argv[++i];
-    else opts[k] = true;
-  }
-  const known = new Set(['device', 'tokens', 'heads', 'kv-heads', 'head-dim', 'dtype', 'reps', 'json', 'help']);
-  for (const k of Object.keys(opts)) if (!known.has(k)) { io.err(`unknown option --${k}\n${HELP}`); return 2; }
-  if (opts.help) { io.out(HELP); return 0; }
-
-  const device = ((opts.device as string) ?? (cuda.isAvailable() ? 'cuda' : 'cpu')) as 'cpu' | 'cuda';
-  const onGpu = device === 'cuda';
-  const tokens = Number(opts.tokens ?? (onGpu ? 524288 : 16384));
-  const H = Number(opts.heads ?? 32), HK = Number(opts['kv-heads'] ?? 8), D = Number(opts['head-dim'] ?? 128);
-  const dtype = (opts.dtype ?? 'bf16') as Dtype;
-  const reps = Number(opts.reps ?? 10);
+async function benchRopeRun(opts: FlagValues, io: CliIO): Promise<number> {
+  const device = resolveDevice(opts.device);
+  const onGpu = device !== 'cpu';
+  const tokens = (opts.tokens as number | undefined) ?? (onGpu ? 524288 : 16384);
+  const H = (opts.heads as number | undefined) ?? 32, HK = (opts['kv-heads'] as number | undefined) ?? 8;
+  const D = (opts['head-dim'] as number | undefined) ?? 128;
+  const dtype = ((opts.dtype as string | undefined) ?? 'bf16') as Dtype;
+  const reps = (opts.reps as number | undefined) ?? 10;
+  if (opts.out !== undefined) checkOutputPath(String(opts.out));
   const inner = 8;
   const invFreq = defaultInvFreq(1e6, D);
-  const dev = onGpu ? (cuda.devices()[0]?.name ?? 'cuda') : 'cpu';
+  const dev = onGpu ? (cuda.devices()[Number(device.slice(5))]?.name ?? device) : 'cpu';
   io.err(`rope bench on ${dev}: ${tokens} tokens x ${H} heads x ${D}, ${dtype}`);
 
   const x = randn([1, tokens, H, D], { dtype, device, seed: 1 });
@@ -81,7 +87,7 @@ export async function benchRope(argv: string[], io: IO): Promise<number> {
     rows.push(row);
     io.err(`${name}: ${row.rope_ms.toFixed(3)} ms, ${row.rope_gbps.toFixed(0)} GB/s = ${(100 * row.ratio).toFixed(1)}% of copy`);
   };
-  const o: RopeOptions = { invFreq, positionOffset: 0 };
+  const o: RopeApplyOptions = { invFreq, positionOffset: 0 };
   await measure(`apply ${dtype} neox exact`, [x], () => rope.apply(x, o).dispose());
   await measure(`apply in place`, [x], () => { rope.apply(x, { ...o, inplace: true }); });
   await measure(`backward`, [x], () => rope.backward(x, o).dispose());
@@ -100,10 +106,15 @@ export async function benchRope(argv: string[], io: IO): Promise<number> {
   io.out(table(['case', 'MB', 'rope ms', 'rope GB/s', 'copy GB/s', 'of copy'], rows.map((r) => [
     r.case, (r.bytes / 1e6).toFixed(0), r.rope_ms.toFixed(3), r.rope_gbps.toFixed(0), r.copy_gbps.toFixed(0),
     `${(100 * r.ratio).toFixed(1)}%`])));
-  const file = String(opts.json ?? path.join('bench', 'out', `rope-${device}.json`));
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), device: dev, tokens, heads: H, kvHeads: HK, headDim: D, dtype, rows }, null, 2));
-  io.err(`wrote ${file}`);
+  // Written only where asked (--out): a benchmark must not drop files into the caller's project.
+  const result = { date: new Date().toISOString(), device: dev, tokens, heads: H, kvHeads: HK, headDim: D, dtype, rows };
+  if (opts.out !== undefined) {
+    const file = String(opts.out);
+    fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+    fs.writeFileSync(file, JSON.stringify(result, null, 2));
+    io.err(`wrote ${file}`);
+  }
+  if (opts.json) io.json!(result);
   return 0;
 }
 

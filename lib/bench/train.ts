@@ -15,8 +15,11 @@ import { AdamW } from '../optim';
 import { Tensor, emptyCache, memory, resetPeakMemory, synchronize, tensor } from '../tensor';
 import { adamwFor, flopsPerToken } from '../train/train';
 import { MISTRAL_7B } from './model';
-import { GiB, IO, median, table } from './util';
-import { Command, FlagValues, runLocal } from '../cli/trainargs';
+import { GiB, median, table } from './util';
+import { runCommand } from '../cli';
+import type { Command } from '../cli';
+import { CliIO, FlagValues } from '../cli/args';
+import { JSON_FLAG, OUT_FLAG, REPS_FLAG, checkOutputPath } from '../cli/common';
 
 const PEAK = 989e12; // H100/H200 dense bf16
 
@@ -29,13 +32,13 @@ export const command: Command = {
     seqs: { type: 'sizes', min: 1, help: 'tokens per step (one sequence)', default: '16k,32k,64k,128k (--full: 16k,32k,64k)' },
     layers: { type: 'int', min: 1, max: 1024, help: 'decoder layers', default: '4 (--full: 32)' },
     full: { type: 'bool', help: 'the whole Mistral-7B' },
-    reps: { type: 'int', min: 1, max: 1000, help: 'timed steps after one warm-up step (median)', default: '3' },
+    reps: { ...REPS_FLAG, help: 'timed steps after one warm-up step (median)', default: '3' },
     'grad-dtype': { type: 'choice', choices: ['f32', 'param'], help: 'linear-weight gradient dtype', default: 'f32 (--full: param)' },
     'mlp-chunk': { type: 'size', min: 1, help: 'tokens per MLP chunk', default: '8k' },
     config: { type: 'string', metavar: 'FILE', help: 'another HF config.json instead of Mistral-7B (--layers still applies when given)' },
     device: { type: 'string', help: 'device (cpu only for smoke tests with a tiny --config)', default: 'cuda' },
-    json: { type: 'bool', help: 'print the rows as JSON on stdout' },
-    out: { type: 'string', metavar: 'FILE', help: 'also write the rows as JSON to FILE' },
+    json: JSON_FLAG,
+    out: OUT_FLAG,
   },
   run: (o, io) => run(o, io),
 };
@@ -52,7 +55,8 @@ function isOom(e: unknown): boolean {
   return e instanceof MegabeamError && e.code === 'ERR_OOM';
 }
 
-async function run(o: FlagValues, io: IO & { json?: (v: unknown) => void }): Promise<number> {
+async function run(o: FlagValues, io: CliIO): Promise<number> {
+  if (o.out !== undefined) checkOutputPath(String(o.out));
   const full = !!o.full;
   const seqs = (o.seqs as number[] | undefined) ?? (full ? [16384, 32768, 65536] : [16384, 32768, 65536, 131072]);
   const layers = (o.layers as number | undefined) ?? (full ? 32 : 4);
@@ -131,4 +135,5 @@ async function run(o: FlagValues, io: IO & { json?: (v: unknown) => void }): Pro
   return 0;
 }
 
-export const benchTrain = (argv: string[], io: IO): Promise<number> => runLocal(command, 'bench train', argv, io);
+/** Parse + run (as `megabeam bench train ...` does), for scripts and tests. */
+export const benchTrain = (argv: readonly string[], io?: CliIO): Promise<number> => runCommand(command, 'bench train', argv, io);

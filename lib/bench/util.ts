@@ -3,7 +3,8 @@ import { performance } from 'perf_hooks';
 import { DeviceLike } from '../device';
 import { synchronize } from '../tensor';
 
-export type IO = { out: (s: string) => void; err: (s: string) => void };
+// Flags are parsed by lib/cli/args.ts (one parser for every command).
+export type { CliIO as IO } from '../cli/args';
 
 /** Wall time of `fn` including the device work it enqueued (synchronize before and after). */
 export async function timed(device: DeviceLike, fn: () => void | Promise<void>): Promise<number> {
@@ -62,29 +63,4 @@ export async function withProgress<T>(label: string, expectedS: number, work: ()
     draw(true);
     if (tty) process.stderr.write('\n');
   }
-}
-
-/** --key value / --flag parsing into a record; unknown keys are reported by the caller. */
-export function parseArgs(argv: string[]): { opts: Record<string, string | true>; rest: string[] } {
-  const opts: Record<string, string | true> = {};
-  const rest: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a.startsWith('--')) {
-      const [k, v] = a.slice(2).split('=', 2);
-      if (v !== undefined) opts[k] = v;
-      else if (i + 1 < argv.length && !argv[i + 1].startsWith('--')) opts[k] = argv[++i];
-      else opts[k] = true;
-    } else rest.push(a);
-  }
-  return { opts, rest };
-}
-
-export function intList(s: string | true | undefined, def: number[]): number[] {
-  if (s === undefined || s === true) return def;
-  return s.split(',').map((x) => {
-    const m = /^(\d+)([kKmM]?)$/.exec(x.trim());
-    if (!m) throw new Error(`bad size ${JSON.stringify(x)}`);
-    return Number(m[1]) * (m[2].toLowerCase() === 'k' ? 1024 : m[2].toLowerCase() === 'm' ? 1024 * 1024 : 1);
-  });
 }

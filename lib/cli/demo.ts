@@ -4,15 +4,13 @@
 // and dq against a float64 reference computed here, and prints times, TFLOP/s and memory.
 import { attention } from '../attention';
 import { attentionFlops } from '../bench/attention';
-import { GiB, IO, fmt, parseArgs, table, timed, withProgress } from '../bench/util';
+import { GiB, fmt, table, timed, withProgress } from '../bench/util';
+import type { Command } from '../cli';
 import { cuda } from '../device';
 import { rope } from '../rope';
 import { Tensor, memory, randn, resetPeakMemory, synchronize } from '../tensor';
-
-const HELP = `usage: megabeam demo [--device cuda|cpu] [--seq N] [--heads-q 32] [--heads-kv 8] [--head-dim 128]
-                     [--base 75e6] [--samples 6] [--json]
-Default: 524288 tokens on a GPU, 4096 on the CPU; Mistral-7B attention shapes (32 q heads, 8 kv heads,
-d=128), bf16, causal; RoPE base 75e6 (MegaBeam-Mistral-512K).`;
+import { FlagValues, CliIO } from './args';
+import { DEVICE_FLAG, HEADS_FLAG, HEAD_DIM_FLAG, JSON_FLAG, KV_HEADS_FLAG, checkHeads, resolveDevice } from './common';
 
 async function row(t: Tensor, s: number): Promise<Float32Array> {
   const v = t.narrow(1, s, 1);
@@ -23,18 +21,43 @@ async function row(t: Tensor, s: number): Promise<Float32Array> {
   }
 }
 
-export async function demoCli(argv: string[], io: IO): Promise<number> {
-  const { opts } = parseArgs(argv);
-  if (opts.help) { io.out(HELP); return 0; }
-  const device = (opts.device as string) ?? (cuda.isAvailable() ? 'cuda' : 'cpu');
+export const command: Command = {
+  usage: 'megabeam demo [options]',
+  description: `One attention layer of a Mistral-7B-shaped model at long context: exact RoPE on q and k, causal GQA
+flash attention forward and backward in bf16; sampled rows of out and dq are checked against a float64
+reference. Defaults: 524288 tokens on a GPU, 4096 on the CPU; RoPE base 75e6 (MegaBeam-Mistral-512K).`,
+  flags: {
+    device: DEVICE_FLAG,
+    seq: { type: 'size', min: 1, max: 2 ** 24, help: 'sequence length', default: '512k on a GPU, 4k on the CPU' },
+    heads: { ...HEADS_FLAG, default: '32' },
+    'kv-heads': { ...KV_HEADS_FLAG, default: '8' },
+    'head-dim': { ...HEAD_DIM_FLAG, default: '128' },
+    base: { type: 'number', min: 1.000001, help: 'RoPE base (theta)', default: '75e6' },
+    samples: { type: 'int', min: 1, max: 6, help: 'query rows checked against float64', default: '6' },
+    json: JSON_FLAG,
+  },
+  run: demo,
+};
+
+/** The demo through the shared runner (kept for callers of the old entry point). */
+export async function demoCli(argv: string[], io: CliIO): Promise<number> {
+  const { runCommand } = await import('../cli');
+  return runCommand(command, 'demo', argv, io);
+}
+
+async function demo(opts: FlagValues, io: CliIO): Promise<number> {
+  const device = resolveDevice(opts.device);
   const gpu = device !== 'cpu';
-  const S = Number(opts.seq ?? (gpu ? 524288 : 4096));
-  const hq = Number(opts['heads-q'] ?? 32), hkv = Number(opts['heads-kv'] ?? 8), d = Number(opts['head-dim'] ?? 128);
-  const base = Number(opts.base ?? 75e6);
-  const nSamples = Number(opts.samples ?? 6);
-  const dev = device as 'cpu';
+  const S = (opts.seq as number | undefined) ?? (gpu ? 524288 : 4096);
+  const hq = (opts.heads as number | undefined) ?? 32, hkv = (opts['kv-heads'] as number | undefined) ?? 8;
+  const d = (opts['head-dim'] as number | undefined) ?? 128;
+  checkHeads(hq, hkv);
+  const base = (opts.base as number | undefined) ?? 75e6;
+  const nSamples = (opts.samples as number | undefined) ?? 6;
+  const dev = device;
   const dtype = 'bf16';
-  io.out(`megabeam demo: ${S} tokens, ${hq} q heads / ${hkv} kv heads, d=${d}, ${dtype}, causal, on ${gpu ? cuda.devices()[0]?.name ?? device : `the CPU (${cuda.unavailableReason() || 'requested'})`}`);
+  const where = gpu ? cuda.devices()[Number(device.slice(5))]?.name ?? device : `the CPU (${cuda.unavailableReason() || 'requested'})`;
+  io.out(`megabeam demo: ${S} tokens, ${hq} q heads / ${hkv} kv heads, d=${d}, ${dtype}, causal, on ${where}`);
 
   await synchronize(dev);
   resetPeakMemory(dev);
@@ -116,6 +139,7 @@ export async function demoCli(argv: string[], io: IO): Promise<number> {
   io.out(`\npeak ${device} memory: ${fmt(peak / GiB)} GiB (q, k, v, dout, out, dq, dk, dv themselves: ${fmt((8 * S * d * (hq + hkv)) / GiB)} GiB)`);
   const ok = worstOut < 2e-2 && worstDq < 3e-2 && Number.isFinite(worstOut) && Number.isFinite(worstDq);
   io.out(ok ? 'check passed' : `check FAILED: worst out error ${worstOut}, dq error ${worstDq}`);
-  if (opts.json) io.out(JSON.stringify({ seq: S, device, rope_s: tRope, fwd_s: tFwd, bwd_s: tBwd, peak_bytes: peak, worstOut, worstDq }));
+  if (opts.json) io.json!({ seq: S, device, headsQ: hq, headsKV: hkv, headDim: d, dtype, rope_s: tRope, fwd_s: tFwd, bwd_s: tBwd,
+    peak_bytes: peak, worstOut, worstDq, passed: ok });
   return ok ? 0 : 1;
 }

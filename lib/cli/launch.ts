@@ -8,6 +8,9 @@
 // SIGINT/SIGTERM are forwarded. When a rank fails, the others get a grace period to exit on their own
 // (their groups report the dead peer), then SIGTERM, then SIGKILL; the launcher says which rank died and how
 // and exits non-zero.
+import type { Command } from '../cli';
+import { CliIO, FlagValues } from './args';
+import { MegabeamError } from '../errors';
 import { ChildProcess, spawn } from 'child_process';
 import * as net from 'net';
 
@@ -199,6 +202,31 @@ export async function launch(o: LaunchOptions, io: IO): Promise<number> {
     `; ranks not ending cleanly: ${bad.map((r) => `${r.rank} (${how(r)})`).join(', ')}`);
   return f && f.code && f.code > 0 ? f.code : 1;
 }
+
+/** `megabeam launch` on the shared command table (flags parsed by lib/cli/args.ts; the script and its
+ * arguments reach run() untouched). */
+export const command: Command = {
+  usage: 'megabeam launch [--nproc N] [--nnodes M --node-rank R --master host:port] script.js [args...]',
+  description: USAGE.split('\n').slice(1).join('\n').trim(),
+  flags: {
+    nproc: { type: 'int', min: 1, max: 4096, help: 'processes (ranks) on this node', default: '1', aliases: ['nproc-per-node', 'nproc_per_node'] },
+    nnodes: { type: 'int', min: 1, max: 65536, help: 'nodes in the job', default: '1' },
+    'node-rank': { type: 'int', min: 0, max: 65535, help: "this node's index", default: '0', aliases: ['node_rank'] },
+    master: { type: 'string', metavar: 'host:port', help: "node 0's rendezvous address (required with --nnodes > 1)" },
+    'grace-ms': { type: 'int', min: 0, max: 3_600_000, help: 'after a rank fails, wait this long before ending the others', default: '10000' },
+    device: { type: 'choice', choices: ['cpu', 'cuda'], help: 'device of the ranks (default: cuda when usable)' },
+  },
+  takesArgs: true,
+  async run(opts: FlagValues, io: CliIO, args: string[]): Promise<number> {
+    const argv: string[] = [];
+    for (const k of ['nproc', 'nnodes', 'node-rank', 'master', 'grace-ms', 'device'])
+      if (opts[k] !== undefined) argv.push(`--${k}`, String(opts[k]));
+    const o = await parseLaunchArgs([...argv, '--', ...args]);
+    if (o === 'help') { io.out(USAGE); return 0; }
+    if (typeof o === 'string') throw new MegabeamError('ERR_ARG', o);
+    return launch(o, io as unknown as IO);
+  },
+};
 
 export async function launchCli(argv: string[], io: IO): Promise<number> {
   const o = await parseLaunchArgs(argv);

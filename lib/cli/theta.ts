@@ -1,35 +1,49 @@
 // `megabeam theta`: context-length analysis of a RoPE configuration (table, JSON, optional SVG plot).
 import { promises as fs } from 'fs';
-import { MegabeamError } from '../errors';
+import type { Command } from '../cli';
+import { ArgumentError } from '../errors';
 import { renderPanels } from '../svg';
 import {
   angleErrorBound, baseLowerBound, baseLowerBoundFit, cosineSumEnvelope, cosineSumScan, criticalDim,
   frequencies, fromHFConfig, RopeOptions, RopeType, ropeTypes, wavelength,
 } from '../theta';
+import { EXACT_MODE_ANGLE_ERROR, EXACT_MODE_ANGLE_ERROR_MEASURED } from '../theta/precision';
+import { CliIO, FlagValues } from './args';
+import { JSON_FLAG, checkOutputPath } from './common';
 
-export interface CliIO {
-  out: (s: string) => void;
-  err: (s: string) => void;
+export type { CliIO } from './args';
+
+export const command: Command = {
+  usage: 'megabeam theta --context N --head-dim D [options]',
+  description: `Context-length analysis of a RoPE configuration: base lower bounds (Men et al. 2024), the
+long-term-decay criterion Σcos(m·θ) ≥ 0, critical dim, wavelengths, attention factor and the angle error
+of fp32 / bf16 angles. --hf-config reads base, head dim and scaling from a Hugging Face config.json.`,
+  flags: {
+    context: { type: 'size', min: 1, max: 2 ** 24, help: 'context length to analyse (positions 0..N)' },
+    'head-dim': { type: 'int', min: 2, max: 65536, metavar: 'D', help: 'attention head dim (even)' },
+    base: { type: 'number', metavar: 'B', help: 'RoPE theta', default: 'the scanned lower bound for N' },
+    'rotary-dim': { type: 'int', min: 2, max: 65536, metavar: 'R', help: 'rotated dims', default: 'head dim' },
+    scaling: { type: 'choice', choices: ropeTypes, help: 'scaling type', default: 'default' },
+    factor: { type: 'number', metavar: 'S', help: 'scaling factor' },
+    'original-max': { type: 'size', min: 1, help: 'original (pre-extension) max positions; also the training length of the critical-dim row' },
+    'beta-fast': { type: 'number', help: 'yarn ramp', default: '32' },
+    'beta-slow': { type: 'number', help: 'yarn ramp', default: '1' },
+    'low-freq-factor': { type: 'number', help: 'llama3 band' },
+    'high-freq-factor': { type: 'number', help: 'llama3 band' },
+    'hf-config': { type: 'string', metavar: 'FILE', help: 'read base/head dim/scaling from a Hugging Face config.json' },
+    json: JSON_FLAG,
+    plot: { type: 'string', metavar: 'FILE.svg', help: 'write Σcos(m·θ) over [0, N] and the per-dim angle error (fp32, bf16)' },
+  },
+  run: (opts, io) => run(toFlags(opts), io),
+};
+
+/** theta through the shared runner (the entry point tests and older callers use). */
+export async function thetaCli(argv: string[], io: CliIO): Promise<number> {
+  const { runCommand } = await import('../cli');
+  return runCommand(command, 'theta', argv, io);
 }
 
-const USAGE = `usage: megabeam theta --context N --head-dim D [options]
-
-  --context N            context length to analyse (positions 0..N)
-  --head-dim D           attention head dim (even)
-  --base B               RoPE theta (default: the scanned lower bound for N)
-  --rotary-dim R         rotated dims (default: head dim)
-  --scaling TYPE         ${ropeTypes.join('|')} (default: default)
-  --factor S             scaling factor
-  --original-max N       original (pre-extension) max positions; also the training length for critical dim
-  --beta-fast X, --beta-slow X                 yarn ramp (default 32, 1)
-  --low-freq-factor X, --high-freq-factor X    llama3 bands
-  --hf-config FILE       read base/head dim/scaling from a Hugging Face config.json
-  --json                 print JSON instead of a table
-  --plot FILE.svg        write Σcos(m·θ) over [0, N] and per-dim angle error (fp32, bf16)
-  --help                 this text
-`;
-
-class UsageError extends Error {}
+class UsageError extends ArgumentError {}
 
 interface Flags {
   context?: number;
@@ -46,46 +60,17 @@ interface Flags {
   hfConfig?: string;
   json: boolean;
   plot?: string;
-  help: boolean;
 }
 
-const numericFlags: Record<string, keyof Flags> = {
-  '--context': 'context', '--head-dim': 'headDim', '--base': 'base', '--rotary-dim': 'rotaryDim',
-  '--factor': 'factor', '--original-max': 'originalMax', '--beta-fast': 'betaFast', '--beta-slow': 'betaSlow',
-  '--low-freq-factor': 'lowFreqFactor', '--high-freq-factor': 'highFreqFactor',
-};
-const integerFlags = new Set(['--context', '--head-dim', '--rotary-dim', '--original-max']);
-
-function parse(argv: string[]): Flags {
-  const f: Flags = { json: false, help: false };
-  for (let i = 0; i < argv.length; i++) {
-    const raw = argv[i];
-    const eq = raw.startsWith('--') ? raw.indexOf('=') : -1;
-    const name = eq > 0 ? raw.slice(0, eq) : raw;
-    const inline = eq > 0 ? raw.slice(eq + 1) : undefined;
-    const value = (): string => {
-      if (inline !== undefined) return inline;
-      const v = argv[++i];
-      if (v === undefined || v.startsWith('--')) throw new UsageError(`${name} needs a value`);
-      return v;
-    };
-    if (name === '--help' || name === '-h') f.help = true;
-    else if (name === '--json') f.json = true;
-    else if (name === '--plot') f.plot = value();
-    else if (name === '--hf-config') f.hfConfig = value();
-    else if (name === '--scaling') {
-      const v = value();
-      if (!(ropeTypes as readonly string[]).includes(v)) throw new UsageError(`--scaling must be one of ${ropeTypes.join(', ')}, got "${v}"`);
-      f.scaling = v as RopeType;
-    } else if (name in numericFlags) {
-      const s = value();
-      const v = Number(s);
-      if (s.trim() === '' || !Number.isFinite(v)) throw new UsageError(`${name} must be a number, got "${s}"`);
-      if (integerFlags.has(name) && (!Number.isInteger(v) || v <= 0)) throw new UsageError(`${name} must be a positive integer, got "${s}"`);
-      (f as unknown as Record<string, unknown>)[numericFlags[name]] = v;
-    } else throw new UsageError(`unknown argument "${raw}"`);
-  }
-  return f;
+function toFlags(o: FlagValues): Flags {
+  return {
+    context: o.context as number | undefined, headDim: o['head-dim'] as number | undefined, base: o.base as number | undefined,
+    rotaryDim: o['rotary-dim'] as number | undefined, scaling: o.scaling as RopeType | undefined, factor: o.factor as number | undefined,
+    originalMax: o['original-max'] as number | undefined, betaFast: o['beta-fast'] as number | undefined,
+    betaSlow: o['beta-slow'] as number | undefined, lowFreqFactor: o['low-freq-factor'] as number | undefined,
+    highFreqFactor: o['high-freq-factor'] as number | undefined, hfConfig: o['hf-config'] as string | undefined,
+    json: o.json === true, plot: o.plot as string | undefined,
+  };
 }
 
 /** A number for the table: short, exponent form for large/small magnitudes. */
@@ -96,31 +81,14 @@ function n(v: number, digits = 4): string {
   return a !== 0 && (a >= 1e6 || a < 1e-3) ? v.toExponential(digits - 1) : String(Number(v.toPrecision(digits)));
 }
 
-export async function thetaCli(argv: string[], io: CliIO): Promise<number> {
-  let f: Flags;
-  try {
-    f = parse(argv);
-  } catch (e) {
-    io.err(`megabeam theta: ${(e as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  if (f.help) {
-    io.out(USAGE);
-    return 0;
-  }
-  try {
-    return await run(f, io);
-  } catch (e) {
-    if (e instanceof UsageError || e instanceof MegabeamError) {
-      io.err(`megabeam theta: ${e.message}\n`);
-      return 2;
-    }
-    io.err(`megabeam theta: ${(e as Error)?.message ?? String(e)}\n`);
-    return 1;
-  }
+/** An angle error for the table: a bound at or above π says nothing more (an angle is only known mod 2π). */
+function angle(v: number): string {
+  if (v >= Math.PI) return `≥ π: the angle is noise (bound ${n(v, 3)} rad, capped; any error ≥ π rad loses the position)`;
+  return `${n(v, 3)} rad (max over dims, bound)`;
 }
 
 async function run(f: Flags, io: CliIO): Promise<number> {
+  if (f.plot !== undefined) checkOutputPath(f.plot, false);
   let opts: RopeOptions;
   let context = f.context;
   let baseGiven: boolean;
@@ -199,11 +167,15 @@ async function run(f: Flags, io: CliIO): Promise<number> {
     criticalDimTrainLength: trainLength,
     wavelength: { min: Math.min(...wav), max: Math.max(...wav), dimsLongerThanContext: longer, dims: wav.length },
     attentionFactor,
-    angleError: { position: last, fp32Max: max(e32), bf16Max: max(e16), exactModeMax: 1e-6 },
+    // Raw bounds (rad) and the same capped at π, where an angle mod 2π carries no information any more.
+    angleError: {
+      position: last, fp32Max: max(e32), bf16Max: max(e16), fp32MaxCapped: Math.min(max(e32), Math.PI),
+      bf16MaxCapped: Math.min(max(e16), Math.PI), exactModeMax: EXACT_MODE_ANGLE_ERROR, exactModeMeasured: EXACT_MODE_ANGLE_ERROR_MEASURED,
+    },
     options: opts,
   };
 
-  if (f.json) io.out(JSON.stringify(report, null, 2) + '\n');
+  if (f.json) io.json!(report);
   else {
     const rows: [string, string][] = [
       ['scaling', `${opts.type}${opts.factor !== undefined ? ` (factor ${n(opts.factor)})` : ''}`],
@@ -216,13 +188,13 @@ async function run(f: Flags, io: CliIO): Promise<number> {
       ['wavelength min / max', `${n(Math.min(...wav))} / ${n(Math.max(...wav))}`],
       ['dims with wavelength > L', `${longer} of ${wav.length}`],
       ['attention factor', n(attentionFactor, 6)],
-      [`angle error @ m=${last}, fp32`, `${n(max(e32), 3)} rad (max over dims, bound)`],
-      [`angle error @ m=${last}, bf16`, `${n(max(e16), 3)} rad (max over dims, bound)`],
-      ['angle error, megabeam exact', '≤ 1e-7 rad (measured ≤ 9e-8 at any int32 position, docs/rope.md)'],
+      [`angle error @ m=${last}, fp32`, angle(max(e32))],
+      [`angle error @ m=${last}, bf16`, angle(max(e16))],
+      ['angle error, megabeam exact', `≤ ${EXACT_MODE_ANGLE_ERROR} rad (measured ≤ ${EXACT_MODE_ANGLE_ERROR_MEASURED} at any int32 position, docs/rope.md)`],
     ];
     const w = Math.max(...rows.map((r) => r[0].length));
-    io.out(`megabeam theta — context ${context}, head dim ${opts.headDim}, rotary dim ${d}\n`);
-    for (const [k, v] of rows) io.out(`  ${k.padEnd(w)}  ${v}\n`);
+    io.out(`megabeam theta — context ${context}, head dim ${opts.headDim}, rotary dim ${d}`);
+    for (const [k, v] of rows) io.out(`  ${k.padEnd(w)}  ${v}`);
   }
 
   if (f.plot !== undefined) {
@@ -235,14 +207,21 @@ async function run(f: Flags, io: CliIO): Promise<number> {
       ys.push(env.min[k], env.max[k]);
     }
     const dims = Array.from(invFreq, (_, i) => i);
+    const setting = `base ${n(opts.base)}, head dim ${opts.headDim}${d !== opts.headDim ? ` (rotary ${d})` : ''}, context ${context}, ${opts.type}`;
     const svg = renderPanels([
       {
         title: `Σ cos(m·θ_i) over m ∈ [0, ${context}] (per-bucket min/max)`,
+        subtitle: setting,
         xLabel: 'relative position m', yLabel: 'Σ cos(m·θ_i)', hline: 0, xDomain: [0, context],
         series: [{ id: 'cos-sum', label: 'Σ cos(m·θ)', color: '#1f5fbf', x: xs, y: ys }],
+        // The exact minimum from the full scan: where the decay criterion fails, if it does.
+        markers: crit.min < 0
+          ? [{ id: 'dip', x: crit.argMin, y: crit.min, color: '#c00', label: `min ${n(crit.min)} at m = ${crit.argMin}: below 0, criterion fails` }]
+          : [{ id: 'min', x: crit.argMin, y: crit.min, color: '#1f9f3f', label: `min ${n(crit.min)} at m = ${crit.argMin} (≥ 0)` }],
       },
       {
         title: `angle error bound at m = ${last} per dimension`,
+        subtitle: `${setting}; errors ≥ π rad mean the angle is noise`,
         xLabel: 'dimension pair i', yLabel: 'rad', yScale: 'log',
         series: [
           { id: 'angle-error-fp32', label: 'fp32', color: '#1f9f3f', x: dims, y: e32 },
@@ -251,7 +230,7 @@ async function run(f: Flags, io: CliIO): Promise<number> {
       },
     ]);
     await fs.writeFile(f.plot, svg);
-    if (!f.json) io.out(`  plot written to ${f.plot}\n`);
+    io.out(`  plot written to ${f.plot}`);
   }
   return 0;
 }

@@ -1,6 +1,6 @@
 // `megabeam train` (a Mistral/Llama config + llm.c token files -> training with checkpoints, JSONL log and
-// a progress line) and `megabeam plot` (the log's curves as SVG). Both are command-table entries
-// (`command`, `plotCommand`); trainCli / plotCli run them with the local parser (lib/cli/trainargs.ts).
+// a progress line) and `megabeam plot` (the log's curves as SVG; lib/cli/plot.ts registers it): entries of
+// the command table in lib/cli.ts.
 import * as fs from 'fs';
 import * as path from 'path';
 import { cuda, parseDevice } from '../device';
@@ -11,7 +11,10 @@ import { schedules, Schedule } from '../optim';
 import { train } from '../train/train';
 import { latestCheckpoint } from '../train/checkpoint';
 import { plotLog } from '../train/plot';
-import { CliIO, Command, FlagValues, runLocal } from './trainargs';
+import { runCommand } from '../cli';
+import type { Command } from '../cli';
+import { CliIO, FlagValues } from './args';
+import { DEVICE_FLAG } from './common';
 
 function need<T>(v: T | undefined, flag: string): T {
   if (v === undefined) throw new ArgumentError(`--${flag} is required`);
@@ -44,7 +47,7 @@ export const command: Command = {
     log: { type: 'string', metavar: 'FILE', help: 'JSONL log of every step' },
     init: { type: 'string', metavar: 'DIR', help: 'start from these HF weights (safetensors) instead of a random init' },
     save: { type: 'string', metavar: 'DIR', help: 'write the final model here (config.json + safetensors)' },
-    device: { type: 'string', metavar: 'cpu|cuda|cuda:N', help: 'where to train', default: 'cuda when available, else cpu' },
+    device: DEVICE_FLAG,
     dtype: { type: 'choice', choices: ['bf16', 'f32', 'f16'], help: 'parameter/activation dtype (f16 is refused: no loss scaling)', default: 'bf16 on CUDA, f32 on the CPU' },
     'grad-dtype': { type: 'choice', choices: ['f32', 'param'], help: 'linear-layer weight gradients in f32 or the parameter dtype', default: 'f32' },
     'mlp-chunk': { type: 'size', min: 1, help: 'tokens per MLP chunk in the backward', default: '8k' },
@@ -169,5 +172,6 @@ export const plotCommand: Command = {
   },
 };
 
-export const trainCli = (argv: string[], io: CliIO): Promise<number> => runLocal(command, 'train', argv, io);
-export const plotCli = (argv: string[], io: CliIO): Promise<number> => runLocal(plotCommand, 'plot', argv, io);
+/** Parse + run (as `megabeam train ...` does), for scripts and tests. */
+export const trainCli = (argv: readonly string[], io?: CliIO): Promise<number> => runCommand(command, 'train', argv, io);
+export const plotCli = (argv: readonly string[], io?: CliIO): Promise<number> => runCommand(plotCommand, 'plot', argv, io);

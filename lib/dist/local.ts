@@ -15,7 +15,7 @@
 //   its buffer as soon as the call was issued, as the Group contract allows.
 // - Reductions accumulate in f32 (add/maximum: fp32 math) and round once into each rank's tensor.
 import { DeviceString, parseDevice } from '../device';
-import { ArgumentError, CommError, DeviceError, DtypeError, MegabeamError, ShapeError, TimeoutError, native as call } from '../errors';
+import { ArgumentError, CommError, DeviceError, DtypeError, MegabeamError, ShapeError, TimeoutError, callNative as call } from '../errors';
 import { add, scale } from '../elementwise';
 import { native } from '../native';
 import { Tensor, empty } from '../tensor';

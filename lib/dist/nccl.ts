@@ -13,7 +13,7 @@
 // watchdog for timeouts and asynchronous errors).
 import type { Tensor } from '../tensor';
 import type { DeviceString } from '../device';
-import { ArgumentError, CommError, DeviceError, MegabeamError, TimeoutError, fromNative, native as call } from '../errors';
+import { ArgumentError, CommError, DeviceError, MegabeamError, TimeoutError, fromNative, callNative as call } from '../errors';
 import { native } from '../native';
 import type { Backend, CommOptions, Group, P2POp, ReduceOp } from './types';
 import type { TcpGroup } from './tcp';

@@ -20,7 +20,7 @@ import * as net from 'net';
 import type { Tensor } from '../tensor';
 import type { DeviceString } from '../device';
 import { Dtype, dtypeCode } from '../dtype';
-import { ArgumentError, CommError, DeviceError, DtypeError, MegabeamError, ShapeError, TimeoutError, native as call } from '../errors';
+import { ArgumentError, CommError, DeviceError, DtypeError, MegabeamError, ShapeError, TimeoutError, callNative as call } from '../errors';
 import { native } from '../native';
 import type { Backend, CommOptions, Group, P2POp, ReduceOp } from './types';
 import { Frame, FrameParser, Kind, WireOp, opCode, opName, writeFrame } from './wire';

@@ -15,7 +15,7 @@ import { DeviceLike, DeviceString, parseDevice } from '../device';
 import { ArgumentError, DeviceError, DtypeError, ShapeError, UnsupportedError } from '../errors';
 import { matmul, linear } from '../matmul';
 import * as nn from '../nn';
-import { rope, RopeOptions } from '../rope';
+import { rope, RopeApplyOptions } from '../rope';
 import * as safetensors from '../safetensors';
 import { Tensor, empty, randn, tensor, ones } from '../tensor';
 import { scale } from '../elementwise';
@@ -277,7 +277,7 @@ export class Model {
   }
 
   /** RoPE frequencies for a sequence length (dynamic / longrope scaling depend on it). */
-  #rope(seqLen: number): RopeOptions {
+  #rope(seqLen: number): RopeApplyOptions {
     const type = (this.config.rope.options as { type: string }).type;
     const key = type === 'dynamic' || type === 'longrope' ? seqLen : 0;
     let r = this.#ropeCache.get(key);
@@ -289,7 +289,7 @@ export class Model {
   }
 
   /** RoPE of a shard of S tokens per batch row: its global positions (see SeqPar). */
-  #ropeOpts(S: number, sp: SeqPar): RopeOptions {
+  #ropeOpts(S: number, sp: SeqPar): RopeApplyOptions {
     const off = sp.positionOffset;
     const r = this.#rope(off + S * sp.world);
     if (sp.positions) return { ...r, positions: sp.positions, inplace: true };

@@ -1,6 +1,6 @@
 // Token embedding lookup and its scatter-add backward (csrc/ops/embedding).
 import { Dtype } from '../dtype';
-import { native as call } from '../errors';
+import { callNative as call } from '../errors';
 import { native } from '../native';
 import { Tensor, arg } from '../tensor';
 import { badWord, opts, wrap } from './util';

@@ -1,6 +1,6 @@
 // Cross-entropy on a logits chunk, and the LM head + cross-entropy fused and chunked over tokens so the
 // [tokens, vocab] logits never exist whole (csrc/ops/cross_entropy; GEMMs through lib/matmul).
-import { ArgumentError, DtypeError, ShapeError, native as call } from '../errors';
+import { ArgumentError, DtypeError, ShapeError, callNative as call } from '../errors';
 import { matmul } from '../matmul';
 import { native } from '../native';
 import { Tensor, arg, empty, zeros } from '../tensor';

@@ -1,5 +1,5 @@
 // RMSNorm forward/backward (fused residual add). Validity is decided natively (csrc/ops/rmsnorm).
-import { native as call } from '../errors';
+import { callNative as call } from '../errors';
 import { native } from '../native';
 import { Tensor, arg, zeros } from '../tensor';
 import { opts, wrap } from './util';

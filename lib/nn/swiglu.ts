@@ -1,5 +1,5 @@
 // SwiGLU: silu(gate)·up in one pass (csrc/ops/swiglu).
-import { native as call } from '../errors';
+import { callNative as call } from '../errors';
 import { native } from '../native';
 import { Tensor, arg } from '../tensor';
 import { opts, wrap } from './util';

@@ -1,11 +1,15 @@
 // Context-length analysis of a RoPE frequency set: wavelengths, critical dimension (Liu et al. 2023),
 // and the base lower bound of Men et al. 2024 from the long-term-decay criterion Σ_i cos(m·θ_i) ≥ 0.
 import { defaultInvFreq } from './frequencies';
-import { base as checkBase, contextLength, dim, fail, finiteNumber, positiveEvenInt, positiveInt, show } from './validate';
+import { base as checkBase, contextLength, dim, fail, finiteNumber, positive, positiveEvenInt, positiveInt, show } from './validate';
+
+/** Most grid points baseLowerBound walks (2 → 1e30 at the default ratio 1.01 is ~6900). */
+const MAX_GRID_STEPS = 1e5;
 
 function checkInvFreq(invFreq: ArrayLike<number>): void {
-  if (invFreq === null || typeof invFreq !== 'object' || typeof invFreq.length !== 'number' || invFreq.length === 0) {
-    fail('invFreq', `must be a non-empty array of numbers, got ${show(invFreq)}`);
+  if (invFreq === null || typeof invFreq !== 'object' || !Number.isSafeInteger(invFreq.length) || invFreq.length <= 0 ||
+      invFreq.length > 32768) {
+    fail('invFreq', `must be a non-empty array of at most 32768 numbers (head dim ≤ 65536), got ${show(invFreq)}`);
   }
   for (let i = 0; i < invFreq.length; i++) {
     const v = invFreq[i];
@@ -49,6 +53,24 @@ export function baseLowerBoundFit(L: number): number {
 }
 
 const BLOCK = 1024;
+
+/**
+ * Work limits, in cosine terms (one position × one dim pair; about 0.5–1 ns each): a single scan of
+ * [0, L] over d/2 pairs may cost at most MAX_SCAN_TERMS (2^33, ~10 s), and a whole baseLowerBound search
+ * at most `maxWork` (default MAX_SEARCH_TERMS = 2^35). Beyond that the call is refused up front (or stops)
+ * with ERR_ROPE_CONFIG instead of running for hours: L = 2^24 with headDim 65536 is 5.5e11 terms per scan.
+ */
+export const MAX_SCAN_TERMS = 2 ** 33;
+export const MAX_SEARCH_TERMS = 2 ** 35;
+
+function checkScanWork(param: string, L: number, pairs: number): void {
+  const terms = (L + 1) * pairs;
+  if (terms > MAX_SCAN_TERMS) {
+    fail(param, `a scan of positions 0..${L} over ${pairs} dim pairs is ${terms.toExponential(2)} cosine terms, ` +
+      `over the limit of ${MAX_SCAN_TERMS.toExponential(2)} (~10 s); use a shorter context or a smaller head dim ` +
+      `(or baseLowerBoundFit for an estimate)`);
+  }
+}
 
 /**
  * B(m) = Σ_i cos(m·θ_i) for m = mTop, mTop−1, …, mTop−n+1 into acc[0..n). Each dim is rotated by e^{−iθ}
@@ -111,12 +133,18 @@ export interface CosineSumResult {
 export function cosineSumScan(invFreq: ArrayLike<number>, L: number, stopAtNegative = false): CosineSumResult {
   checkInvFreq(invFreq);
   contextLength('L', L, true);
-  const theta = Float64Array.from(invFreq);
+  checkScanWork('L', L, invFreq.length);
+  const { work: _work, ...r } = scan(Float64Array.from(invFreq), L, stopAtNegative);
+  return r;
+}
+
+function scan(theta: Float64Array, L: number, stopAtNegative: boolean): CosineSumResult & { work: number } {
   const cs = theta.map(Math.cos);
   const sn = theta.map(Math.sin);
   const acc = new Float64Array(BLOCK);
   let min = Infinity;
   let argMin = -1;
+  let work = 0;
   // Blocks grow 32 → BLOCK so that a clearly failing base is rejected after a few positions.
   let size = stopAtNegative ? 32 : BLOCK;
   for (let mTop = L; mTop >= 0; mTop -= size, size = Math.min(BLOCK, size * 2)) {
@@ -128,15 +156,17 @@ export function cosineSumScan(invFreq: ArrayLike<number>, L: number, stopAtNegat
         argMin = mTop - j;
       }
     }
+    work += n * theta.length;
     if (stopAtNegative && min < 0) break;
   }
-  return { ok: min >= 0, min, argMin };
+  return { ok: min >= 0, min, argMin, work };
 }
 
 /** Per-bucket min and max of B(m) over [0, L], `buckets` equal slices (for plotting an envelope). */
 export function cosineSumEnvelope(invFreq: ArrayLike<number>, L: number, buckets: number): { m: Float64Array; min: Float64Array; max: Float64Array } {
   checkInvFreq(invFreq);
   contextLength('L', L);
+  checkScanWork('L', L, invFreq.length);
   const nb = Math.min(positiveInt('buckets', buckets), L + 1, 1 << 20);
   const theta = Float64Array.from(invFreq);
   const cs = theta.map(Math.cos);
@@ -170,6 +200,8 @@ export interface BaseLowerBoundOptions {
   minBase?: number;
   /** Give up above this base (default 1e30). */
   maxBase?: number;
+  /** Stop with ERR_ROPE_CONFIG after this many cosine terms in all (default MAX_SEARCH_TERMS = 2^35). */
+  maxWork?: number;
 }
 
 /** true when Σ_i cos(m·base^(−2i/d)) ≥ 0 for every integer m in [0, L]. */
@@ -196,14 +228,32 @@ export function baseLowerBound(L: number, o: BaseLowerBoundOptions): number {
   const minBase = o.minBase === undefined ? 2 : checkBase('minBase', o.minBase);
   const maxBase = o.maxBase === undefined ? 1e30 : checkBase('maxBase', o.maxBase);
   if (maxBase <= minBase) fail('maxBase', `must be > minBase (${minBase}), got ${maxBase}`);
+  const maxWork = o.maxWork === undefined ? MAX_SEARCH_TERMS : positive('maxWork', o.maxWork);
+  // Refuse what cannot finish: a grid too fine to walk, or one check alone above the scan limit.
+  const steps = Math.log(maxBase / minBase) / Math.log(ratio);
+  if (steps > MAX_GRID_STEPS) {
+    fail('gridRatio', `${ratio} needs ${steps.toExponential(2)} grid steps from minBase ${minBase} to maxBase ${maxBase}; ` +
+      `the limit is ${MAX_GRID_STEPS} (use gridRatio ≥ ${Math.exp(Math.log(maxBase / minBase) / MAX_GRID_STEPS).toPrecision(6)} or a narrower [minBase, maxBase])`);
+  }
+  checkScanWork('L', L, d / 2);
+  let work = 0;
+  const meets = (b: number): boolean => {
+    const r = scan(defaultInvFreq(b, d), L, true);
+    work += r.work;
+    if (work > maxWork) {
+      fail('maxWork', `the search for L = ${L}, headDim ${d} used ${work.toExponential(2)} cosine terms without finishing ` +
+        `(limit ${maxWork.toExponential(2)}); raise maxWork, or use baseLowerBoundFit for an estimate`);
+    }
+    return r.ok;
+  };
 
-  if (meetsDecayCriterion(minBase, L, d)) return minBase;
+  if (meets(minBase)) return minBase;
   let lo = minBase;
   let hi = NaN;
   for (let k = 1; ; k++) {
     const b = minBase * Math.pow(ratio, k);
     if (b > maxBase) fail('L', `no base ≤ maxBase (${maxBase}) satisfies the criterion for L = ${L}`);
-    if (meetsDecayCriterion(b, L, d)) {
+    if (meets(b)) {
       hi = b;
       break;
     }
@@ -211,7 +261,8 @@ export function baseLowerBound(L: number, o: BaseLowerBoundOptions): number {
   }
   while (hi / lo - 1 > relTol) {
     const mid = Math.sqrt(lo * hi);
-    if (meetsDecayCriterion(mid, L, d)) hi = mid;
+    if (!(mid > lo && mid < hi)) break; // adjacent doubles: relTol below float64 resolution
+    if (meets(mid)) hi = mid;
     else lo = mid;
   }
   return hi;

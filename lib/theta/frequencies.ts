@@ -122,6 +122,26 @@ function factorList(param: string, v: unknown, n: number): Float64Array {
  * Throws RopeConfigError (ERR_ROPE_CONFIG) naming the parameter on any missing or out-of-range value.
  */
 export function frequencies(options: RopeOptions): RopeFrequencies {
+  const r = computeFrequencies(options);
+  // A scaling that pushes a frequency to 0, Infinity or NaN (factor 1e308) is the scaling's fault, not the
+  // base's: name the parameter that did it.
+  const culprit = options.type === 'default' ? 'base' : options.type === 'longrope' ? 'longFactor/shortFactor' : 'factor';
+  for (let i = 0; i < r.invFreq.length; i++) {
+    const v = r.invFreq[i];
+    if (!(v > 0 && Number.isFinite(v))) fail(culprit, `gives inverse frequency ${v} for dim pair ${i} (underflow/overflow in float64)`);
+  }
+  if (!(r.attentionFactor > 0 && Number.isFinite(r.attentionFactor))) fail(culprit, `gives attention factor ${r.attentionFactor}`);
+  return r;
+}
+
+/** base·x^e for the NTK-style scalings; an overflow is the factor's fault (the base was checked). */
+function scaledBase(b: number, x: number, e: number, param: string): number {
+  const v = b * Math.pow(x, e);
+  if (!Number.isFinite(v)) fail(param, `base·(scale)^(d/(d−2)) = ${b}·${x}^${e.toPrecision(4)} overflows float64`);
+  return v;
+}
+
+function computeFrequencies(options: RopeOptions): RopeFrequencies {
   if (options === null || typeof options !== 'object') fail('options', `must be an object, got ${show(options)}`);
   const o = options;
   if (typeof o.type !== 'string' || !(ropeTypes as readonly string[]).includes(o.type)) {
@@ -152,7 +172,7 @@ export function frequencies(options: RopeOptions): RopeFrequencies {
     case 'ntk': {
       const s = factorOf(o, true)!;
       if (d <= 2) fail('rotaryDim', `must be > 2 for 'ntk' (exponent d/(d−2)), got ${d}`);
-      return { invFreq: defaultInvFreq(b * Math.pow(s, d / (d - 2)), d), attentionFactor: 1 };
+      return { invFreq: defaultInvFreq(scaledBase(b, s, d / (d - 2), 'factor'), d), attentionFactor: 1 };
     }
 
     case 'dynamic': {
@@ -162,7 +182,7 @@ export function frequencies(options: RopeOptions): RopeFrequencies {
       if (l0 === undefined) fail('maxPositionEmbeddings', "is required for 'dynamic' (or originalMaxPositionEmbeddings)");
       // L ≤ L0 leaves the base unchanged (HF clamps seq_len up to max_position_embeddings).
       const L = Math.max(seqLen ?? maxPos ?? l0, l0);
-      const scaled = b * Math.pow((s * L) / l0 - (s - 1), d / (d - 2));
+      const scaled = scaledBase(b, (s * L) / l0 - (s - 1), d / (d - 2), 'factor');
       return { invFreq: defaultInvFreq(scaled, d), attentionFactor: 1 };
     }
 
@@ -260,6 +280,10 @@ export function frequencies(options: RopeOptions): RopeFrequencies {
         const f = factorOf(o, false);
         if (f === undefined) fail('factor', "is required for 'longrope' unless maxPositionEmbeddings and originalMaxPositionEmbeddings are both given");
         s = f;
+      }
+      // HF: sqrt(1 + ln s / ln L0), which divides by ln 1 = 0 for L0 = 1.
+      if (o.attentionFactor === undefined && s > 1 && l0 < 2) {
+        fail('originalMaxPositionEmbeddings', `must be ≥ 2 for 'longrope' with factor ${s} > 1 (the attention factor sqrt(1 + ln s / ln L0) divides by ln L0 = 0); or pass attentionFactor`);
       }
       const attn = o.attentionFactor !== undefined
         ? positive('attentionFactor', o.attentionFactor)

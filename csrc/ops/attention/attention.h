@@ -36,15 +36,30 @@ struct AttnBwdParams : AttnFwdParams {
   void* workspace;           // attention_bwd_workspace_bytes() bytes, device memory, uninitialised
 };
 
+// Which CUDA backward kernels run. Auto: the wgmma kernel where it runs (sm_90a SASS, head_dim 128),
+// else the mma.sync kernels (big tiles where they fit, else small). Mma / MmaSmall force the mma.sync
+// kernels (the small configuration even where the big one fits): for comparisons and tests.
+enum class AttnBwdKernel : int { Auto = 0, Mma = 1, MmaSmall = 2 };
+
+// The one place that decides whether a call is valid (throws mb::Error ERR_SHAPE / ERR_DTYPE / ERR_ARG /
+// ERR_UNSUPPORTED): sizes, dtype, scale, offsets, pointers; `cuda`: also what the CUDA kernels take
+// (dtype f16/bf16, head_dim 64/128, size limits, 16-byte aligned rows; for the backward, the chosen
+// kernels' configuration on the current device). The launchers trust a checked struct.
+void attention_fwd_check(const AttnFwdParams& p, bool cuda);
+void attention_bwd_check(const AttnBwdParams& p, bool cuda, AttnBwdKernel kernel = AttnBwdKernel::Auto);
+
 // CPU (runs on the calling thread, uses parallel_for inside). Same semantics as CUDA.
 void attention_fwd_cpu(const AttnFwdParams& p);
 void attention_bwd_cpu(const AttnBwdParams& p);
 
 #if defined(MEGABEAM_CUDA)
-// Enqueue on `stream`; never synchronises. Throw mb::Error("ERR_UNSUPPORTED"/"ERR_CUDA", ...) on bad config.
-size_t attention_bwd_workspace_bytes(const AttnBwdParams& p);
+// The CUDA part of the checks above (attention_fwd_check / attention_bwd_check call them).
+void attention_fwd_cuda_check(const AttnFwdParams& p);
+void attention_bwd_cuda_check(const AttnBwdParams& p, AttnBwdKernel kernel);
+// Enqueue on `stream`; never synchronise. Throw mb::Error("ERR_CUDA", ...) on a failed launch.
+size_t attention_bwd_workspace_bytes(const AttnBwdParams& p, AttnBwdKernel kernel = AttnBwdKernel::Auto);
 void attention_fwd_cuda(const AttnFwdParams& p, cudaStream_t stream);
-void attention_bwd_cuda(const AttnBwdParams& p, cudaStream_t stream);
+void attention_bwd_cuda(const AttnBwdParams& p, cudaStream_t stream, AttnBwdKernel kernel = AttnBwdKernel::Auto);
 #endif
 
 }  // namespace mb

@@ -69,7 +69,7 @@ struct BwdCfg {
 
 // sm_90+: dQ tiles leave through cp.reduce.async.bulk (the copy engine adds a shared-memory row into
 // global memory) instead of per-thread red instructions, which took ~20% of the kernel on H200.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(MB_ATTN_NO_BULK_DQ)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define MB_BULK_DQ 1
 #else
 #define MB_BULK_DQ 0
@@ -98,7 +98,7 @@ __device__ __forceinline__ void bulk_wait_all() {
 template <int NJ>
 __device__ __forceinline__ void red_tile(float* acc_rows, int64_t row_pitch, int row0, int sq, const float (&c)[NJ][4],
                                          int lane) {
-#if __CUDA_ARCH__ >= 900 && !defined(MB_ATTN_NO_RED_V4)
+#if __CUDA_ARCH__ >= 900
   const bool odd = lane & 1;
   const int row = row0 + (lane >> 2) + (odd ? 8 : 0);
   float* dst = acc_rows + (int64_t)row * row_pitch + ((lane & 3) >> 1) * 4;
@@ -425,28 +425,16 @@ template <bool BF16, int D, bool SMALL>
 static int bwd_smem() {
   using C = BwdCfg<D, SMALL>;
   if (!C::BULK) return C::SMEM;
-#if defined(MB_ATTN_NO_BULK_DQ)
-  return C::SMEM;
-#else
   cudaFuncAttributes fa;
   if (cudaFuncGetAttributes(&fa, attn_bwd_kernel<BF16, D, SMALL>) != cudaSuccess)
     check_cuda("attention_bwd: cudaFuncGetAttributes");
   return fa.binaryVersion >= 90 ? C::SMEM_BULK : C::SMEM;
-#endif
-}
-
-// MEGABEAM_ATTN_BWD_CONFIG=small forces the small configuration even where the big one fits (for testing
-// it on sm_80/sm_90); unset or any other value: big where it fits, else small. Read at every launch.
-static bool bwd_force_small() {
-  const char* e = std::getenv("MEGABEAM_ATTN_BWD_CONFIG");
-  return e && std::strcmp(e, "small") == 0;
 }
 
 // The wgmma kernel (attention_bwd_wgmma.cu) is the default where it runs (sm_90a, head_dim 128);
-// MEGABEAM_ATTN_BWD_CONFIG=mma (or =small) keeps the mma.sync kernels, for comparison and tests.
-static bool bwd_use_wgmma(const AttnBwdParams& p) {
-  const char* e = std::getenv("MEGABEAM_ATTN_BWD_CONFIG");
-  if (e && (std::strcmp(e, "mma") == 0 || std::strcmp(e, "small") == 0)) return false;
+// AttnBwdKernel::Mma / MmaSmall keep the mma.sync kernels, for comparison and tests.
+static bool bwd_use_wgmma(const AttnBwdParams& p, AttnBwdKernel kernel) {
+  if (kernel != AttnBwdKernel::Auto) return false;
   return attention_bwd_wgmma_usable(p);
 }
 
@@ -464,7 +452,7 @@ static void launch_bwd_cfg(const AttnBwdParams& p, cudaStream_t stream, int smem
 
   if (p.seqlen_q > 0) {
     const int64_t rows = (int64_t)p.batch * p.seqlen_q * p.heads_q;
-    const int64_t blocks = std::min<int64_t>((rows + 7) / 8, 132 * 64);
+    const int64_t blocks = std::min<int64_t>((rows + 7) / 8, sm_count() * 64);
     attn_bwd_dot_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dsum);
     check_cuda("attention_bwd preprocess launch");
   }
@@ -490,7 +478,7 @@ static void launch_bwd_cfg(const AttnBwdParams& p, cudaStream_t stream, int smem
     }
     if (acc_bytes) {
       const int64_t total4 = (int64_t)nu * p.seqlen_q * group * (D / 4);
-      const int64_t blocks = std::min<int64_t>((total4 + 255) / 256, 132 * 32);
+      const int64_t blocks = std::min<int64_t>((total4 + 255) / 256, sm_count() * 32);
       attn_bwd_dq_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dq_acc, u0, nu, group);
       check_cuda("attention_bwd dq convert launch");
     }
@@ -498,11 +486,10 @@ static void launch_bwd_cfg(const AttnBwdParams& p, cudaStream_t stream, int smem
 }
 
 template <bool BF16, int D>
-static void launch_bwd(const AttnBwdParams& p, cudaStream_t stream) {
+static void launch_bwd(const AttnBwdParams& p, cudaStream_t stream, bool force_small) {
   int dev = 0, optin = 0;
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  const bool force_small = bwd_force_small();
   if (!force_small) {
     const int smem = bwd_smem<BF16, D, false>();
     if (smem <= optin) return launch_bwd_cfg<BF16, D, false>(p, stream, smem);
@@ -516,21 +503,17 @@ static void launch_bwd(const AttnBwdParams& p, cudaStream_t stream) {
 
 }  // namespace attn
 
-size_t attention_bwd_workspace_bytes(const AttnBwdParams& p) {
+size_t attention_bwd_workspace_bytes(const AttnBwdParams& p, AttnBwdKernel kernel) {
   attn::check_common(p, "attention_bwd_workspace_bytes");
-  if (attn::bwd_use_wgmma(p)) return attention_bwd_wgmma_workspace_bytes(p);
+  if (attn::bwd_use_wgmma(p, kernel)) return attention_bwd_wgmma_workspace_bytes(p);
   return attn::plan_bwd(p).total;
 }
 
-void attention_bwd_cuda(const AttnBwdParams& p, cudaStream_t stream) {
+void attention_bwd_cuda_check(const AttnBwdParams& p, AttnBwdKernel kernel) {
   using namespace attn;
-  const char* who = "attention_bwd_cuda";
-  check_common(p, who);
+  const char* who = "attention (CUDA backward)";
+  attention_bwd_workspace_bytes(p, kernel);  // the shape/dtype limits and the chosen kernels' configuration
   if (p.batch == 0) return;
-  if (bwd_use_wgmma(p)) {
-    attention_bwd_cuda_wgmma(p, stream);
-    return;
-  }
   check_rows(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride, who, "q");
   check_rows(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, who, "k");
   check_rows(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, who, "v");
@@ -541,15 +524,27 @@ void attention_bwd_cuda(const AttnBwdParams& p, cudaStream_t stream) {
       p.dq_head_stride % 4 || p.dq_batch_stride % 4 || p.dk_row_stride % 2 || p.dk_head_stride % 2 ||
       p.dk_batch_stride % 2 || p.dv_row_stride % 2 || p.dv_head_stride % 2 || p.dv_batch_stride % 2)
     throw Error("ERR_UNSUPPORTED", std::string(who) + ": dq/dk/dv strides or pointers misaligned");
+}
+
+void attention_bwd_cuda(const AttnBwdParams& p, cudaStream_t stream, AttnBwdKernel kernel) {
+  using namespace attn;
+  // attention_bwd_check(p, true, kernel) passed in the binding (or the dev harness's own checks).
+  const char* who = "attention_bwd_cuda";
+  if (p.batch == 0) return;
+  if (bwd_use_wgmma(p, kernel)) {
+    attention_bwd_cuda_wgmma(p, stream);
+    return;
+  }
   if (!aligned16(p.workspace)) throw Error("ERR_UNSUPPORTED", std::string(who) + ": workspace must be 16-byte aligned");
   if (p.seqlen_q == 0 && p.seqlen_k == 0) return;
   const bool bf16 = p.dtype == Dtype::BF16;
+  const bool small = kernel == AttnBwdKernel::MmaSmall;
   if (p.head_dim == 64) {
-    if (bf16) launch_bwd<true, 64>(p, stream);
-    else launch_bwd<false, 64>(p, stream);
+    if (bf16) launch_bwd<true, 64>(p, stream, small);
+    else launch_bwd<false, 64>(p, stream, small);
   } else {
-    if (bf16) launch_bwd<true, 128>(p, stream);
-    else launch_bwd<false, 128>(p, stream);
+    if (bf16) launch_bwd<true, 128>(p, stream, small);
+    else launch_bwd<false, 128>(p, stream, small);
   }
 }
 

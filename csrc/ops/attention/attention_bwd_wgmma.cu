@@ -427,7 +427,7 @@ static void launch(const AttnBwdParams& p, cudaStream_t stream) {
 
   if (p.seqlen_q > 0) {
     const int64_t rows = (int64_t)p.batch * p.seqlen_q * p.heads_q;
-    const int64_t blocks = std::min<int64_t>((rows + 7) / 8, 132 * 64);
+    const int64_t blocks = std::min<int64_t>((rows + 7) / 8, attn::sm_count() * 64);
     attn::attn_bwd_dot_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dsum);
     attn::check_cuda("attention_bwd_wgmma preprocess launch");
   }
@@ -450,7 +450,7 @@ static void launch(const AttnBwdParams& p, cudaStream_t stream) {
     }
     if (acc_bytes) {
       const int64_t total4 = (int64_t)nu * p.seqlen_q * group * (D / 4);
-      const int64_t blocks = std::min<int64_t>((total4 + 255) / 256, 132 * 32);
+      const int64_t blocks = std::min<int64_t>((total4 + 255) / 256, attn::sm_count() * 32);
       attn::attn_bwd_dq_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dq_acc, u0, nu, group);
       attn::check_cuda("attention_bwd_wgmma dq convert launch");
     }

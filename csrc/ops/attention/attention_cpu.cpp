@@ -23,7 +23,7 @@
 #pragma GCC diagnostic ignored "-Wpsabi"  // vector arguments of internal always-inline helpers
 #endif
 
-#if (defined(__GNUC__) || defined(__clang__)) && !defined(MB_ATTN_PORTABLE)
+#if defined(__GNUC__) || defined(__clang__)
 #define MB_VEC 1
 #define MB_AI __attribute__((always_inline)) inline
 #if defined(__clang__)
@@ -31,7 +31,7 @@
 #else
 #define MB_UNROLL _Pragma("GCC unroll 16")
 #endif
-#if defined(__x86_64__) && !defined(__AVX2__) && !defined(MB_ATTN_NO_AVX2)
+#if defined(__x86_64__) && !defined(__AVX2__)
 #define MB_AVX2_DISPATCH 1
 #include <immintrin.h>
 #endif
@@ -412,13 +412,16 @@ void fwd_impl(const AttnFwdParams& p) {
   struct Scratch {
     std::vector<float> q, kt, v, o, s, m, l;
   };
+  // Scratch follows the work: rows for at most sq queries, key columns for at most sk keys (a head dim
+  // of 2^20 with one key must not cost BN rows of it). Score tiles keep their BN row pitch.
+  const int bm = std::min(BM, sq), bn = std::min(BN, round_up(sk, VW));
   auto init = [&] {
     Scratch sc;
-    sc.q.assign((size_t)BM * dp, 0.f);  // padding columns stay 0 forever
-    sc.kt.assign((size_t)d * BN, 0.f);
-    sc.v.assign((size_t)BN * dp, 0.f);
-    sc.o.assign((size_t)BM * dp, 0.f);
-    sc.s.assign((size_t)BM * BN, 0.f);
+    sc.q.assign((size_t)bm * dp, 0.f);  // padding columns stay 0 forever
+    sc.kt.assign((size_t)d * bn, 0.f);
+    sc.v.assign((size_t)bn * dp, 0.f);
+    sc.o.assign((size_t)bm * dp, 0.f);
+    sc.s.assign((size_t)bm * BN, 0.f);
     sc.m.assign(BM, 0.f);
     sc.l.assign(BM, 0.f);
     return sc;
@@ -450,13 +453,13 @@ void fwd_impl(const AttnFwdParams& p) {
       for (int c = 0; c < tp.ncols(); ++c) {
         if (c < nk) {
           const int64_t j = j0 + c;
-          load_col<D>(Kt + c, BN, kp + b * p.k_batch_stride + j * p.k_row_stride + hk * p.k_head_stride, d);
+          load_col<D>(Kt + c, bn, kp + b * p.k_batch_stride + j * p.k_row_stride + hk * p.k_head_stride, d);
           load_row<D>(V + c * dp, vp + b * p.v_batch_stride + j * p.v_row_stride + hk * p.v_head_stride, d);
         } else {
-          for (int x = 0; x < d; ++x) Kt[x * BN + c] = 0.f;
+          for (int x = 0; x < d; ++x) Kt[x * bn + c] = 0.f;
         }
       }
-      K.gemm(nq, tp.ncols(), d, Q, dp, 1, Kt, BN, S, BN, false);  // S = Q K^T
+      K.gemm(nq, tp.ncols(), d, Q, dp, 1, Kt, bn, S, BN, false);  // S = Q K^T
       K.softmax_rows(S, nq, tp, p.scale, m, l, O, dp);
       K.gemm(nq, dp, nk, S, BN, 1, V, dp, O, dp, true);   // O += P V
     }
@@ -518,27 +521,29 @@ void bwd_impl(const AttnBwdParams& p) {
   struct Scratch {
     std::vector<float> q, dO, acc1, acc2, kt, vt, k, s, dp;
   };
+  // Scratch follows the work (as in the forward): at most sq query rows, at most sk key columns.
+  const int bm = std::min(BM, std::max(sq, 1)), bn = std::min(BN, round_up(sk, VW));
   auto init = [&] {
     Scratch sc;
-    sc.q.assign((size_t)BM * dp, 0.f);  // padding columns stay 0 forever
-    sc.dO.assign((size_t)BM * dp, 0.f);
-    sc.acc1.assign((size_t)std::max(BM, BN) * dp, 0.f);
-    sc.acc2.assign((size_t)BN * dp, 0.f);
-    sc.kt.assign((size_t)d * BN, 0.f);
-    sc.vt.assign((size_t)d * BN, 0.f);
-    sc.k.assign((size_t)BN * dp, 0.f);
-    sc.s.assign((size_t)BM * BN, 0.f);
-    sc.dp.assign((size_t)BM * BN, 0.f);
+    sc.q.assign((size_t)bm * dp, 0.f);  // padding columns stay 0 forever
+    sc.dO.assign((size_t)bm * dp, 0.f);
+    sc.acc1.assign((size_t)std::max(bm, bn) * dp, 0.f);
+    sc.acc2.assign((size_t)bn * dp, 0.f);
+    sc.kt.assign((size_t)d * bn, 0.f);
+    sc.vt.assign((size_t)d * bn, 0.f);
+    sc.k.assign((size_t)bn * dp, 0.f);
+    sc.s.assign((size_t)bm * BN, 0.f);
+    sc.dp.assign((size_t)bm * BN, 0.f);
     return sc;
   };
   // K^T and V^T of keys [j0, j0 + nk) of (b, hk); columns [nk, round_up(nk, VW)) zeroed.
   auto load_kv_t = [&](Scratch& sc, int b, int hk, int j0, int nk) {
     for (int c = 0; c < round_up(nk, VW); ++c) {
       if (c < nk) {
-        load_col<D>(sc.kt.data() + c, BN, k_row(b, j0 + c, hk), d);
-        load_col<D>(sc.vt.data() + c, BN, v_row(b, j0 + c, hk), d);
+        load_col<D>(sc.kt.data() + c, bn, k_row(b, j0 + c, hk), d);
+        load_col<D>(sc.vt.data() + c, bn, v_row(b, j0 + c, hk), d);
       } else {
-        for (int x = 0; x < d; ++x) sc.kt[x * BN + c] = sc.vt[x * BN + c] = 0.f;
+        for (int x = 0; x < d; ++x) sc.kt[x * bn + c] = sc.vt[x * bn + c] = 0.f;
       }
     }
   };
@@ -577,8 +582,8 @@ void bwd_impl(const AttnBwdParams& p) {
         load_kv_t(sc, b, hk, j0, nk);
         for (int c = 0; c < nk; ++c) load_row<D>(Kr + c * dp, k_row(b, j0 + c, hk), d);
         const TilePos tp{p.causal, diag, i0, j0, nk, sk};
-        K.gemm(nq, tp.ncols(), d, Q, dp, 1, sc.kt.data(), BN, S, BN, false);     // S = Q K^T
-        K.gemm(nq, tp.ncols(), d, dO, dp, 1, sc.vt.data(), BN, dPm, BN, false);  // dP = dO V^T
+        K.gemm(nq, tp.ncols(), d, Q, dp, 1, sc.kt.data(), bn, S, BN, false);     // S = Q K^T
+        K.gemm(nq, tp.ncols(), d, dO, dp, 1, sc.vt.data(), bn, dPm, BN, false);  // dP = dO V^T
         K.probs_grads(S, dPm, nq, tp, scale, Lr, Dv);
         K.gemm(nq, dp, nk, dPm, BN, 1, Kr, dp, dQ, dp, true);            // dQ += dS K
       }
@@ -622,8 +627,8 @@ void bwd_impl(const AttnBwdParams& p) {
             Dv[r] = Dr[ri];
           }
           const TilePos tp{p.causal, diag, i0, j0, nk, sk};
-          K.gemm(nq, tp.ncols(), d, Q, dp, 1, sc.kt.data(), BN, S, BN, false);
-          K.gemm(nq, tp.ncols(), d, dO, dp, 1, sc.vt.data(), BN, dPm, BN, false);
+          K.gemm(nq, tp.ncols(), d, Q, dp, 1, sc.kt.data(), bn, S, BN, false);
+          K.gemm(nq, tp.ncols(), d, dO, dp, 1, sc.vt.data(), bn, dPm, BN, false);
           K.probs_grads(S, dPm, nq, tp, scale, Lr, Dv);
           K.gemm(nk, dp, nq, S, 1, BN, dO, dp, dV, dp, true);    // dV += P^T dO
           K.gemm(nk, dp, nq, dPm, 1, BN, Q, dp, dK, dp, true);   // dK += dS^T Q
@@ -643,18 +648,38 @@ void bwd_impl(const AttnBwdParams& p) {
 
 }  // namespace
 
+void attention_fwd_check(const AttnFwdParams& p, bool cuda) {
+  check_common(p, "attention");
+#if defined(MEGABEAM_CUDA)
+  if (cuda) attention_fwd_cuda_check(p);
+#else
+  MB_CHECK(!cuda, "ERR_NO_CUDA", "attention: this build has no CUDA kernels");
+#endif
+}
+
+void attention_bwd_check(const AttnBwdParams& p, bool cuda, AttnBwdKernel kernel) {
+  check_common(p, "attention");
+  const bool has_q = (int64_t)p.batch * p.seqlen_q > 0;
+  const bool has_k = (int64_t)p.batch * p.seqlen_k > 0;
+  MB_CHECK(!has_q || (p.dout && p.dq), "ERR_ARG", "attention: null dout/dq pointer");
+  MB_CHECK(!has_k || (p.dk && p.dv), "ERR_ARG", "attention: null dk/dv pointer");
+  MB_CHECK(kernel == AttnBwdKernel::Auto || kernel == AttnBwdKernel::Mma || kernel == AttnBwdKernel::MmaSmall,
+           "ERR_ARG", "attention: unknown backward kernel choice");
+#if defined(MEGABEAM_CUDA)
+  if (cuda) attention_bwd_cuda_check(p, kernel);
+#else
+  MB_CHECK(!cuda, "ERR_NO_CUDA", "attention: this build has no CUDA kernels");
+#endif
+}
+
 void attention_fwd_cpu(const AttnFwdParams& p) {
-  check_common(p, "attention_fwd_cpu");
+  if ((int64_t)p.batch * p.seqlen_q == 0) return;  // nothing to write: no scratch, no tasks
   MB_DISPATCH_FLOAT(p.dtype, D, fwd_impl<D>(p));
 }
 
 void attention_bwd_cpu(const AttnBwdParams& p) {
-  check_common(p, "attention_bwd_cpu");
-  const bool has_q = (int64_t)p.batch * p.seqlen_q > 0;
-  const bool has_k = (int64_t)p.batch * p.seqlen_k > 0;
-  MB_CHECK(!has_q || (p.dout && p.dq), "ERR_ARG", "attention_bwd_cpu: null dout/dq pointer");
-  MB_CHECK(!has_k || (p.dk && p.dv), "ERR_ARG", "attention_bwd_cpu: null dk/dv pointer");
-  // workspace is unused on the CPU (it may be null); scratch is allocated per call.
+  // workspace is unused on the CPU (it may be null); scratch is allocated per call, sized by the work.
+  if ((int64_t)p.batch * (p.seqlen_q + p.seqlen_k) == 0) return;
   MB_DISPATCH_FLOAT(p.dtype, D, bwd_impl<D>(p));
 }
 

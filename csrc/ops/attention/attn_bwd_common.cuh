@@ -1,10 +1,32 @@
 // Pieces shared by the two CUDA backward implementations (attention_bwd.cu: mma.sync; attention_bwd_wgmma.cu:
 // wgmma): the Dsum preprocess, the fp32 dq accumulator -> output conversion, and the workspace plan.
 #pragma once
+#include <atomic>
+
 #include "attn_common.cuh"
 
 namespace mb {
 namespace attn {
+
+// Streaming multiprocessors of the current device, read once per device: the grid-stride helper
+// kernels below are launched with a few waves' worth of blocks.
+inline int sm_count() {
+  constexpr int kMaxDevices = 128;
+  static std::atomic<int> cache[kMaxDevices];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) {
+    cudaGetLastError();
+    dev = -1;
+  }
+  int n = dev >= 0 ? cache[dev].load(std::memory_order_relaxed) : 0;
+  if (n > 0) return n;
+  if (dev < 0 || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
+    cudaGetLastError();
+    return 1;  // still correct (grid-stride loops), only slower; a broken device fails at the launch anyway
+  }
+  cache[dev].store(n, std::memory_order_relaxed);
+  return n;
+}
 
 // Dsum[b, h, i] = sum_d dout * out (fp32), one warp per row.
 template <bool BF16, int D>

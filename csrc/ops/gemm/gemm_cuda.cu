@@ -339,6 +339,8 @@ void gemm_cuda(const GemmParams& p0, cudaStream_t s) {
   const GemmParams p = gemm_fold(p0);
   if (p.m == 0 || p.n == 0 || p.batch == 0) return;
   static const bool use_lt = gemm_info().backend == "cublaslt";  // MEGABEAM_GEMM is read once
+  // K = 0 is out = beta·out: no library call needed (cuBLASLt refuses it), the builtin kernels write it.
+  if (p.k == 0) { gemm_builtin_cuda(p, s); return; }
   if (p.backend == GemmBackend::CublasLt) {
     std::string why;
     if (!gemm_cublaslt(p, s, &why)) throw Error("ERR_UNSUPPORTED", "gemm: backend 'cublaslt': " + why);

@@ -53,15 +53,26 @@ struct RopeParams {
   bool inverse;              // rotate by -angle (backward)
 };
 
-// Throws mb::Error (ERR_ARG / ERR_SHAPE / ERR_DTYPE / ERR_ROPE_CONFIG) on an inconsistent struct.
-// Both launchers call it; the binding need not.
-void rope_check(const RopeParams& p);
+// CUDA limits, checked by rope_check (the kernel's cos/sin table and one launch's index range).
+constexpr int kRopeCudaMaxRotaryDim = 10240;
+constexpr int64_t kRopeCudaMaxTokPerBlock = 64;
 
-// CPU: runs on the calling thread, parallel_for inside.
+// The one place that decides whether a call is valid; throws mb::Error (ERR_ARG / ERR_SHAPE / ERR_DTYPE /
+// ERR_ROPE_CONFIG / ERR_UNSUPPORTED; ERR_ROPE_CONFIG messages read "<parameter>: <what is wrong>").
+// Checks the sizes, the enums, the frequencies (host pointer, `inv_freq_len` entries: they must be
+// finite and in [0, 2^20] so pos * theta stays below 2^52 for the exact reduction), the position range,
+// and aliasing: an output may be exactly its own input (in place) and must not touch any other tensor,
+// so q and k (or their outputs) can never overlap. A call with no elements needs no frequencies.
+// `cuda`: also the CUDA kernels' limits. The launchers trust a checked struct.
+void rope_check(const RopeParams& p, int64_t inv_freq_len, bool cuda);
+constexpr double kRopeMaxInvFreq = 1048576.0;  // 2^20
+
+// CPU: runs on the calling thread, parallel_for inside. Expects a struct that passed rope_check.
 void rope_cpu(const RopeParams& p);
 
 #if defined(MEGABEAM_CUDA)
-// Enqueues on `stream`; never synchronises. Throws mb::Error("ERR_CUDA", ...) on a launch failure.
+// Enqueues on `stream`; never synchronises; expects a struct that passed rope_check(p, n, true).
+// Throws mb::Error("ERR_CUDA", ...) on a launch failure.
 void rope_cuda(const RopeParams& p, cudaStream_t stream);
 #endif
 
