@@ -261,6 +261,13 @@ t.test('sequence parallel: train() at world 2 (localGroups, ZeRO-1) = world 1; c
     const more = await Promise.all(groups.map((group, i) => train({ model: models[i], group, ...opts, steps: 8,
       checkpoint: { dir: d, every: 3, keep: 1 }, resume: true })));
     for (const r of more) { r.optimizer.dispose(); t.same(r.records.map((x) => x.step), [7, 8]); }
+    // One rank's abort stops both after the same step, with a checkpoint of every shard.
+    const ac = new AbortController();
+    const stopped = await Promise.all(groups.map((group, i) => train({ model: models[i], group, ...opts, steps: 12,
+      checkpoint: { dir: d, keep: 1 }, resume: true, signal: i === 1 ? ac.signal : undefined,
+      onStep: (r) => { if (i === 1 && r.step === 9) ac.abort(); } })));
+    for (const r of stopped) { r.optimizer.dispose(); t.equal(r.step, 9, 'every rank stopped after step 9'); t.ok(r.aborted); }
+    t.equal(readCheckpointState(latestCheckpoint(d)!).step, 9);
   } finally {
     for (const m of models) m.dispose();
     ref.dispose();

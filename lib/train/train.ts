@@ -24,7 +24,7 @@ import * as path from 'path';
 import { performance } from 'perf_hooks';
 import { ArgumentError, DtypeError } from '../errors';
 import { AdamW, AdamWOptions, ParamEntry, Schedule, gradNorm } from '../optim';
-import { Tensor, memory, synchronize } from '../tensor';
+import { Tensor, memory, synchronize, tensor } from '../tensor';
 import type { Group } from '../dist/types';
 import type { Model, ForwardBackwardOptions } from '../model/mistral';
 import type { ModelConfig } from '../model/config';
@@ -321,7 +321,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     const startStep = step;
     let aborted = false;
     while (step < steps) {
-      if (o.signal?.aborted) { aborted = true; break; }
+      // With a group the ranks agree at the end of each step (an abort before the first step still runs one).
+      if (o.signal?.aborted && !group) { aborted = true; break; }
       const s = step + 1;
       const ts = performance.now();
       model.zeroGrad();
@@ -399,7 +400,18 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
         else if (typeof o.progress === 'function' || step === steps || step % Math.max(1, Math.floor(steps / 20)) === 0) say(line + '\n');
       }
       if (o.onStep) await o.onStep(rec);
-      const stopping = !!o.signal?.aborted;
+      let stopping = !!o.signal?.aborted;
+      if (group) {
+        // One rank's abort (its Ctrl-C, its signal) stops every rank after the same step: the others would
+        // otherwise wait in the next step's collectives (and checkpoints need every rank's shard).
+        const flag = tensor([stopping ? 1 : 0], { dtype: 'f32', device });
+        try {
+          await group.allReduce(flag, { op: 'sum' });
+          stopping = (await flag.toArray())[0] > 0;
+        } finally {
+          flag.dispose();
+        }
+      }
       if (ck && (stopping || step === steps || (ck.every !== undefined && step % ck.every === 0))) await save();
       if (stopping) { aborted = true; break; }
     }
