@@ -11,7 +11,7 @@
       "target_name": "megabeam",
       "sources": ["<!@(node scripts/sources.js cpp)"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "csrc"],
-      "defines": ["NAPI_CPP_EXCEPTIONS", "NAPI_VERSION=8"],
+      "defines": ["NAPI_CPP_EXCEPTIONS", "NAPI_VERSION=8", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=gnu++20"],
       "cflags_cc": ["-std=c++17", "-O3", "-ffp-contract=off", "-fexceptions"],

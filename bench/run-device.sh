@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device run, from the repo root on a GPU machine (after `source .gpu/env.sh` there, or on any
 # machine with Node, a GPU, and python3 + PyTorch for the yardstick):
-#   bash bench/run-device.sh tests|rope|check|attention|torch|gemm|nn|modelcheck|model|torchlayer|demo|ring ...
+#   bash bench/run-device.sh tests|rope|check|attention|torch|gemm|nn|modelcheck|model|torchlayer|demo|ring|train|trainfull|passkey ...
 #   (default: tests rope check attention torch gemm demo)
 # Writes logs and JSON under $OUT (default bench/out).
 set -uo pipefail
@@ -25,6 +25,12 @@ for p in "${parts[@]}"; do
     modelcheck) run modelcheck bash -c "python3 bench/torch_model.py make /tmp/mb-model-check && node bin/megabeam.js bench model check /tmp/mb-model-check --out '$OUT/model_check.json'" ;;
     model) run model node bin/megabeam.js bench model --out "$OUT/model.json" ;;
     torchlayer) run torchlayer python3 bench/torch_layer.py --json "$OUT/torch_layer.json" ;;
+    train) run train-tests bash -c "node_modules/.bin/tap test/train.test.ts > '$OUT/train-tests.log' 2>&1; rc=\$?; grep -E '^\s*not ok|# \\{' '$OUT/train-tests.log' | tail -20; exit \$rc"
+           run benchtrain node bin/megabeam.js bench train --out "$OUT/train.json"
+           run torchtrain python3 bench/torch_train.py --json "$OUT/torch_train.json" ;;
+    trainfull) run benchtrainfull node bin/megabeam.js bench train --full --out "$OUT/train_full.json"
+               run torchtrainfull python3 bench/torch_train.py --full --json "$OUT/torch_train_full.json" ;;
+    passkey) run passkey bash -c "node examples/passkey.js --out '$OUT/passkey' 2>&1 | grep -v '^\[' | tee '$OUT/passkey.log'" ;;
     demo) run demo bash -c "node bin/megabeam.js demo | tee '$OUT/demo.log'" ;;
     *) echo "unknown part $p"; status=2 ;;
   esac

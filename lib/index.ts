@@ -29,3 +29,6 @@ export { matmul, linear, gemmInfo, MatmulOptions, LinearOptions, GemmInfo } from
 export * as nn from './nn';
 export * as safetensors from './safetensors';
 export * as model from './model';
+export * as training from './train';
+export { train, TrainOptions, TrainResult, TrainBatch, BatchContext, StepRecord } from './train';
+export { renderHeatmap, Heatmap } from './svg';

@@ -132,3 +132,50 @@ export function renderPanels(panels: Panel[], width = 800, panelHeight = 300): s
   out.push('</svg>');
   return out.join('\n') + '\n';
 }
+
+export interface Heatmap {
+  title: string;
+  xLabel: string;
+  yLabel: string;
+  xTicks: string[];
+  yTicks: string[];
+  /** values[row][col] in [0, 1] (NaN: not measured); row 0 is drawn at the top. */
+  values: number[][];
+  /** Printed in each cell (e.g. percentages); default: the value as a percentage. */
+  format?: (v: number) => string;
+}
+
+/** A grid of cells coloured red (0) -> yellow -> green (1), e.g. retrieval accuracy by length × depth. */
+export function renderHeatmap(h: Heatmap, cell = 56): string {
+  const rows = h.values.length, cols = rows ? h.values[0].length : 0;
+  const m = { left: 90, top: 40, right: 20, bottom: 60 };
+  const width = m.left + cols * cell + m.right, height = m.top + rows * cell + m.bottom;
+  const fmtv = h.format ?? ((v: number) => `${Math.round(v * 100)}%`);
+  const color = (v: number): string => {
+    if (!Number.isFinite(v)) return '#ddd';
+    const x = Math.max(0, Math.min(1, v));
+    // red (215,48,39) -> yellow (254,224,139) -> green (26,152,80)
+    const [a, b, t] = x < 0.5 ? [[215, 48, 39], [254, 224, 139], x * 2] : [[254, 224, 139], [26, 152, 80], x * 2 - 1];
+    const c = (a as number[]).map((ai, i) => Math.round(ai + ((b as number[])[i] - ai) * (t as number)));
+    return `rgb(${c[0]},${c[1]},${c[2]})`;
+  };
+  const out: string[] = [];
+  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`);
+  out.push(`<rect width="${width}" height="${height}" fill="white"/>`);
+  out.push(`<text x="${width / 2}" y="20" text-anchor="middle" font-size="13">${escapeXml(h.title)}</text>`);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      const v = h.values[r][c];
+      const x = m.left + c * cell, y = m.top + r * cell;
+      out.push(`<rect class="cell" x="${x}" y="${y}" width="${cell}" height="${cell}" fill="${color(v)}" stroke="white"/>`);
+      out.push(`<text x="${x + cell / 2}" y="${y + cell / 2}" text-anchor="middle" dominant-baseline="middle">${Number.isFinite(v) ? escapeXml(fmtv(v)) : '–'}</text>`);
+    }
+    out.push(`<text x="${m.left - 6}" y="${m.top + r * cell + cell / 2}" text-anchor="end" dominant-baseline="middle">${escapeXml(h.yTicks[r] ?? '')}</text>`);
+  }
+  for (let c = 0; c < cols; c++)
+    out.push(`<text x="${m.left + c * cell + cell / 2}" y="${m.top + rows * cell + 16}" text-anchor="middle">${escapeXml(h.xTicks[c] ?? '')}</text>`);
+  out.push(`<text x="${m.left + (cols * cell) / 2}" y="${height - 14}" text-anchor="middle">${escapeXml(h.xLabel)}</text>`);
+  out.push(`<text transform="translate(16 ${m.top + (rows * cell) / 2}) rotate(-90)" text-anchor="middle">${escapeXml(h.yLabel)}</text>`);
+  out.push('</svg>');
+  return out.join('\n') + '\n';
+}

@@ -114,8 +114,9 @@ t.test('toArray of a huge tensor under a memory limit rejects ERR_OOM (child pro
   const script = path.join(__dirname, 'helpers', 'oom-read.js');
   // env -i: no inherited NODE_OPTIONS (test runners inject loaders that need address space).
   // No GPU in the child: the CUDA driver's own address-space reservations do not fit under ulimit -v
-  // (on an H200 host the child hung in driver start-up); this test is about the host read path.
-  const r = spawnSync('/bin/sh', ['-c', `ulimit -v 2000000; exec env -i CUDA_VISIBLE_DEVICES= MEGABEAM_ADDON="${addon}" "${process.execPath}" "${script}" 200000000`],
+  // and 2 CPU threads: every thread reserves stack and a malloc arena, and on a 16-core host the child hung
+  // under the limit; this test is about the host read path.
+  const r = spawnSync('/bin/sh', ['-c', `ulimit -v 2000000; exec env -i CUDA_VISIBLE_DEVICES= MEGABEAM_CPU_THREADS=2 MEGABEAM_ADDON="${addon}" "${process.execPath}" "${script}" 200000000`],
     { encoding: 'utf8', timeout: 120_000 });
   t.equal(r.signal, null, `no abort: ${r.stdout}${r.stderr.slice(-500)}`);
   t.match(r.stdout, /RESULT ERR_OOM alive/, `${r.stdout}${r.stderr.slice(-300)}`);

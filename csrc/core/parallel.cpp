@@ -1,5 +1,6 @@
 // A fixed pool of worker threads for parallel_for. The CPU queue thread is the usual caller and
 // runs one chunk itself; nested calls (from inside a chunk) run serially to avoid deadlock.
+#include <cstdlib>
 #include "../common/parallel.h"
 
 #include <algorithm>
@@ -62,8 +63,15 @@ Pool& pool() {
 }  // namespace
 
 int cpu_threads() {
+  // MEGABEAM_CPU_THREADS caps the pool (like OMP_NUM_THREADS): containers with a CPU quota see every
+  // core of the host in hardware_concurrency(), and each thread costs stack and malloc-arena address space.
   static int n = [] {
     unsigned h = std::thread::hardware_concurrency();
+    if (const char* e = std::getenv("MEGABEAM_CPU_THREADS")) {
+      char* end = nullptr;
+      long v = std::strtol(e, &end, 10);
+      if (end != e && *end == 0 && v >= 1) h = (unsigned)std::min<long>(v, 64);
+    }
     return (int)std::max(1u, std::min(h, 64u));
   }();
   return n;

@@ -1,0 +1,74 @@
+// Passkey retrieval, the synthetic long-context task (needle in a haystack): a number hidden at a chosen
+// depth in random filler, asked for at the end. Answering needs attention across the whole sequence: the
+// answer digits can only be copied from right after the KEY marker, wherever it is.
+//
+// Token layout (vocabulary of `vocabSize` >= 24 ids):
+//   0 PAD, 1 BOS, 2..11 the digits 0..9, 12 KEY, 13 ASK, 14.. filler words
+//   input:  BOS filler… KEY d1…dn filler… ASK d1…d(n−1)
+//   labels: IGNORE everywhere except where the next token is an answer digit (ASK → d1, d1 → d2, …)
+import { ArgumentError } from '../errors';
+
+export const PASSKEY_TOKENS = { PAD: 0, BOS: 1, DIGIT0: 2, KEY: 12, ASK: 13, FILLER0: 14 } as const;
+export const IGNORE_INDEX = -100;
+
+export interface PasskeySample {
+  input: Int32Array;
+  labels: Int32Array;
+  /** The hidden digits (0..9). */
+  answer: number[];
+  /** Positions whose label is an answer digit (length = digits). */
+  answerPositions: number[];
+  /** Position of the KEY marker. */
+  keyPosition: number;
+}
+
+/** A small deterministic generator (xorshift32) so samples are reproducible from a seed. */
+export function rng(seed: number): () => number {
+  let x = (seed >>> 0) || 0x9e3779b9;
+  return () => {
+    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    return x / 4294967296;
+  };
+}
+
+export function passkeySample(length: number, depth: number, random: () => number,
+    opts: { digits?: number; vocabSize?: number } = {}): PasskeySample {
+  const n = opts.digits ?? 5, V = opts.vocabSize ?? 64;
+  if (!Number.isSafeInteger(n) || n < 1 || n > 16) throw new ArgumentError('passkey: digits must be 1..16');
+  if (!Number.isSafeInteger(V) || V < 24) throw new ArgumentError('passkey: vocabSize must be >= 24');
+  const filler = length - 2 * n - 2;
+  if (!Number.isSafeInteger(length) || filler < 0) throw new ArgumentError(`passkey: length must be >= ${2 * n + 2}`);
+  if (!(depth >= 0 && depth <= 1)) throw new ArgumentError('passkey: depth must be in [0, 1]');
+  const before = Math.round(depth * filler);
+  const input = new Int32Array(length), labels = new Int32Array(length).fill(IGNORE_INDEX);
+  const answer = Array.from({ length: n }, () => Math.floor(random() * 10));
+  const word = () => PASSKEY_TOKENS.FILLER0 + Math.floor(random() * (V - PASSKEY_TOKENS.FILLER0));
+  let p = 0;
+  input[p++] = PASSKEY_TOKENS.BOS;
+  for (let i = 0; i < before; i++) input[p++] = word();
+  const keyPosition = p;
+  input[p++] = PASSKEY_TOKENS.KEY;
+  for (const d of answer) input[p++] = PASSKEY_TOKENS.DIGIT0 + d;
+  for (let i = before; i < filler; i++) input[p++] = word();
+  const ask = p;
+  input[p++] = PASSKEY_TOKENS.ASK;
+  for (let j = 0; j < n - 1; j++) input[p++] = PASSKEY_TOKENS.DIGIT0 + answer[j];
+  const answerPositions: number[] = [];
+  for (let j = 0; j < n; j++) {
+    labels[ask + j] = PASSKEY_TOKENS.DIGIT0 + answer[j];
+    answerPositions.push(ask + j);
+  }
+  return { input, labels, answer, answerPositions, keyPosition };
+}
+
+/** Whether argmax logits at the answer positions reproduce every digit. logits: row-major [length, vocab]. */
+export function passkeyCorrect(sample: PasskeySample, logits: Float32Array, vocabSize: number): boolean {
+  return sample.answerPositions.every((pos, j) => {
+    let best = 0, bv = -Infinity;
+    for (let v = 0; v < vocabSize; v++) {
+      const x = logits[pos * vocabSize + v];
+      if (x > bv) { bv = x; best = v; }
+    }
+    return best === PASSKEY_TOKENS.DIGIT0 + sample.answer[j];
+  });
+}
