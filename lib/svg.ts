@@ -1,4 +1,6 @@
 // Minimal hand-written SVG line charts (no dependencies): panels with linear or log axes and polyline paths.
+import { ArgumentError } from './errors';
+import { show } from './guard';
 
 export interface Series {
   /** CSS-safe id used as the path's class, e.g. 'cos-sum'. */
@@ -147,6 +149,19 @@ export interface Heatmap {
 
 /** A grid of cells coloured red (0) -> yellow -> green (1), e.g. retrieval accuracy by length × depth. */
 export function renderHeatmap(h: Heatmap, cell = 56): string {
+  const op = 'renderHeatmap';
+  if (!h || typeof h !== 'object') throw new ArgumentError(`${op}: expected { title, xLabel, yLabel, xTicks, yTicks, values }, got ${show(h)}`);
+  for (const k of ['title', 'xLabel', 'yLabel'] as const)
+    if (typeof h[k] !== 'string') throw new ArgumentError(`${op}: ${k} must be a string, got ${show(h[k])}`);
+  if (!Array.isArray(h.values) || !h.values.every((r) => Array.isArray(r) && r.length === (h.values[0] as unknown[]).length && r.every((v) => typeof v === 'number')))
+    throw new ArgumentError(`${op}: values must be rows of numbers, all of one length`);
+  const cols0 = h.values.length ? h.values[0].length : 0;
+  if (!Array.isArray(h.xTicks) || h.xTicks.length !== cols0 || !h.xTicks.every((x) => typeof x === 'string'))
+    throw new ArgumentError(`${op}: xTicks must be ${cols0} strings (one per column)`);
+  if (!Array.isArray(h.yTicks) || h.yTicks.length !== h.values.length || !h.yTicks.every((x) => typeof x === 'string'))
+    throw new ArgumentError(`${op}: yTicks must be ${h.values.length} strings (one per row)`);
+  if (h.format !== undefined && typeof h.format !== 'function') throw new ArgumentError(`${op}: format must be a function`);
+  if (typeof cell !== 'number' || !Number.isFinite(cell) || cell < 8 || cell > 1000) throw new ArgumentError(`${op}: cell must be a number of pixels in [8, 1000]`);
   const rows = h.values.length, cols = rows ? h.values[0].length : 0;
   const m = { left: 90, top: 40, right: 20, bottom: 60 };
   const width = m.left + cols * cell + m.right, height = m.top + rows * cell + m.bottom;

@@ -18,6 +18,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { ArgumentError, MegabeamError } from '../errors';
+import { show } from '../guard';
 import * as safetensors from '../safetensors';
 import type { Tensor } from '../tensor';
 import type { Group } from '../dist/types';
@@ -76,8 +77,13 @@ function wrapFs(op: string, e: unknown): MegabeamError {
   return new ArgumentError(`checkpoint.${op}: ${(e as Error)?.message ?? String(e)}`);
 }
 
+function checkPath(op: string, p: unknown): void {
+  if (typeof p !== 'string' || p === '') throw new ArgumentError(`${op}: expected a directory path, got ${show(p)}`);
+}
+
 /** Complete checkpoints in `dir`, oldest first (by step). */
 export function listCheckpoints(dir: string): { step: number; path: string }[] {
+  checkPath('listCheckpoints', dir);
   let names: string[];
   try {
     names = fs.readdirSync(dir);
@@ -93,6 +99,7 @@ export function listCheckpoints(dir: string): { step: number; path: string }[] {
 
 /** The checkpoint to resume from in `dir` (`latest`, else the highest complete one), or null. */
 export function latestCheckpoint(dir: string): string | null {
+  checkPath('latestCheckpoint', dir);
   try {
     const name = fs.readFileSync(path.join(dir, 'latest'), 'utf8').trim();
     if (STEP_RE.test(name) && fs.existsSync(path.join(dir, name, 'state.json'))) return path.join(dir, name);
@@ -115,6 +122,11 @@ export interface SaveCheckpointArgs {
 
 /** Writes one checkpoint atomically; returns its directory. */
 export async function saveCheckpoint(a: SaveCheckpointArgs): Promise<string> {
+  if (!a || typeof a !== 'object') throw new ArgumentError(`saveCheckpoint: expected { dir, model, optimizer, state }, got ${show(a)}`);
+  checkPath('saveCheckpoint: dir', a.dir);
+  if (!a.state || typeof a.state !== 'object') throw new ArgumentError('saveCheckpoint: state must be an object ({ step, ... })');
+  if (!a.model || typeof a.model !== 'object' || typeof a.model.save !== 'function') throw new ArgumentError('saveCheckpoint: model must be a megabeam model');
+  if (!a.optimizer || typeof a.optimizer !== 'object' || typeof a.optimizer.state !== 'function') throw new ArgumentError('saveCheckpoint: optimizer must be an AdamW');
   const g = a.group && a.group.worldSize > 1 ? a.group : undefined;
   const rank = g?.rank ?? 0, world = g?.worldSize ?? 1;
   const keep = a.keep ?? 2;
@@ -175,6 +187,7 @@ export async function saveCheckpoint(a: SaveCheckpointArgs): Promise<string> {
 
 /** Reads state.json of a checkpoint directory (checked). */
 export function readCheckpointState(ckpt: string): CheckpointState {
+  checkPath('readCheckpointState', ckpt);
   let st: CheckpointState;
   try {
     st = JSON.parse(fs.readFileSync(path.join(ckpt, 'state.json'), 'utf8')) as CheckpointState;
@@ -191,6 +204,11 @@ export function readCheckpointState(ckpt: string): CheckpointState {
  * state (step, sampler, rng, meta) for the caller to restore the rest.
  */
 export async function loadCheckpoint(ckpt: string, model: Model, optimizer: AdamW, group?: Group): Promise<CheckpointState> {
+  checkPath('loadCheckpoint', ckpt);
+  if (!model || typeof model !== 'object' || typeof model.load !== 'function') throw new ArgumentError('loadCheckpoint: model must be a megabeam model');
+  if (!optimizer || typeof optimizer !== 'object' || typeof optimizer.loadState !== 'function') throw new ArgumentError('loadCheckpoint: optimizer must be an AdamW');
+  if (group !== undefined && group !== null && (typeof group !== 'object' || !Number.isSafeInteger(group.worldSize)))
+    throw new ArgumentError('loadCheckpoint: group must be a process group');
   const g = group && group.worldSize > 1 ? group : undefined;
   const rank = g?.rank ?? 0, world = g?.worldSize ?? 1;
   const st = readCheckpointState(ckpt);

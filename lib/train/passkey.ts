@@ -7,6 +7,7 @@
 //   input:  BOS filler… KEY d1…dn filler… ASK d1…d(n−1)
 //   labels: IGNORE everywhere except where the next token is an answer digit (ASK → d1, d1 → d2, …)
 import { ArgumentError } from '../errors';
+import { optionsArg, show } from '../guard';
 
 export const PASSKEY_TOKENS = { PAD: 0, BOS: 1, DIGIT0: 2, KEY: 12, ASK: 13, FILLER0: 14 } as const;
 export const IGNORE_INDEX = -100;
@@ -24,6 +25,7 @@ export interface PasskeySample {
 
 /** A small deterministic generator (xorshift32) so samples are reproducible from a seed. */
 export function rng(seed: number): () => number {
+  if (typeof seed !== 'number' || !Number.isFinite(seed)) throw new ArgumentError(`passkey: rng seed must be a finite number, got ${show(seed)}`);
   let x = (seed >>> 0) || 0x9e3779b9;
   return () => {
     x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
@@ -33,6 +35,10 @@ export function rng(seed: number): () => number {
 
 export function passkeySample(length: number, depth: number, random: () => number,
     opts: { digits?: number; vocabSize?: number } = {}): PasskeySample {
+  opts = optionsArg('passkeySample', opts);
+  if (typeof length !== 'number') throw new ArgumentError(`passkey: length must be a number, got ${show(length)}`);
+  if (typeof depth !== 'number') throw new ArgumentError(`passkey: depth must be a number in [0, 1], got ${show(depth)}`);
+  if (typeof random !== 'function') throw new ArgumentError(`passkey: random must be a function returning [0, 1), got ${show(random)}`);
   const n = opts.digits ?? 5, V = opts.vocabSize ?? 64;
   if (!Number.isSafeInteger(n) || n < 1 || n > 16) throw new ArgumentError('passkey: digits must be 1..16');
   if (!Number.isSafeInteger(V) || V < 24) throw new ArgumentError('passkey: vocabSize must be >= 24');
@@ -63,6 +69,13 @@ export function passkeySample(length: number, depth: number, random: () => numbe
 
 /** Whether argmax logits at the answer positions reproduce every digit. logits: row-major [length, vocab]. */
 export function passkeyCorrect(sample: PasskeySample, logits: Float32Array, vocabSize: number): boolean {
+  if (!sample || typeof sample !== 'object' || !Array.isArray(sample.answerPositions) || !Array.isArray(sample.answer) ||
+      sample.answer.length !== sample.answerPositions.length)
+    throw new ArgumentError('passkeyCorrect: sample must come from passkeySample');
+  if (!(logits instanceof Float32Array)) throw new ArgumentError(`passkeyCorrect: logits must be a Float32Array, got ${show(logits)}`);
+  if (!Number.isSafeInteger(vocabSize) || vocabSize < 1) throw new ArgumentError(`passkeyCorrect: vocabSize must be a positive integer, got ${show(vocabSize)}`);
+  if (!sample.answerPositions.every((p) => Number.isSafeInteger(p) && p >= 0 && (p + 1) * vocabSize <= logits.length))
+    throw new ArgumentError('passkeyCorrect: logits do not cover the answer positions ([length, vocabSize] row-major)');
   return sample.answerPositions.every((pos, j) => {
     let best = 0, bv = -Infinity;
     for (let v = 0; v < vocabSize; v++) {

@@ -1,11 +1,13 @@
 // `megabeam plot log.jsonl --out loss.svg`: training curves from the JSONL log that train() writes
 // (one JSON object per step: { step, loss, lr, tokensPerSecond, ... }; other lines are ignored).
 import { ArgumentError } from '../errors';
+import { show } from '../guard';
 import { Panel, renderPanels } from '../svg';
 
 export interface LogRecord { step: number; loss?: number; lr?: number; tokensPerSecond?: number; gradNorm?: number; evalLoss?: number }
 
 export function parseLog(text: string): LogRecord[] {
+  if (typeof text !== 'string') throw new ArgumentError(`parseLog: expected the log's text (a string), got ${show(text)}`);
   const out: LogRecord[] = [];
   for (const line of text.split('\n')) {
     const s = line.trim();
@@ -19,6 +21,7 @@ export function parseLog(text: string): LogRecord[] {
 
 /** An SVG with loss (and eval loss), learning rate, tokens/s and gradient norm against the step. */
 export function plotLog(text: string, title = 'training'): string {
+  if (typeof title !== 'string') throw new ArgumentError(`plot: title must be a string, got ${show(title)}`);
   const recs = parseLog(text);
   if (recs.length === 0) throw new ArgumentError('plot: the log holds no step records ({"step": …} lines)');
   const col = (k: keyof LogRecord) => {

@@ -23,6 +23,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { performance } from 'perf_hooks';
 import { ArgumentError, DtypeError } from '../errors';
+import { guardReceivers, show } from '../guard';
 import { AdamW, AdamWOptions, ParamEntry, Schedule, gradNorm } from '../optim';
 import { Tensor, memory, synchronize, tensor } from '../tensor';
 import type { Group } from '../dist/types';
@@ -132,6 +133,8 @@ export interface TrainResult {
 export class TrainRng {
   s: Uint32Array;
   constructor(seed = 0) {
+    markTrainRng(this);
+    if (typeof seed !== 'number' || !Number.isFinite(seed)) throw new ArgumentError(`TrainRng: seed must be a finite number, got ${show(seed)}`);
     this.s = new Uint32Array(4);
     let x = seed >>> 0;
     for (let i = 0; i < 4; i++) {
@@ -159,10 +162,16 @@ export class TrainRng {
     this.s.set(s);
   }
 }
+const markTrainRng = guardReceivers(TrainRng);
 function rotl(x: number, k: number): number { return ((x << k) | (x >>> (32 - k))) >>> 0; }
 
 /** Model FLOPs per token of a sequence of `seqLen` tokens (fwd + bwd), see the header. */
 export function flopsPerToken(config: ModelConfig, seqLen: number, numParameters: number): number {
+  if (!config || typeof config !== 'object') throw new ArgumentError(`flopsPerToken: config must be a model config, got ${show(config)}`);
+  for (const k of ['vocabSize', 'hiddenSize', 'numLayers', 'numHeads', 'headDim'] as const)
+    if (typeof config[k] !== 'number' || !(config[k] >= 0)) throw new ArgumentError(`flopsPerToken: config.${k} must be a number >= 0, got ${show(config[k])}`);
+  if (typeof seqLen !== 'number' || !(seqLen >= 0)) throw new ArgumentError(`flopsPerToken: seqLen must be a number >= 0, got ${show(seqLen)}`);
+  if (typeof numParameters !== 'number' || !(numParameters >= 0)) throw new ArgumentError(`flopsPerToken: numParameters must be a number >= 0, got ${show(numParameters)}`);
   const embed = config.tieWordEmbeddings ? 0 : config.vocabSize * config.hiddenSize;
   return 6 * (numParameters - embed) + 6 * config.numLayers * config.numHeads * config.headDim * seqLen;
 }
@@ -232,6 +241,8 @@ function positiveInt(v: unknown, what: string, def?: number): number {
 
 /** AdamW over a model's parameters: weight decay on matrices only (norm weights are 1-D). */
 export function adamwFor(model: Model, opts: AdamWOptions): AdamW {
+  if (!model || typeof model !== 'object' || typeof model.grads !== 'function' || typeof model.parameters !== 'function')
+    throw new ArgumentError(`adamwFor: model must be a megabeam model, got ${show(model)}`);
   const grads = model.grads();
   const entries: ParamEntry[] = [...model.parameters()].map(([name, param]) => ({
     name, param, grad: grads.get(name)!, decay: param.ndim > 1,
