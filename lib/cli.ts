@@ -34,9 +34,10 @@ export interface Command {
   /**
    * Set for commands that take arguments (`megabeam launch [flags] script.js [script args...]`): the first
    * non-flag argument, or `--`, ends the flags and the rest reaches run() as `args`, untouched. Without it
-   * any stray argument is ERR_ARG.
+   * any stray argument is ERR_ARG. 'mixed': positional arguments and flags in any order (`plot log.jsonl
+   * --out a.svg`, `bench model check DIR --out f.json`); the positionals reach run() as `args`.
    */
-  takesArgs?: boolean;
+  takesArgs?: boolean | 'mixed';
   run(opts: FlagValues, io: CliIO, args: string[]): Promise<number>;
 }
 
@@ -126,7 +127,7 @@ export function reportError(e: unknown, name: string, io: CliIO): number {
 /** Parses argv for one command and runs it; every failure becomes one line on stderr. */
 export async function runCommand(cmd: Command, name: string, argv: readonly string[], io: CliIO = stdio): Promise<number> {
   try {
-    const { values: opts, args } = parseCommandLine(argv, cmd.flags, (w) => io.err(`megabeam ${name}: warning: ${w}`), !!cmd.takesArgs);
+    const { values: opts, args } = parseCommandLine(argv, cmd.flags, (w) => io.err(`megabeam ${name}: warning: ${w}`), cmd.takesArgs ?? false);
     if (opts.help) {
       io.out(formatHelp(cmd.usage, cmd.description, cmd.flags));
       return 0;

@@ -157,6 +157,9 @@ t.test('forgotten views of disposed tensors are collected under memory pressure'
     b.reshape([2 << 20]);  // a view, dropped without dispose: it alone keeps the 8 MiB
     b.dispose();
     await new Promise((r) => setImmediate(r));
+    // Let the queue thread catch up now and then: on a loaded machine (the whole suite in parallel on 2
+    // cores) releases lag behind and the peak measured the lag, not the GC weight (seen: 1640 MiB).
+    if (i % 25 === 24) await synchronize();
   }
   const peak = (memory().peak - base) / 2 ** 20;
   t.ok(peak < 1200, `peak ${peak} MiB of the 2400 MiB a weightless view would let pile up`);

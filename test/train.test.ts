@@ -12,7 +12,7 @@ import { latestCheckpoint, listCheckpoints, readCheckpointState } from '../lib/t
 import { passkeySample, rng } from '../lib/train/passkey';
 import { configFromHF } from '../lib/model/config';
 import { tokens } from '../lib/data';
-import { trainCli, plotCli, plotCommand } from '../lib/cli/train';
+import { trainCli, plotCli } from '../lib/cli/train';
 import { main } from '../lib/cli';
 import { rejectsCode } from './helpers/assert';
 import { localGroups } from '../lib/dist/local';
@@ -178,9 +178,6 @@ t.test('CLI: megabeam train (resume) and plot', async (t) => {
   t.match(fs.readFileSync(path.join(d, 'loss.svg'), 'utf8'), /<svg/);
   t.equal(await plotCli(['--out=' + path.join(d, 'loss2.svg'), log], io().io), 0, 'flag before the file');
   t.ok(fs.existsSync(path.join(d, 'loss2.svg')));
-  // the command table's parser hands everything after the first argument over as args
-  t.equal(await plotCommand.run({}, io().io, [log, '--out', path.join(d, 'loss3.svg')]), 0, 'flags among the args');
-  t.ok(fs.existsSync(path.join(d, 'loss3.svg')));
   c = io();
   t.equal(await trainCli(['--help'], c.io), 0);
   t.match(c.out.join('\n'), /--batch-accum/);
@@ -301,7 +298,9 @@ t.test('examples/passkey.js --tiny runs end to end (short curriculum): loss fall
 t.test('CUDA bf16: the loss falls, MFU is reported, a checkpoint resumes (same curve within bf16 rounding)', { ...gpu }, async (t) => {
   const d = path.join(tmp, 'cuda');
   const go = async (o: Record<string, unknown>) => {
-    const model = fromConfig(TINY, { seed: 1, device: 'cuda', dtype: 'bf16' });
+    // The CUDA attention kernels take head dims 64 and 128: the tiny config with 64-wide heads.
+    const model = fromConfig({ ...TINY, hidden_size: 128, head_dim: 64, num_attention_heads: 2, num_key_value_heads: 1 },
+      { seed: 1, device: 'cuda', dtype: 'bf16' });
     try {
       const r = await train({ model, data: passkeyBatch(32, 2), steps: 120, microBatches: 2, seed: 1,
         optimizer: { lr: 3e-3, weightDecay: 0 }, maxGradNorm: 1, ...o });

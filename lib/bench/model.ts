@@ -192,7 +192,7 @@ bench/torch_model.py wrote to DIR (loss, logits and every gradient against float
     device: { type: 'choice', choices: ['cpu', 'cuda'], help: 'check only: where megabeam runs', default: 'cuda' },
     out: OUT_FLAG,
   },
-  takesArgs: true,
+  takesArgs: 'mixed',  // `check DIR` and flags in any order
   run: benchModelRun,
 };
 

@@ -96,11 +96,14 @@ export function parseFlags(argv: readonly string[], specs: FlagSpecs, warn: (s: 
 }
 
 /**
- * The general form: with `allowArgs` the first argument that is not a flag, or `--`, ends the flags, and it
- * and everything after it are returned as `args` untouched (`megabeam launch --nproc 2 train.js --lr 3`).
+ * The general form: with `allowArgs` true the first argument that is not a flag, or `--`, ends the flags,
+ * and it and everything after it are returned as `args` untouched (`megabeam launch --nproc 2 train.js
+ * --lr 3`). With 'mixed', arguments and flags may come in any order (`megabeam plot log.jsonl --out a.svg`);
+ * `--` still ends the flags.
  */
-export function parseCommandLine(argv: readonly string[], specs: FlagSpecs, warn: (s: string) => void, allowArgs: boolean):
-    { values: FlagValues & { help?: boolean }; args: string[] } {
+export function parseCommandLine(argv: readonly string[], specs: FlagSpecs, warn: (s: string) => void,
+    allowArgs: boolean | 'mixed'): { values: FlagValues & { help?: boolean }; args: string[] } {
+  const positional: string[] = [];
   const byName = new Map<string, string>();
   for (const [name, spec] of Object.entries(specs)) {
     byName.set(name, name);
@@ -110,7 +113,8 @@ export function parseCommandLine(argv: readonly string[], specs: FlagSpecs, warn
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === '-h' || arg === '--help') { out.help = true; continue; }
-    if (allowArgs && arg === '--') return { values: out, args: argv.slice(i + 1) };
+    if (allowArgs && arg === '--') return { values: out, args: [...positional, ...argv.slice(i + 1)] };
+    if (allowArgs === 'mixed' && !arg.startsWith('-')) { positional.push(arg); continue; }
     if (allowArgs && !arg.startsWith('-')) return { values: out, args: argv.slice(i) };
     if (!arg.startsWith('--') || arg === '--') throw new ArgumentError(`unexpected argument ${JSON.stringify(arg)} (flags start with --)`);
     const eq = arg.indexOf('=');
@@ -131,7 +135,7 @@ export function parseCommandLine(argv: readonly string[], specs: FlagSpecs, warn
     }
     out[name] = raw === undefined ? true : convert(raw, spec, `--${given}`);
   }
-  return { values: out, args: [] };
+  return { values: out, args: positional };
 }
 
 function metavar(spec: FlagSpec): string {

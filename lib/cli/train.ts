@@ -132,29 +132,13 @@ export const command: Command = {
 export const plotCommand: Command = {
   usage: 'megabeam plot log.jsonl --out loss.svg',
   description: 'Draws the curves of a `megabeam train` / train() JSONL log (loss and eval loss, learning rate, tokens/s,\ngradient norm against the step) as one SVG.',
-  takesArgs: true,
+  takesArgs: 'mixed',
   flags: {
     out: { type: 'string', metavar: 'FILE', help: 'the SVG to write', default: 'the log name with .svg' },
     title: { type: 'string', help: 'title prefix of the panels', default: 'the log file name' },
   },
   async run(o: FlagValues, io: CliIO, args: string[]): Promise<number> {
-    // A parser that ends the flags at the first argument (the command table's) hands `--out x` after the
-    // log file over as arguments: take them here too.
-    const rest = [...args];
-    const files: string[] = [];
-    while (rest.length) {
-      const a = rest.shift()!;
-      const m = /^--(out|title)(?:=(.*))?$/.exec(a);
-      if (!m) {
-        if (a.startsWith('--')) throw new ArgumentError(`unknown flag ${a.split('=')[0]}`);
-        files.push(a);
-        continue;
-      }
-      const v = m[2] ?? rest.shift();
-      if (v === undefined || v === '') throw new ArgumentError(`--${m[1]} needs a value`);
-      if (o[m[1]] !== undefined) throw new ArgumentError(`--${m[1]} given twice`);
-      o = { ...o, [m[1]]: v };
-    }
+    const files = args;
     if (files.length !== 1) throw new ArgumentError(`plot takes one log file, got ${files.length}`);
     const log = files[0];
     let text: string;
