@@ -1,4 +1,4 @@
-// Stress (CPU, about 30 s; STRESS_MS to change): the main thread and worker threads create, convert,
+// Stress (CPU, one minute, as issue 13 asks; STRESS_MS to change): the main thread and worker threads create, convert,
 // read and dispose tensors at once; workers are terminated mid-read and replaced; a memory-limited
 // worker reads a big tensor; child processes exit with work still queued. Nothing may crash, and the
 // main thread's memory must come back to its baseline.
@@ -10,7 +10,7 @@ import { randn, tensor, synchronize, memory, empty } from '../lib/index';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const addonPath = (): string => (process.env.MEGABEAM_ADDON ? path.resolve(process.env.MEGABEAM_ADDON) : require('node-gyp-build').path(path.join(__dirname, '..')));
-const DURATION = Number(process.env.STRESS_MS ?? 30_000);
+const DURATION = Number(process.env.STRESS_MS ?? 60_000);
 const code = `require(${JSON.stringify(require.resolve('tsx/cjs'))}); require(${JSON.stringify(path.join(__dirname, 'helpers', 'tensor-worker.ts'))});`;
 
 function worker(mode: string, extra: Record<string, unknown> = {}, limits?: object): { w: Worker; done: Promise<string> } {
