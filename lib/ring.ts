@@ -511,6 +511,15 @@ function comm(ctx: Ctx): { timeoutMs?: number } {
   return ctx.timeoutMs === undefined ? {} : { timeoutMs: ctx.timeoutMs };
 }
 
+// The ring's transfers are deferred (NCCL: the compute stream does not wait for them at issue time, so the
+// transfer overlaps the step's attention); join() orders later compute after them, just before that compute
+// touches a received buffer. Send buffers are never written by compute while a transfer may read them, and a
+// later receive into a buffer sent earlier is ordered on the communication stream. Backends without
+// deferred calls (local, TCP) ignore the flag and have no join.
+function ringComm(ctx: Ctx): { timeoutMs?: number; deferred: true } {
+  return { ...comm(ctx), deferred: true };
+}
+
 async function ringForward(group: Group, ctx: Ctx, q: Tensor, k: Tensor, v: Tensor): Promise<RingForwardResult> {
   const { W, rank } = ctx;
   const right = (rank + 1) % W, left = (rank + W - 1) % W;
@@ -528,10 +537,10 @@ async function ringForward(group: Group, ctx: Ctx, q: Tensor, k: Tensor, v: Tens
         pending = group.batchSendRecv([
           { op: 'send', tensor: cur[0], peer: right }, { op: 'send', tensor: cur[1], peer: right },
           { op: 'recv', tensor: next[0], peer: left }, { op: 'recv', tensor: next[1], peer: left },
-        ], comm(ctx));
+        ], ringComm(ctx));
       }
       st.step(cur[0], cur[1], src);
-      if (pending) { const p = pending; pending = null; await p; }
+      if (pending) { const p = pending; pending = null; await p; group.join?.(); }
       if (next) cur = next;
     }
     return st.finish();
@@ -566,12 +575,12 @@ async function ringBackward(group: Group, ctx: Ctx, dout: Tensor, q: Tensor, k: 
         pKv = group.batchSendRecv([
           { op: 'send', tensor: cur[0], peer: right }, { op: 'send', tensor: cur[1], peer: right },
           { op: 'recv', tensor: next[0], peer: left }, { op: 'recv', tensor: next[1], peer: left },
-        ], comm(ctx));
+        ], ringComm(ctx));
         waits.push(pKv);
       }
       const parts = st.step(cur[0], cur[1], src);
       // The accumulator for src arrived during the previous step (step 0: our own zeros).
-      if (pGrad) { const p = pGrad; pGrad = null; await p; }
+      if (pGrad) { const p = pGrad; pGrad = null; await p; group.join?.(); }
       // Accumulator sets are per-run shaped by their owner's runs; every rank's runs have the same lengths.
       BackwardBlocks.accumulate(grads[g], parts);
       if (W > 1) {
@@ -579,14 +588,14 @@ async function ringBackward(group: Group, ctx: Ctx, dout: Tensor, q: Tensor, k: 
         const ops: { op: 'send' | 'recv'; tensor: Tensor; peer: number }[] = [];
         for (const t of [...acc.dk, ...acc.dv]) ops.push({ op: 'send', tensor: t, peer: right });
         for (const t of [...nxt.dk, ...nxt.dv]) ops.push({ op: 'recv', tensor: t, peer: left });
-        pGrad = group.batchSendRecv(ops, comm(ctx));
+        pGrad = group.batchSendRecv(ops, ringComm(ctx));
         waits.push(pGrad);
         g = 1 - g;
       }
-      if (pKv) { const p = pKv; pKv = null; await p; }
+      if (pKv) { const p = pKv; pKv = null; await p; group.join?.(); }
       if (next) cur = next;
     }
-    if (pGrad) { const p = pGrad; pGrad = null; await p; }
+    if (pGrad) { const p = pGrad; pGrad = null; await p; group.join?.(); }
     const dq = st.finishDq();
     const { dk, dv } = gradOut(ctx, grads[g]);
     return { dq, dk, dv };
