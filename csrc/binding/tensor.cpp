@@ -67,6 +67,35 @@ struct SyncDone : Completion {
   }
 };
 
+#if defined(MEGABEAM_CUDA)
+// Host data to a device buffer through page-locked staging: the copy then returns at once instead of
+// waiting for the stream. `fill` writes the bytes into the staging buffer; the buffer goes back to the cache
+// once the copy ran (an event recorded after it).
+void upload_staged(int device, void* dst, size_t bytes, const std::function<void(void*)>& fill, const char* what) {
+  PinnedBuffer pb = pinned_acquire(bytes);
+  try {
+    fill(pb.ptr);
+  } catch (...) {
+    pinned_release(pb);
+    throw;
+  }
+  CudaDeviceGuard g(device);
+  cudaStream_t s = cuda_stream(device);
+  cudaError_t e = cudaMemcpyAsync(dst, pb.ptr, bytes, cudaMemcpyHostToDevice, s);
+  cudaEvent_t ev = nullptr;
+  if (e == cudaSuccess) e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+  if (e == cudaSuccess) e = cudaEventRecord(ev, s);
+  if (e != cudaSuccess) {
+    // The copy may or may not have been queued: wait for the stream before reusing the buffer.
+    cudaStreamSynchronize(s);
+    if (ev) cudaEventDestroy(ev);
+    pinned_release(pb);
+    cuda_check(e, what);
+  }
+  pinned_release_after(device, ev, pb);
+}
+#endif
+
 // Cross-device copies from the CPU are sync points: they wait (on the calling thread) for the CPU
 // work queued so far, never for later work, and report the source's failure.
 void wait_cpu_source(const TensorImpl* src) {
@@ -160,25 +189,11 @@ Napi::Value Write(const Napi::CallbackInfo& info) {
   }
 #if defined(MEGABEAM_CUDA)
   if (n > 0) {
-    // Page-locked staging: the copy then returns at once instead of waiting for the stream.
-    size_t bytes = t->nbytes();
-    PinnedBuffer pb = pinned_acquire(bytes);
-    if (direct) std::memcpy(pb.ptr, data, bytes);
-    else convert_host(data, tt, pb.ptr, dt, 0, n);  // serial: the pool belongs to queued kernels
-    CudaDeviceGuard g(t->device);
-    cudaStream_t s = cuda_stream(t->device);
-    cudaError_t e = cudaMemcpyAsync(t->data(), pb.ptr, bytes, cudaMemcpyHostToDevice, s);
-    cudaEvent_t ev = nullptr;
-    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
-    if (e == cudaSuccess) e = cudaEventRecord(ev, s);
-    if (e != cudaSuccess) {
-      // The copy may or may not have been queued: wait for the stream before reusing the buffer.
-      cudaStreamSynchronize(s);
-      if (ev) cudaEventDestroy(ev);
-      pinned_release(pb);
-      cuda_check(e, "host to device copy");
-    }
-    pinned_release_after(t->device, ev, pb);
+    const size_t bytes = t->nbytes();
+    upload_staged(t->device, t->data(), bytes, [&](void* buf) {
+      if (direct) std::memcpy(buf, data, bytes);
+      else convert_host(data, tt, buf, dt, 0, n);  // serial: the pool belongs to queued kernels
+    }, "host to device copy");
   }
 #endif
   return env.Undefined();
@@ -260,21 +275,7 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
     wait_cpu_source(src);
     if (n > 0) {
       // Through page-locked staging, so the copy does not also wait for the GPU stream.
-      PinnedBuffer pb = pinned_acquire(n);
-      std::memcpy(pb.ptr, src->data(), n);
-      CudaDeviceGuard g(dst->device);
-      cudaStream_t s = cuda_stream(dst->device);
-      cudaError_t e = cudaMemcpyAsync(dst->data(), pb.ptr, n, cudaMemcpyHostToDevice, s);
-      cudaEvent_t ev = nullptr;
-      if (e == cudaSuccess) e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
-      if (e == cudaSuccess) e = cudaEventRecord(ev, s);
-      if (e != cudaSuccess) {
-        cudaStreamSynchronize(s);
-        if (ev) cudaEventDestroy(ev);
-        pinned_release(pb);
-        cuda_check(e, "copy to CUDA");
-      }
-      pinned_release_after(dst->device, ev, pb);
+      upload_staged(dst->device, dst->data(), n, [&](void* buf) { std::memcpy(buf, src->data(), n); }, "copy to CUDA");
     }
   } else if (dst->device == kCpu) {
     // Snapshot the source in stream order (later CUDA work may change it), then let the CPU queue
