@@ -6,15 +6,14 @@
 // says how close the kernel is to the memory bandwidth. Each timing is the median of --reps rounds of 8
 // back-to-back calls between device synchronisations. lmHeadLoss is reported in TFLOP/s (3 GEMMs).
 import * as fs from 'fs';
-import { performance } from 'perf_hooks';
 import type { Command } from '../cli';
 import { CliIO, FlagValues } from '../cli/args';
 import { DEVICE_FLAG, JSON_FLAG, OUT_FLAG, REPS_FLAG, checkOutputPath, resolveDevice } from '../cli/common';
-import { cuda, DeviceLike } from '../device';
+import { cuda } from '../device';
 import { Dtype, dtypeSize } from '../dtype';
 import * as nn from '../nn';
-import { Tensor, randn, synchronize, tensor, zeros } from '../tensor';
-import { median, table } from './util';
+import { Tensor, randn, tensor, zeros } from '../tensor';
+import { perCall, table } from './util';
 
 export const command: Command = {
   usage: 'megabeam bench nn [options]',
@@ -39,19 +38,6 @@ bandwidth against a device copy of the same bytes.`,
 export async function benchNn(argv: string[], io: CliIO): Promise<number> {
   const { runCommand } = await import('../cli');
   return runCommand(command, 'bench nn', argv, io);
-}
-
-async function perCall(device: DeviceLike, reps: number, inner: number, fn: () => void): Promise<number> {
-  fn(); fn();
-  await synchronize(device);
-  const ts: number[] = [];
-  for (let r = 0; r < reps; r++) {
-    const t0 = performance.now();
-    for (let i = 0; i < inner; i++) fn();
-    await synchronize(device);
-    ts.push((performance.now() - t0) / 1e3 / inner);
-  }
-  return median(ts);
 }
 
 interface Row { case: string; shape: string; bytes: number; ms: number; gbps: number; copy_gbps: number; ratio: number; tflops?: number }

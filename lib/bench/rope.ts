@@ -5,16 +5,15 @@
 // of --reps rounds of 8 back-to-back calls between device synchronisations.
 import * as fs from 'fs';
 import * as path from 'path';
-import { performance } from 'perf_hooks';
 import { rope, RopeApplyOptions } from '../rope';
-import { cuda, DeviceLike } from '../device';
+import { cuda } from '../device';
 import { Dtype } from '../dtype';
-import { Tensor, randn, synchronize, tensor } from '../tensor';
+import { Tensor, randn, tensor } from '../tensor';
 import { defaultInvFreq } from '../theta';
 import type { Command } from '../cli';
 import { CliIO, FlagValues } from '../cli/args';
 import { DEVICE_FLAG, HEADS_FLAG, HEAD_DIM_FLAG, JSON_FLAG, KV_HEADS_FLAG, OUT_FLAG, REPS_FLAG, checkOutputPath, resolveDevice } from '../cli/common';
-import { median, table } from './util';
+import { perCall, table } from './util';
 
 export const command: Command = {
   usage: 'megabeam bench rope [options]',
@@ -38,20 +37,6 @@ tensor, for the apply / in-place / backward / interleaved / precision / applyQK 
 export async function benchRope(argv: string[], io: CliIO): Promise<number> {
   const { runCommand } = await import('../cli');
   return runCommand(command, 'bench rope', argv, io);
-}
-
-/** Seconds per call of `fn`: median over rounds of `inner` calls bracketed by device syncs. */
-async function perCall(device: DeviceLike, reps: number, inner: number, fn: () => void): Promise<number> {
-  fn(); fn();
-  await synchronize(device);
-  const ts: number[] = [];
-  for (let r = 0; r < reps; r++) {
-    const t0 = performance.now();
-    for (let i = 0; i < inner; i++) fn();
-    await synchronize(device);
-    ts.push((performance.now() - t0) / 1e3 / inner);
-  }
-  return median(ts);
 }
 
 interface Row { case: string; bytes: number; rope_ms: number; rope_gbps: number; copy_ms: number; copy_gbps: number; ratio: number }

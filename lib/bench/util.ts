@@ -15,6 +15,21 @@ export async function timed(device: DeviceLike, fn: () => void | Promise<void>):
   return (performance.now() - t0) / 1e3;
 }
 
+
+/** Seconds per call of `fn`: median over rounds of `inner` calls bracketed by device syncs. */
+export async function perCall(device: DeviceLike, reps: number, inner: number, fn: () => void): Promise<number> {
+  fn(); fn();
+  await synchronize(device);
+  const ts: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    const t0 = performance.now();
+    for (let i = 0; i < inner; i++) fn();
+    await synchronize(device);
+    ts.push((performance.now() - t0) / 1e3 / inner);
+  }
+  return median(ts);
+}
+
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
