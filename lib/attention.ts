@@ -6,7 +6,7 @@
 // out = 0 and lse = -Infinity (never NaN), and no gradient.
 // CPU: f32, f16, bf16, any headDim (f32 accumulation). CUDA: f16, bf16, headDim 64 or 128.
 import { ArgumentError, callNative as call } from './errors';
-import { AttentionBackwardKernel, native } from './native';
+import { AttentionBackwardKernel, AttentionForwardKernel, native } from './native';
 import { Tensor, arg } from './tensor';
 
 export interface AttentionOptions {
@@ -18,6 +18,14 @@ export interface AttentionOptions {
   qOffset?: number;
   /** Global position of key 0 (causal only); default 0. */
   kOffset?: number;
+}
+
+export interface AttentionForwardOptions extends AttentionOptions {
+  /**
+   * CUDA only: which forward kernel runs. 'auto' (default): the wgmma kernel on sm_90 (headDim 64/128),
+   * else mma.sync. 'mma' forces the mma.sync kernel: for comparisons and tests. The CPU ignores it.
+   */
+  kernel?: AttentionForwardKernel;
 }
 
 export interface AttentionBackwardOptions extends AttentionOptions {
@@ -46,8 +54,9 @@ export interface AttentionBackwardResult {
 // The native op decides validity (csrc/ops/attention: attention_fwd_check / attention_bwd_check, which
 // include the CUDA kernels' limits); this file names the tensors, rejects unknown options and fills in
 // the default scale.
-const FORWARD_KEYS = new Set(['causal', 'scale', 'qOffset', 'kOffset']);
-const BACKWARD_KEYS = new Set([...FORWARD_KEYS, 'kernel']);
+const COMMON_KEYS = ['causal', 'scale', 'qOffset', 'kOffset'];
+const FORWARD_KEYS = new Set([...COMMON_KEYS, 'kernel']);
+const BACKWARD_KEYS = new Set([...COMMON_KEYS, 'kernel']);
 
 function options(op: string, opts: unknown, known: Set<string>, q: Tensor): Record<string, unknown> {
   if (opts === undefined) opts = {};
@@ -61,7 +70,7 @@ function options(op: string, opts: unknown, known: Set<string>, q: Tensor): Reco
 }
 
 /** Attention forward: returns out (q's dtype and device) and lse (f32 [batch, headsQ, seqQ]). */
-function forward(q: Tensor, k: Tensor, v: Tensor, opts?: AttentionOptions): AttentionForwardResult {
+function forward(q: Tensor, k: Tensor, v: Tensor, opts?: AttentionForwardOptions): AttentionForwardResult {
   const op = 'attention.forward';
   const h = { q: arg(q, `${op}: q`), k: arg(k, `${op}: k`), v: arg(v, `${op}: v`) };
   const o = options(op, opts, FORWARD_KEYS, q);
