@@ -19,8 +19,8 @@
 #include <vector>
 #include "ops/attention/attention.h"
 #include "common/error.h"
-#if defined(MB_ATTN_WGMMA)
 #include "ops/attention/attention_wgmma.h"
+#if defined(MB_ATTN_WGMMA)
 #endif
 
 using namespace mb;
@@ -537,12 +537,12 @@ static void run_case(const Case& c) {
 }
 
 // Invalid problems are refused by the one validity check the binding calls before queueing a launch
-// (attention_fwd_check / attention_bwd_check); the launchers trust a checked struct.
+// (attention_fwd_check / attention_bwd_check, whose CUDA halves are called here); the launchers trust a checked struct.
 static void expect_throw(const char* what, const char* code, AttnBwdParams p, bool bwd) {
   try {
     if (bwd && g_wgmma) bwd_run(p, 0);  // the direct wgmma entry point checks what it supports itself
-    else if (bwd) attention_bwd_check(p, true, g_kernel);
-    else attention_fwd_check(p, true);
+    else if (bwd) attention_bwd_cuda_check(p, g_kernel);
+    else attention_fwd_cuda_check(p);
     printf("[%s] no throw FAIL\n", what);
     ++g_fail;
   } catch (const Error& e) {
@@ -634,6 +634,7 @@ static void bench(const std::vector<int>& lens) {
   else
     printf("\n%-8s %10s %10s %10s %10s %10s %10s (b=1 hq=32 hkv=8 d=%d causal bf16; median; mma_fwd = the mma.sync forward)\n", "S",
            "fwd_ms", "fwd_TF/s", "bwd_ms", "bwd_TF/s", "mma_fwd_ms", "mma_TF/s", D);
+    printf("%-8s (extra columns when the wgmma forward runs: v1_fwd_ms v1_TF/s = its cp.async variant without warp specialisation)\n", "");
   for (int S : lens) {
     const int64_t nq = (int64_t)B * S * HQ * D, nk = (int64_t)B * S * HKV * D;
     uint16_t *q, *k, *v, *out, *dout, *dq, *dk, *dv;
@@ -670,7 +671,7 @@ static void bench(const std::vector<int>& lens) {
     const bool warm = S <= 131072;
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
-    std::vector<float> tf, tb, tw, tm;
+    std::vector<float> tf, tb, tw, tm, t1;
     for (int r = 0; r < reps + (warm ? 1 : 0); ++r) {
       CK(cudaEventRecord(e0));
       attention_fwd_cuda(p, 0);
@@ -689,6 +690,13 @@ static void bench(const std::vector<int>& lens) {
         CK(cudaEventRecord(e1));
         CK(cudaEventSynchronize(e1));
         if (r > 0 || !warm) tm.push_back(time_ms(e0, e1));
+        if (attention_fwd_wgmma_usable(p)) {
+          CK(cudaEventRecord(e0));
+          attention_fwd_cuda_wgmma(p, 0, false);
+          CK(cudaEventRecord(e1));
+          CK(cudaEventSynchronize(e1));
+          if (r > 0 || !warm) t1.push_back(time_ms(e0, e1));
+        }
       }
 #if defined(MB_ATTN_WGMMA)
       if (g_wgmma) {
@@ -728,7 +736,9 @@ static void bench(const std::vector<int>& lens) {
       for (void* x : {(void*)dq2, (void*)dk2, (void*)dv2, p2.workspace}) CK(cudaFree(x));
     } else {
       std::sort(tm.begin(), tm.end());
-      const float mm = tm[tm.size() / 2];
+      std::sort(t1.begin(), t1.end());
+      const float mm = tm[tm.size() / 2], m1 = t1.empty() ? 0.f : t1[t1.size() / 2];
+      if (m1 > 0) printf("%-8s v1_fwd_ms %.2f v1_TF/s %.1f\n", "", m1, fl_fwd / m1 / 1e9);
       printf("%-8d %10.2f %10.1f %10.2f %10.1f %10.2f %10.1f  (reps=%d, workspace %.1f MiB, fwd min/max %.2f/%.2f, bwd min/max %.2f/%.2f)\n",
              S, mf, fl_fwd / mf / 1e9, mbw, fl_bwd / mbw / 1e9, mm, fl_fwd / mm / 1e9, reps, ws / 1048576.0, tf.front(), tf.back(),
              tb.front(), tb.back());

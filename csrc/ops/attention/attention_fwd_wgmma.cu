@@ -17,7 +17,10 @@
 //   The last block's PV runs after the loop. Accumulators per thread: S 64, O D/2 fp32; P 32 registers.
 //   Shared memory: Q BR x D + 2 x K + 2 x V tiles of BC x D (d=128: 160 KB, d=64: 80 KB) + 1 KB alignment.
 #if defined(MEGABEAM_CUDA)
+#include <cuda.h>  // CUtensorMap and its enums only: the encoder comes from the runtime's driver entry point
+#include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <string>
 #include "ops/attention/attention_wgmma.h"
 #include "ops/attention/attn_wgmma.cuh"
@@ -278,17 +281,365 @@ __global__ void __launch_bounds__(256, 1) attn_fwd_wgmma_kernel(const FwdArgs a)
 #endif
 }
 
+// ---------------------------------------------------------------------------------------------
+// Warp-specialised variant (the default where TMA descriptors can be made): warpgroup 0 is the producer
+// (one thread issues TMA loads of Q once and K/V per block into two-stage buffers, synchronised by
+// mbarriers; its other registers go to the consumers via setmaxnreg), warpgroups 1-2 are the consumers
+// running the mainloop above. The two consumers take turns issuing their GEMMs (named barriers,
+// FA3's ping-pong), so one's softmax runs under the other's GEMMs instead of both stalling together.
+struct FwdTmaArgs {
+  CUtensorMap tm_q, tm_k, tm_v;  // 64-byte aligned (CUtensorMap is declared so)
+  FwdArgs f;
+  int perm_q[3], perm_k[3];      // tensor-map dims 1..3 -> logical coordinate (0 row, 1 head, 2 batch)
+};
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred P1;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+      "@P1 bra DONE;\nbra WAIT;\nDONE:\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1, int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+      "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void named_sync(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+__device__ __forceinline__ void named_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+
+// A ROWS x D tile at logical (row, head, batch) -> the swizzled layout: one TMA box per 64 columns.
+template <int ROWS, int D>
+__device__ __forceinline__ void tma_tile(uint32_t dst, const CUtensorMap* map, const int (&perm)[3], uint32_t bar, int row, int head,
+                                         int batch) {
+  const int lg[3] = {row, head, batch};
+  const int c1 = lg[perm[0]], c2 = lg[perm[1]], c3 = lg[perm[2]];
+#pragma unroll
+  for (int hcol = 0; hcol < D / 64; ++hcol) tma_load_4d(dst + hcol * ROWS * 128, map, bar, hcol * 64, c1, c2, c3);
+}
+
+template <int D>
+struct WsCfg {
+  static constexpr int NT = 384;  // producer warpgroup + 2 consumer warpgroups
+  static constexpr int BR = FwdCfg<D>::BR, BC = FwdCfg<D>::BC;
+  static constexpr int Q_TILE = FwdCfg<D>::Q_TILE, KV_TILE = FwdCfg<D>::KV_TILE;
+  static constexpr int OFF_Q = 0, OFF_K = Q_TILE, OFF_V = OFF_K + 2 * KV_TILE;
+  static constexpr int OFF_BAR = OFF_V + 2 * KV_TILE;  // barQ, fullK[2], fullV[2], emptyK[2], emptyV[2]
+  static constexpr int SMEM = OFF_BAR + 128 + 1024;
+};
+
 template <bool BF16, int D>
-static void launch(const AttnFwdParams& p, cudaStream_t stream) {
-  using C = FwdCfg<D>;
-  auto kern = attn_fwd_wgmma_kernel<BF16, D>;
+__global__ void __launch_bounds__(384, 1) attn_fwd_ws_kernel(const __grid_constant__ FwdTmaArgs A) {
+#if MB_WG_ENABLED
+  using C = WsCfg<D>;
+  constexpr int BR = C::BR, BC = C::BC;
+  constexpr int NJ = BC / 8, NO = D / 8;
+  const FwdArgs& a = A.f;
+  const AttnFwdParams& p = a.p;
+
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  const uint32_t raw = smem_u32(smem_raw);
+  const uint32_t base = (raw + 1023u) & ~1023u;
+  const uint32_t sQ = base + C::OFF_Q, sK0 = base + C::OFF_K, sV0 = base + C::OFF_V;
+  const uint32_t barQ = base + C::OFF_BAR, fullK = barQ + 8, fullV = barQ + 24, emptyK = barQ + 40, emptyV = barQ + 56;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int wg = warp >> 2;
+  const int m_block = gridDim.x - 1 - blockIdx.x;  // heaviest (causal) blocks first
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int kvh = h / a.group;
+  const int sq = p.seqlen_q, sk = p.seqlen_k;
+  const int m0 = m_block * BR;
+  uint16_t* gO = (uint16_t*)p.out + b * p.o_batch_stride + h * p.o_head_stride;
+  float* gL = p.lse + ((int64_t)b * p.heads_q + h) * sq;
+
+  const int q_valid = min(BR, sq - m0);
+  int n_end = sk;
+  if (p.causal) {
+    const int64_t lim = (int64_t)m0 + q_valid - 1 + a.delta + 1;
+    n_end = (int)max((int64_t)0, min((int64_t)sk, lim));
+  }
+  const int n_blocks = (n_end + BC - 1) / BC;
+  int n_unmasked = sk / BC;
+  if (p.causal) {
+    const int64_t t = (int64_t)m0 + a.delta + 1;
+    n_unmasked = (int)min((int64_t)n_unmasked, t <= 0 ? (int64_t)0 : t / BC);
+  }
+  n_unmasked = min(n_unmasked, n_blocks);
+
+  if (n_blocks == 0) {  // no key visible to any row: out = 0, lse = -inf
+    constexpr int CH = D / 8;
+    for (int c = tid; c < BR * CH; c += C::NT) {
+      const int r = c / CH, ch = c % CH;
+      if (r < q_valid) *(uint4*)(gO + (int64_t)(m0 + r) * p.o_row_stride + ch * 8) = make_uint4(0, 0, 0, 0);
+    }
+    for (int r = tid; r < q_valid; r += C::NT) gL[m0 + r] = -INFINITY;
+    return;
+  }
+
+  if (tid == 0) {
+    mbar_init(barQ, 1);
+    for (int i = 0; i < 2; ++i) {
+      mbar_init(fullK + 8 * i, 1);
+      mbar_init(fullV + 8 * i, 1);
+      mbar_init(emptyK + 8 * i, 8);  // lane 0 of each consumer warp
+      mbar_init(emptyV + 8 * i, 8);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // ---- producer
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
+    if (tid == 0) {
+      mbar_expect_tx(barQ, C::Q_TILE);
+      tma_tile<BR, D>(sQ, &A.tm_q, A.perm_q, barQ, m0, h, b);
+      for (int it = 0; it < n_blocks; ++it) {
+        const int nb = n_blocks - 1 - it, st = it & 1;
+        const uint32_t ph = ((it >> 1) & 1) ^ 1;  // a fresh barrier passes the "previous phase" wait
+        mbar_wait(emptyK + 8 * st, ph);
+        mbar_expect_tx(fullK + 8 * st, C::KV_TILE);
+        tma_tile<BC, D>(sK0 + st * C::KV_TILE, &A.tm_k, A.perm_k, fullK + 8 * st, nb * BC, kvh, b);
+        mbar_wait(emptyV + 8 * st, ph);
+        mbar_expect_tx(fullV + 8 * st, C::KV_TILE);
+        tma_tile<BC, D>(sV0 + st * C::KV_TILE, &A.tm_v, A.perm_k, fullV + 8 * st, nb * BC, kvh, b);
+      }
+    }
+    return;
+  }
+
+  // ---- consumers
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n");
+  const int c = wg - 1;  // consumer index: query rows 64*c ..
+  const int wi = warp & 3, lr = lane >> 2, lc = (lane & 3) * 2;
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  float s[BC / 2];
+  uint32_t pf[BC / 16][4];
+  float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
+  float corr[2], sum[2];
+  const int row0 = m0 + c * 64 + wi * 16 + lr;
+  const uint32_t qw = (uint32_t)c * 64 * 128;
+
+  auto issue_s = [&](int st) {
+    const uint32_t sK = sK0 + st * C::KV_TILE;
+    fence_regs(s);
+    fence_regs(o);
+    fence_regs(pf);
+    wg_fence();
+#pragma unroll
+    for (int k = 0; k < D / 16; ++k) {
+      const uint32_t qo = (uint32_t)(k >> 2) * (BR * 128) + qw + (k & 3) * 32;
+      const uint32_t ko = (uint32_t)(k >> 2) * (BC * 128) + (k & 3) * 32;
+      wgmma_ss_n128<BF16, 0, 0>(s, make_desc(sQ + qo, 16, 1024), make_desc(sK + ko, 16, 1024), k > 0);
+    }
+    wg_commit();
+  };
+  auto softmax = [&](int nb) {
+#pragma unroll
+    for (int i = 0; i < BC / 2; ++i) s[i] *= a.scale_log2;
+    if (nb >= n_unmasked) {
+      const int col0 = nb * BC + lc;
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = col0 + j * 8 + (e & 1);
+          const int row = row0 + (e >> 1) * 8;
+          if (col >= sk || (p.causal && col - row > a.delta)) s[j * 4 + e] = -INFINITY;
+        }
+    }
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) mx = fmaxf(mx, fmaxf(s[j * 4 + 2 * hh], s[j * 4 + 2 * hh + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(mrow[hh], mx);
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      corr[hh] = ex2(mrow[hh] - m_use);
+      mrow[hh] = m_new;
+      float acc = 0.f;
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+        const float p0 = ex2(s[j * 4 + 2 * hh] - m_use);
+        const float p1 = ex2(s[j * 4 + 2 * hh + 1] - m_use);
+        s[j * 4 + 2 * hh] = p0;
+        s[j * 4 + 2 * hh + 1] = p1;
+        acc += p0 + p1;
+      }
+      sum[hh] = acc;
+    }
+  };
+  auto rescale_pack = [&]() {
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      lrow[hh] = lrow[hh] * corr[hh] + sum[hh];
+#pragma unroll
+      for (int j = 0; j < NO; ++j) {
+        o[j * 4 + 2 * hh] *= corr[hh];
+        o[j * 4 + 2 * hh + 1] *= corr[hh];
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) pf[kk][i] = pack2<BF16>(s[kk * 8 + 2 * i], s[kk * 8 + 2 * i + 1]);
+  };
+  // Ping-pong: named barrier 1 + c is "consumer c may issue"; consumer 1 lets consumer 0 go first, and
+  // each arrival is matched by exactly one sync (consumer 1 skips its arrival after its last issue).
+  const int my_turn = 1 + c, other_turn = 2 - c;
+  auto pass_turn = [&](int it) {
+    if (!(c == 1 && it == n_blocks - 1)) named_arrive(other_turn, 256);
+  };
+  if (c == 1) named_arrive(1, 256);
+
+  mbar_wait(barQ, 0);
+  mbar_wait(fullK, 0);
+  named_sync(my_turn, 256);
+  issue_s(0);
+  pass_turn(0);
+  wg_wait<0>();
+  fence_regs(s);
+  if (lane == 0) mbar_arrive(emptyK);
+  softmax(n_blocks - 1);
+  rescale_pack();
+  for (int it = 1; it < n_blocks; ++it) {
+    const int nb = n_blocks - 1 - it, st = it & 1, pst = st ^ 1;
+    mbar_wait(fullK + 8 * st, (it >> 1) & 1);
+    mbar_wait(fullV + 8 * pst, ((it - 1) >> 1) & 1);
+    named_sync(my_turn, 256);
+    issue_s(st);
+    pv_gemm<BF16, D>(o, pf, sV0 + pst * C::KV_TILE);
+    wg_commit();
+    pass_turn(it);
+    wg_wait<1>();
+    fence_regs(s);
+    if (lane == 0) mbar_arrive(emptyK + 8 * st);
+    softmax(nb);
+    wg_wait<0>();
+    fence_regs(o);
+    fence_regs(pf);
+    if (lane == 0) mbar_arrive(emptyV + 8 * pst);
+    rescale_pack();
+  }
+  {
+    const int pst = (n_blocks - 1) & 1;
+    mbar_wait(fullV + 8 * pst, ((n_blocks - 1) >> 1) & 1);
+    fence_regs(o);
+    fence_regs(pf);
+    wg_fence();
+    pv_gemm<BF16, D>(o, pf, sV0 + pst * C::KV_TILE);
+    wg_commit();
+    wg_wait<0>();
+    fence_regs(o);
+  }
+
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    float l = lrow[hh];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const int row = row0 + hh * 8;
+    if (row < sq) {
+      if ((lane & 3) == 0) gL[row] = l > 0.f ? (mrow[hh] + log2f(l)) * kLn2 : -INFINITY;
+      uint16_t* dst = gO + (int64_t)row * p.o_row_stride + lc;
+#pragma unroll
+      for (int j = 0; j < NO; ++j) *(uint32_t*)(dst + j * 8) = pack2<BF16>(o[j * 4 + 2 * hh] * inv, o[j * 4 + 2 * hh + 1] * inv);
+    }
+  }
+#else
+  __trap();
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host: TMA descriptors. cuTensorMapEncodeTiled is a driver function; the runtime hands out its entry
+// point (the addon links the runtime statically and never links libcuda itself).
+typedef CUresult (*EncodeTiledFn)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
+                                  const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                  CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+static EncodeTiledFn encode_fn() {
+  static EncodeTiledFn fn = nullptr;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) == cudaSuccess &&
+        q == cudaDriverEntryPointSuccess)
+      fn = (EncodeTiledFn)f;
+    cudaGetLastError();
+  });
+  return fn;
+}
+
+// [rows, heads, batch] with element strides -> a rank-4 map (columns, then the three in increasing
+// stride order, as TMA wants), box = 64 columns x box_rows rows, 128-byte swizzle, zero fill outside.
+static bool make_map(CUtensorMap* m, int (&perm)[3], const void* ptr, bool bf16, int d, int rows, int heads, int batch, int64_t rs,
+                     int64_t hs, int64_t bs, int box_rows) {
+  EncodeTiledFn enc = encode_fn();
+  if (!enc || rows <= 0) return false;
+  const int64_t size[3] = {rows, heads, batch}, stride[3] = {rs, hs, bs};
+  int idx[3] = {0, 1, 2};
+  std::stable_sort(idx, idx + 3, [&](int x, int y) { return stride[x] < stride[y]; });
+  cuuint64_t gdim[4] = {(cuuint64_t)d, 0, 0, 0}, gstride[3];
+  cuuint32_t box[4] = {64, 1, 1, 1}, estride[4] = {1, 1, 1, 1};
+  for (int i = 0; i < 3; ++i) {
+    perm[i] = idx[i];
+    gdim[1 + i] = (cuuint64_t)size[idx[i]];
+    gstride[i] = (cuuint64_t)stride[idx[i]] * 2;
+    if (idx[i] == 0) box[1 + i] = (cuuint32_t)box_rows;
+  }
+  return enc(m, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, const_cast<void*>(ptr), gdim, gstride, box,
+             estride, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <bool BF16, int D>
+static bool launch_ws(const AttnFwdParams& p, const FwdArgs& f, cudaStream_t stream) {
+  using C = WsCfg<D>;
+  FwdTmaArgs A;
+  A.f = f;
+  if (!make_map(&A.tm_q, A.perm_q, p.q, BF16, D, p.seqlen_q, p.heads_q, p.batch, p.q_row_stride, p.q_head_stride, p.q_batch_stride, C::BR) ||
+      !make_map(&A.tm_k, A.perm_k, p.k, BF16, D, p.seqlen_k, p.heads_kv, p.batch, p.k_row_stride, p.k_head_stride, p.k_batch_stride, C::BC))
+    return false;
+  int perm_v[3];
+  if (!make_map(&A.tm_v, perm_v, p.v, BF16, D, p.seqlen_k, p.heads_kv, p.batch, p.v_row_stride, p.v_head_stride, p.v_batch_stride, C::BC) ||
+      perm_v[0] != A.perm_k[0] || perm_v[1] != A.perm_k[1] || perm_v[2] != A.perm_k[2])
+    return false;  // V is loaded with K's coordinate order
+  auto kern = attn_fwd_ws_kernel<BF16, D>;
   cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
-  attn::check_cuda("attention_fwd_wgmma: cudaFuncSetAttribute");
+  attn::check_cuda("attention_fwd_wgmma (ws): cudaFuncSetAttribute");
+  dim3 grid((unsigned)((p.seqlen_q + C::BR - 1) / C::BR), (unsigned)p.heads_q, (unsigned)p.batch);
+  kern<<<grid, C::NT, C::SMEM, stream>>>(A);
+  attn::check_cuda("attention_fwd_wgmma (ws) kernel launch");
+  return true;
+}
+
+template <bool BF16, int D>
+static void launch(const AttnFwdParams& p, cudaStream_t stream, bool ws) {
+  using C = FwdCfg<D>;
   FwdArgs a;
   a.p = p;
   a.delta = attn::clamp_delta(p.q_offset, p.k_offset, p.seqlen_q, p.seqlen_k);
   a.group = p.heads_q / p.heads_kv;
   a.scale_log2 = p.scale * kLog2e;
+  if (ws && launch_ws<BF16, D>(p, a, stream)) return;
+  auto kern = attn_fwd_wgmma_kernel<BF16, D>;
+  cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
+  attn::check_cuda("attention_fwd_wgmma: cudaFuncSetAttribute");
   dim3 grid((unsigned)((p.seqlen_q + C::BR - 1) / C::BR), (unsigned)p.heads_q, (unsigned)p.batch);
   kern<<<grid, C::NT, C::SMEM, stream>>>(a);
   attn::check_cuda("attention_fwd_wgmma kernel launch");
@@ -305,15 +656,15 @@ bool attention_fwd_wgmma_usable(const AttnFwdParams& p) {
 
 // Checked by attention_fwd_check (the same row/alignment rules as the mma.sync forward) and
 // attention_fwd_wgmma_usable before this is called.
-void attention_fwd_cuda_wgmma(const AttnFwdParams& p, cudaStream_t stream) {
+void attention_fwd_cuda_wgmma(const AttnFwdParams& p, cudaStream_t stream, bool ws) {
   if (p.batch == 0 || p.seqlen_q == 0) return;
   const bool bf16 = p.dtype == Dtype::BF16;
   if (p.head_dim == 128) {
-    if (bf16) attn_wg::launch<true, 128>(p, stream);
-    else attn_wg::launch<false, 128>(p, stream);
+    if (bf16) attn_wg::launch<true, 128>(p, stream, ws);
+    else attn_wg::launch<false, 128>(p, stream, ws);
   } else {
-    if (bf16) attn_wg::launch<true, 64>(p, stream);
-    else attn_wg::launch<false, 64>(p, stream);
+    if (bf16) attn_wg::launch<true, 64>(p, stream, ws);
+    else attn_wg::launch<false, 64>(p, stream, ws);
   }
 }
 
