@@ -10,7 +10,7 @@
 // (qOffset + i / kOffset + j, or explicit position tensors), with exactly the arithmetic of rope.apply;
 // backward takes the same un-rotated q, k and returns the gradients for them. Today this is a
 // composition (rope kernel into temporaries -> attention -> rope backward of dq/dk in place), not yet
-// rotation on load inside the attention kernel: see docs/attention.md.
+// rotation on load inside the attention kernel: see README.md, "RoPE inside attention".
 import { ArgumentError, DeviceError, DtypeError, ShapeError, callNative as call } from './errors';
 import { show } from './guard';
 import { AttentionBackwardKernel, native } from './native';

@@ -153,7 +153,7 @@ async function benchAttentionRun(opts: FlagValues, io: CliIO): Promise<number> {
       rows.map((r) => [String(r.seq), r.fwd_s, r.fwd_rope_s!, pct(r.fwd_rope_overhead_pct!), r.bwd_s, r.bwd_rope_s!,
         pct(r.bwd_rope_overhead_pct!), r.peak_gib])));
     io.out(`rope option: ${JSON.stringify(BENCH_ROPE)}, positions 0..seq-1 (a composition today: RoPE kernel into temporaries, ` +
-      'then attention; see docs/attention.md). Target: ≤ 3 % over attention alone.');
+      'then attention; see README.md). Target: ≤ 3 % over attention alone.');
   } else {
     io.out(table(['seq', 'fwd s', 'fwd TFLOP/s', 'bwd s', 'bwd TFLOP/s', 'peak GiB'],
       rows.map((r) => [String(r.seq), r.fwd_s, r.fwd_tflops, r.bwd_s, r.bwd_tflops, r.peak_gib])));
