@@ -90,7 +90,7 @@ function options(op: string, opts: unknown, known: Set<string>, q: Tensor): Reco
 }
 
 /** How q and k are rotated: one applyQK launch when they share every position, else one call each. */
-interface RopePlan {
+export interface RopePlan {
   q: RopeApplyOptions;
   k: RopeApplyOptions;
   shared: boolean;
@@ -171,6 +171,21 @@ function unrotate(plan: RopePlan, dq: Tensor, dk: Tensor): void {
     ropeOps.backward(dq, { ...plan.q, inplace: true });
     ropeOps.backward(dk, { ...plan.k, inplace: true });
   }
+}
+
+/**
+ * @internal q and k rotated per a rope option, into new tensors (ring attention rotates its shards once,
+ * before the ring, with it); `plan` undoes it on the gradients with ropeUnrotate. Same checks as the
+ * rope option of attention.forward.
+ */
+export function ropeRotate(op: string, ro: unknown, q: Tensor, k: Tensor, v: Tensor, qOffset: unknown, kOffset: unknown):
+    { q: Tensor; k: Tensor; plan: RopePlan } {
+  const plan = ropePlan(op, ro, q, k, v, qOffset, kOffset);
+  return { ...rotate(plan, q, k), plan };
+}
+/** @internal dq, dk of the rotated q, k rotated back in place (the gradients for the un-rotated ones). */
+export function ropeUnrotate(plan: RopePlan, dq: Tensor, dk: Tensor): void {
+  unrotate(plan, dq, dk);
 }
 
 function forwardNative(q: Tensor, k: Tensor, v: Tensor, o: Record<string, unknown>): AttentionForwardResult {

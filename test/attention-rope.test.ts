@@ -389,3 +389,122 @@ t.test('cuda: positions on the CPU are refused', { ...gpu }, async (tt) => {
   throwsCode(tt, () => attention.forward(q, k, k, { rope: { base: 1e4, qPositions: p, kPositions: p } }), 'ERR_DEVICE');
   for (const x of [q, k, p]) x.dispose();
 });
+
+// ---------------------------------------------------------------- ring attention with the rope option
+
+// Each shard is rotated at its tokens' global positions before the ring, so the unsharded result must
+// equal attention with rope on the full sequence (f32: only the ring's f32 merge order differs).
+t.test('ring.forward/backward with rope = attention with rope on the full sequence', async (tt) => {
+  const { dist, ring } = await import('../lib/index');
+  const B = 1, Hq = 4, Hkv = 2, D = 8;
+  const ro = { base: 1e4, style: 'interleaved' as const };
+  const combos: { W: number; layout: 'zigzag' | 'contiguous'; algorithm: 'ring' | 'allgather'; causal: boolean; qOffset: number;
+    kOffset: number; explicit?: boolean }[] = [
+    { W: 1, layout: 'zigzag', algorithm: 'ring', causal: true, qOffset: 5, kOffset: 5 },
+    { W: 2, layout: 'zigzag', algorithm: 'ring', causal: true, qOffset: 7, kOffset: 7 },
+    { W: 4, layout: 'zigzag', algorithm: 'ring', causal: true, qOffset: 100, kOffset: 96 },
+    { W: 4, layout: 'contiguous', algorithm: 'allgather', causal: true, qOffset: 3, kOffset: 0 },
+    { W: 2, layout: 'zigzag', algorithm: 'allgather', causal: false, qOffset: 40, kOffset: 9 },
+    { W: 4, layout: 'contiguous', algorithm: 'ring', causal: false, qOffset: 0, kOffset: 0 },
+    { W: 2, layout: 'zigzag', algorithm: 'ring', causal: true, qOffset: 0, kOffset: 0, explicit: true },
+  ];
+  for (const c of combos) {
+    const S = 8 * c.W;
+    const mk = (h: number) => tensor(randomNormal(B * S * h * D, rnd), { shape: [B, S, h, D] });
+    const q = mk(Hq), k = mk(Hkv), v = mk(Hkv), dout = mk(Hq);
+    const base: AttentionOptions = { causal: c.causal, qOffset: c.qOffset, kOffset: c.kOffset };
+    let fullRope: AttentionRopeOptions = ro;
+    const extra: Tensor[] = [];
+    if (c.explicit) {
+      const qp = tensor(randomPositions(B, S), { shape: [B, S], dtype: 'i32' });
+      const kp = tensor(randomPositions(B, S), { shape: [B, S], dtype: 'i32' });
+      extra.push(qp, kp);
+      fullRope = { ...ro, qPositions: qp, kPositions: kp };
+    }
+    const ref = attention.forward(q, k, v, { ...base, rope: fullRope });
+    const gref = attention.backward(dout, q, k, v, ref.out, ref.lse, { ...base, rope: fullRope });
+    const groups = c.W === 1 ? [null] : dist.localGroups(c.W);
+    const sh = (x: Tensor, r: number) => ring.shard(x, r, c.W, { layout: c.layout });
+    const ins = groups.map((_, r) => {
+      const shardRope: AttentionRopeOptions = c.explicit ? { ...ro, qPositions: sh(fullRope.qPositions!, r), kPositions: sh(fullRope.kPositions!, r) } : ro;
+      if (c.explicit) extra.push(shardRope.qPositions!, shardRope.kPositions!);
+      return { q: sh(q, r), k: sh(k, r), v: sh(v, r), dout: sh(dout, r),
+        o: { ...base, layout: c.layout, algorithm: c.algorithm, rope: shardRope } };
+    });
+    const fw = await Promise.all(groups.map((g, r) => ring.forward(g, ins[r].q, ins[r].k, ins[r].v, ins[r].o)));
+    const bw = await Promise.all(groups.map((g, r) => ring.backward(g, ins[r].dout, ins[r].q, ins[r].k, ins[r].v, fw[r].out, fw[r].lse, ins[r].o)));
+    const label = `W${c.W} ${c.layout} ${c.algorithm} ${c.causal ? 'causal' : 'full'} q@${c.qOffset} k@${c.kOffset}${c.explicit ? ' positions' : ''}`;
+    const pairs: [string, Tensor[], Tensor][] = [['out', fw.map((x) => x.out), ref.out], ['dq', bw.map((x) => x.dq), gref.dq],
+      ['dk', bw.map((x) => x.dk), gref.dk], ['dv', bw.map((x) => x.dv), gref.dv]];
+    for (const [what, shards, want] of pairs) {
+      const got = ring.unshard(shards, { layout: c.layout });
+      near(tt, `${label} ${what}`, await values(got), await values(want), 1e-5);
+      got.dispose();
+    }
+    // and the rotation mattered: without rope the ring gives something else
+    if (c.W > 1) {
+      const plain = await Promise.all(groups.map((g, r) => ring.forward(g, ins[r].q, ins[r].k, ins[r].v, { ...ins[r].o, rope: undefined })));
+      const got = ring.unshard(plain.map((x) => x.out), { layout: c.layout });
+      tt.ok(relErr(await values(got), await values(ref.out)).err > 1e-2, `${label}: differs without rope`);
+      got.dispose();
+      for (const x of plain) { x.out.dispose(); x.lse.dispose(); }
+    }
+    for (const x of [...fw.flatMap((f) => [f.out, f.lse]), ...bw.flatMap((b) => [b.dq, b.dk, b.dv]), ...ins.flatMap((i) => [i.q, i.k, i.v, i.dout]),
+      ref.out, ref.lse, gref.dq, gref.dk, gref.dv, q, k, v, dout, ...extra]) x.dispose();
+  }
+});
+
+t.test('ring with rope: errors before any transfer', async (tt) => {
+  const { dist, ring } = await import('../lib/index');
+  const { rejectsCode } = await import('./helpers/assert');
+  const [a] = dist.localGroups(2, { timeoutMs: 200 });
+  const q = randn([1, 4, 2, 8], { seed: 1 }), k = randn([1, 4, 1, 8], { seed: 2 });
+  const p5 = tensor(new Int32Array(5), { shape: [1, 5], dtype: 'i32' });
+  // the peer never calls: a check that came after the first transfer would time out instead
+  await rejectsCode(tt, ring.forward(a, q, k, k, { causal: true, rope: null as never }), 'ERR_ARG', 'rope null');
+  await rejectsCode(tt, ring.forward(a, q, k, k, { causal: true, rope: {} }), 'ERR_ROPE_CONFIG', 'no frequencies');
+  await rejectsCode(tt, ring.forward(a, q, k, k, { causal: true, qOffset: -1, rope: { base: 1e4 } }), 'ERR_ARG', 'negative qOffset');
+  await rejectsCode(tt, ring.forward(a, q, k, k, { causal: true, rope: { base: 1e4, qPositions: p5, kPositions: p5 } }), 'ERR_SHAPE',
+    'positions not the shard\'s length');
+  await rejectsCode(tt, ring.forward(a, q, k, k, { causal: true, rope: { base: 1e4, positions: p5 } as never }), 'ERR_ARG',
+    'rope.positions');
+  const lse = randn([1, 2, 4], { seed: 3 });
+  await rejectsCode(tt, ring.backward(a, q, q, k, k, q, lse, { causal: true, rope: { base: 1e4, rotaryDim: 3 } }), 'ERR_ROPE_CONFIG',
+    'backward: odd rotaryDim');
+  lse.dispose();
+  for (const x of [q, k, p5]) x.dispose();
+});
+
+// ring.attentionLayer now goes through the rope option: its results must be those of its old body
+// (rope.apply at the shard's global positions, ring on the rotated shards, rope.backward) bit for bit.
+t.test('ring.attentionLayer: bit-identical to rope.apply + ring + rope.backward', async (tt) => {
+  const { dist, ring } = await import('../lib/index');
+  for (const W of [1, 2]) {
+    const S = 6, B = 2;
+    const groups = W === 1 ? [null] : dist.localGroups(W);
+    const mk = (h: number) => tensor(randomNormal(B * S * h * 8, rnd), { shape: [B, S, h, 8] });
+    const ins = groups.map(() => ({ q: mk(4), k: mk(2), v: mk(2), dout: mk(4) }));
+    const ro = { base: 5e5, rotaryDim: 6 };
+    const opts = { causal: true, rope: ro, offset: 1000 };
+    const fw = await Promise.all(groups.map((g, r) => ring.attentionLayer.forward(g, ins[r].q, ins[r].k, ins[r].v, opts)));
+    const bw = await Promise.all(groups.map((g, r) => ring.attentionLayer.backward(g, ins[r].dout, ins[r].q, ins[r].k, ins[r].v,
+      fw[r].out, fw[r].lse, opts)));
+    const old = await Promise.all(groups.map(async (g, r) => {
+      const pos = ring.positions(S * W, r, W, W === 1 ? 'contiguous' : 'zigzag', { batch: B, offset: 1000 });
+      const po = { ...ro, positions: pos };
+      const qr = rope.apply(ins[r].q, po), kr = rope.apply(ins[r].k, po);
+      return { pos, po, qr, kr };
+    }));
+    const ofw = await Promise.all(groups.map((g, r) => ring.forward(g, old[r].qr, old[r].kr, ins[r].v, { causal: true })));
+    const obw = await Promise.all(groups.map((g, r) => ring.backward(g, ins[r].dout, old[r].qr, old[r].kr, ins[r].v, ofw[r].out, ofw[r].lse,
+      { causal: true })));
+    for (let r = 0; r < groups.length; r++) {
+      const dq = rope.backward(obw[r].dq, old[r].po), dk = rope.backward(obw[r].dk, old[r].po);
+      tt.ok(await identical(fw[r].out, ofw[r].out) && await identical(fw[r].lse, ofw[r].lse), `W${W} rank ${r}: out, lse identical`);
+      tt.ok(await identical(bw[r].dq, dq) && await identical(bw[r].dk, dk) && await identical(bw[r].dv, obw[r].dv),
+        `W${W} rank ${r}: dq, dk, dv identical`);
+      for (const x of [dq, dk, fw[r].out, fw[r].lse, bw[r].dq, bw[r].dk, bw[r].dv, ofw[r].out, ofw[r].lse, obw[r].dq, obw[r].dk, obw[r].dv,
+        old[r].pos, old[r].qr, old[r].kr, ins[r].q, ins[r].k, ins[r].v, ins[r].dout]) x.dispose();
+    }
+  }
+});
