@@ -13,7 +13,7 @@
 // rotation on load inside the attention kernel: see README.md, "RoPE inside attention".
 import { ArgumentError, DeviceError, DtypeError, ShapeError, callNative as call } from './errors';
 import { show } from './guard';
-import { AttentionBackwardKernel, native } from './native';
+import { AttentionBackwardKernel, AttentionForwardKernel, native } from './native';
 import { RopeApplyOptions, rope as ropeOps } from './rope';
 import { Tensor, arg } from './tensor';
 
@@ -48,6 +48,14 @@ export interface AttentionOptions {
   rope?: AttentionRopeOptions;
 }
 
+export interface AttentionForwardOptions extends AttentionOptions {
+  /**
+   * CUDA only: which forward kernel runs. 'auto' (default): the wgmma kernel on sm_90 (headDim 64/128),
+   * else mma.sync. 'mma' forces the mma.sync kernel: for comparisons and tests. The CPU ignores it.
+   */
+  kernel?: AttentionForwardKernel;
+}
+
 export interface AttentionBackwardOptions extends AttentionOptions {
   /**
    * CUDA only: which backward kernels run. 'auto' (default): the wgmma kernel on sm_90 for headDim 128,
@@ -75,8 +83,9 @@ export interface AttentionBackwardResult {
 // include the CUDA kernels' limits; csrc/ops/rope: rope_check for the rotation); this file names the
 // tensors, rejects unknown options, fills in the default scale and turns the rope option into the two
 // rope calls' options (ropePlan, the one place that checks the attention-specific rope fields).
-const FORWARD_KEYS = new Set(['causal', 'scale', 'qOffset', 'kOffset', 'rope']);
-const BACKWARD_KEYS = new Set([...FORWARD_KEYS, 'kernel']);
+const COMMON_KEYS = ['causal', 'scale', 'qOffset', 'kOffset', 'rope'];
+const FORWARD_KEYS = new Set([...COMMON_KEYS, 'kernel']);
+const BACKWARD_KEYS = new Set([...COMMON_KEYS, 'kernel']);
 
 function options(op: string, opts: unknown, known: Set<string>, q: Tensor): Record<string, unknown> {
   if (opts === undefined) opts = {};
@@ -200,7 +209,7 @@ function forwardNative(q: Tensor, k: Tensor, v: Tensor, o: Record<string, unknow
  * Attention forward: returns out (q's dtype and device) and lse (f32 [batch, headsQ, seqQ]). With `rope`,
  * q and k are un-rotated and rotated inside the call (the rotated copies are temporaries).
  */
-function forward(q: Tensor, k: Tensor, v: Tensor, opts?: AttentionOptions): AttentionForwardResult {
+function forward(q: Tensor, k: Tensor, v: Tensor, opts?: AttentionForwardOptions): AttentionForwardResult {
   const op = 'attention.forward';
   arg(q, `${op}: q`); arg(k, `${op}: k`); arg(v, `${op}: v`);
   const { rope: ro, ...o } = options(op, opts, FORWARD_KEYS, q);

@@ -14,9 +14,10 @@ export {
 export * as theta from './theta';
 export { rope, RopeApplyOptions, RopeStyle, RopePrecision } from './rope';
 export {
-  attention, AttentionOptions, AttentionBackwardOptions, AttentionForwardResult, AttentionBackwardResult,
+  attention, AttentionOptions, AttentionForwardOptions, AttentionBackwardOptions, AttentionForwardResult, AttentionBackwardResult,
+  AttentionRopeOptions,
 } from './attention';
-export type { AttentionBackwardKernel } from './native';
+export type { AttentionBackwardKernel, AttentionForwardKernel } from './native';
 export { add, scale, AxpbyOptions } from './elementwise';
 export { AdamW, AdamWOptions, ParamEntry, gradNorm, schedules, Schedule } from './optim';
 export { tokens, TokenFile, Sampler, SamplerState, Batch, TokenWidth, TextTokenizer } from './data';

@@ -41,9 +41,12 @@ interface AttentionInputs extends AttentionScalars {
 }
 /** Outputs are allocated natively unless given (then written; they must not share memory with any input). */
 export interface AttentionForwardBaton extends AttentionInputs {
+  kernel?: AttentionForwardKernel;
   out?: NativeHandle;
   lse?: NativeHandle;
 }
+/** Which CUDA forward kernel runs ('auto': wgmma on sm_90 for headDim 64/128, else mma.sync). */
+export type AttentionForwardKernel = 'auto' | 'mma';
 /** Which CUDA backward kernels run ('auto': wgmma on sm_90 for headDim 128, else mma.sync). */
 export type AttentionBackwardKernel = 'auto' | 'mma' | 'mma-small';
 export interface AttentionBackwardBaton extends AttentionInputs {

@@ -142,12 +142,13 @@ for (const dtype of ['f32', 'bf16'] as const) {
 for (let i = 0; i < 4; i++) {
   const headsKv = randInt(1, 2), headDim = 2 * randInt(2, 20);
   const causal = rnd() < 0.6;
-  const seqQ = randInt(1, 40), seqK = randInt(1, 40), qOffset = randInt(100, 5000);
+  // at least one query sees two keys, so RoPE changes the output (one key: out = v whatever the rotation)
+  const seqQ = randInt(2, 40), seqK = randInt(2, 40), qOffset = randInt(100, 5000);
   cpuCases.push(mkCase({
     dtype: rnd() < 0.5 ? 'f32' : 'bf16', batch: randInt(1, 2), seqQ, seqK, headsKv,
     headsQ: headsKv * randInt(1, 4), headDim, rotaryDim: 2 * randInt(1, headDim / 2), style: rnd() < 0.5 ? 'neox' : 'interleaved',
-    // causal: the keys start at most seqQ - 1 after the first query, so some query sees some key
-    causal, qOffset, kOffset: causal ? qOffset + randInt(-60, seqQ - 1) : randInt(0, 5000), base: 10 ** (2 + 5 * rnd()),
+    // causal: the keys start at most seqQ - 2 after the first query, so the last query sees two keys
+    causal, qOffset, kOffset: causal ? qOffset + randInt(-60, seqQ - 2) : randInt(0, 5000), base: 10 ** (2 + 5 * rnd()),
     ...(rnd() < 0.3 ? { positions: 'own' as const } : {}),
   }));
 }
@@ -346,6 +347,10 @@ t.test('errors: the rope option, with codes', async (tt) => {
   throwsCode(tt, () => attention.forward(q, kbf, kbf, { rope: { base: 1e4 } }), 'ERR_DTYPE', 'k dtype differs');
   throwsCode(tt, () => attention.backward(q, q, k, v, out, lse, { rope: { base: 1e4 }, kernel: 'nope' as never }),
     ['ERR_ARG'], 'backward: bad kernel with rope');
+  throwsCode(tt, () => attention.forward(q, k, v, { rope: { base: 1e4 }, kernel: 'nope' as never }), ['ERR_ARG'], 'forward: bad kernel with rope');
+  const km = attention.forward(q, k, v, { rope: { base: 1e4 }, kernel: 'mma' });
+  tt.ok(km.out instanceof Tensor, 'forward kernel option passes through with rope');
+  km.out.dispose(); km.lse.dispose();
   for (const x of [q, k, v, out, lse, qp, kp, bad1, bad2, bad3, fp, neg, r.out, r.lse, r2.out, r2.lse, k3, kd, kb, kbf]) x.dispose();
 });
 
@@ -381,6 +386,21 @@ for (const c of cudaCases) {
     await checkCase(tt, c, 'cuda', 2.5e-2);
   });
 }
+
+t.test('cuda: the forward kernel option with rope (mma.sync and auto agree with the composition)', { ...gpu }, async (tt) => {
+  const q = randn([1, 256, 8, 128], { seed: 1, dtype: 'bf16', device: 'cuda' });
+  const k = randn([1, 256, 2, 128], { seed: 2, dtype: 'bf16', device: 'cuda' });
+  const v = randn([1, 256, 2, 128], { seed: 3, dtype: 'bf16', device: 'cuda' });
+  const ro = { base: 5e5 };
+  const qr = rope.apply(q, { ...ro, positionOffset: 300 }), kr = rope.apply(k, { ...ro, positionOffset: 200 });
+  for (const kernel of ['auto', 'mma'] as const) {
+    const o = { causal: true, qOffset: 300, kOffset: 200, kernel };
+    const a = attention.forward(q, k, v, { ...o, rope: ro }), b = attention.forward(qr, kr, v, o);
+    tt.ok(await identical(a.out, b.out), `kernel ${kernel}: bit-identical to rope.apply + attention (same kernels)`);
+    for (const x of [a.out, a.lse, b.out, b.lse]) x.dispose();
+  }
+  for (const x of [q, k, v, qr, kr]) x.dispose();
+});
 
 t.test('cuda: positions on the CPU are refused', { ...gpu }, async (tt) => {
   const q = randn([1, 16, 2, 64], { seed: 1, dtype: 'bf16', device: 'cuda' });

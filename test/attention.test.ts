@@ -4,7 +4,7 @@
 import t, { Test } from 'tap';
 import { attention, AttentionOptions } from '../lib/attention';
 import { fromNative } from '../lib/errors';
-import { AttentionBackwardKernel, native } from '../lib/native';
+import { AttentionBackwardKernel, AttentionForwardKernel, native } from '../lib/native';
 import { Tensor, full, randn, synchronize, tensor } from '../lib/tensor';
 import { throwsCode } from './helpers/assert';
 import { gpu } from './helpers/devices';
@@ -122,12 +122,12 @@ function exactZeros(tt: Tap, label: string, c: Case, lseRef: Float64Array, out: 
 
 /** Runs forward + backward through the public API and checks everything against the reference. */
 async function checkCase(tt: Tap, c: Case, device: 'cpu' | 'cuda', tol: number,
-    bwdKernel?: AttentionBackwardKernel): Promise<void> {
+    bwdKernel?: AttentionBackwardKernel, fwdKernel?: AttentionForwardKernel): Promise<void> {
   const inp = await makeInputs(c, device);
   const dims: AttnDims = c;
   const o = optsOf(c);
   const ref = attentionForwardRef(inp.q.v, inp.k.v, inp.v.v, dims, o);
-  const { out, lse } = attention.forward(inp.q.x, inp.k.x, inp.v.x, o);
+  const { out, lse } = attention.forward(inp.q.x, inp.k.x, inp.v.x, fwdKernel ? { ...o, kernel: fwdKernel } : o);
   tt.same(out.shape, qShape(c), 'out shape');
   tt.equal(out.dtype, c.dtype, 'out dtype');
   tt.equal(out.device, inp.q.x.device, 'out device');
@@ -156,7 +156,7 @@ async function checkCase(tt: Tap, c: Case, device: 'cpu' | 'cuda', tol: number,
   const scale = c.scale ?? 1 / Math.sqrt(c.headDim);
   const scalars = { scale, causal: c.causal, qOffset: c.qOffset, kOffset: c.kOffset };
   native().attentionForward({ q: inp.q.x.handle(), k: inp.k.x.handle(), v: inp.v.x.handle(), out: pOut.handle(),
-    lse: pLse.handle(), ...scalars });
+    lse: pLse.handle(), ...scalars, ...(fwdKernel ? { kernel: fwdKernel } : {}) });
   native().attentionBackward({ dout: inp.dout.x.handle(), q: inp.q.x.handle(), k: inp.k.x.handle(), v: inp.v.x.handle(),
     out: pOut.handle(), lse: pLse.handle(), dq: pDq.handle(), dk: pDk.handle(), dv: pDv.handle(), ...scalars,
     ...(bwdKernel ? { kernel: bwdKernel } : {}) });
@@ -549,10 +549,12 @@ const smallBwdCases: Case[] = [
   base({ dtype: 'bf16', headDim: 128, seqQ: randInt(1, 300), seqK: randInt(1, 300), headsQ: 8, headsKv: pick([1, 2, 8]),
     causal: true, qOffset: randInt(-40, 40), kOffset: randInt(-40, 40) }),
 ];
+// The forward has two kernels on sm_90 (wgmma, the default, and mma.sync, the default elsewhere): the 'mma'
+// rows below also force the mma.sync forward, so both are checked against the reference on an H100/H200.
 for (const config of ['mma-small', 'mma'] as const) {
   for (const c of smallBwdCases) {
-    t.test(`cuda, backward kernel ${config}: ${describe(c)}`, gpu, async (tt) => {
-      await checkCase(tt, c, 'cuda', CUDA_TOL[c.dtype], config);
+    t.test(`cuda, backward kernel ${config}${config === 'mma' ? ', forward mma' : ''}: ${describe(c)}`, gpu, async (tt) => {
+      await checkCase(tt, c, 'cuda', CUDA_TOL[c.dtype], config, config === 'mma' ? 'mma' : undefined);
     });
   }
 }
@@ -571,6 +573,12 @@ t.test('cuda: the forced backward configs agree with the default one on the same
       for (const x of [g.dq, g.dk, g.dv]) x.dispose();
       return r;
     };
+    // Forward kernels: wgmma (default on sm_90) vs mma.sync, both fp32 softmax over the same blocks.
+    const f2 = attention.forward(inp.q.x, inp.k.x, inp.v.x, { ...o, kernel: 'mma' });
+    near(tt, `${describe(c)} out: forward mma vs default`, await values(f2.out), await values(out), 4e-3);
+    nearLse(tt, `${describe(c)} lse: forward mma vs default`, await values(f2.lse), await values(lse), 1e-4);
+    f2.out.dispose();
+    f2.lse.dispose();
     const dflt = await grads();
     // dq sums partials over different key blocks in fp32 (and arrives through atomics in any order), so the
     // kernels agree to about one ulp of the stored dtype (2^-8 relative for bf16).

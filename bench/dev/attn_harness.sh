@@ -31,7 +31,7 @@ pids=()
 VARIANTS=${VARIANTS:-}
 build_kernels() {  # $1 = output dir, $2 = extra flags
   mkdir -p "$1"
-  for f in attention_fwd attention_bwd attention_bwd_wgmma; do
+  for f in attention_fwd attention_fwd_wgmma attention_bwd attention_bwd_wgmma; do
     nvcc $FLAGS $2 -c csrc/ops/attention/$f.cu -o "$1/$f.o" >"$1/$f.log" 2>&1 &
     pids+=($!)
   done
@@ -43,7 +43,7 @@ nvcc $FLAGS $HFLAGS -c bench/dev/attn_harness.cu -o "$BUILD/harness.o" >"$BUILD/
 pids+=($!)
 fail=0
 for p in "${pids[@]}"; do wait "$p" || fail=1; done
-cat "$BUILD"/main/attention_fwd.log "$BUILD"/main/attention_bwd.log "$BUILD"/main/attention_bwd_wgmma.log |
+cat "$BUILD"/main/attention_fwd.log "$BUILD"/main/attention_fwd_wgmma.log "$BUILD"/main/attention_bwd.log "$BUILD"/main/attention_bwd_wgmma.log |
   grep -E "error|warning|Compiling entry|registers|spill|Potential" >"$OUTDIR/ptxas.txt"
 if [ $fail -ne 0 ]; then
   cat "$BUILD"/*.log "$BUILD"/*/*.log
@@ -52,7 +52,7 @@ if [ $fail -ne 0 ]; then
 fi
 for d in "$BUILD"/main "$BUILD"/var*; do
   [ -d "$d" ] || continue
-  nvcc $ARCH "$d"/attention_fwd.o "$d"/attention_bwd.o "$d"/attention_bwd_wgmma.o "$BUILD"/harness.o -o "$d/attn_harness" || { echo "LINK FAILED"; exit 1; }
+  nvcc $ARCH "$d"/attention_fwd.o "$d"/attention_fwd_wgmma.o "$d"/attention_bwd.o "$d"/attention_bwd_wgmma.o "$BUILD"/harness.o -o "$d/attn_harness" || { echo "LINK FAILED"; exit 1; }
 done
 echo "build: $(( $(date +%s) - t0 )) s"
 grep -E "registers|spill" "$OUTDIR/ptxas.txt" | sort | uniq -c

@@ -1,6 +1,7 @@
 // Flash attention exports: one named-options object each (csrc/binding/baton.h).
 //
-// attentionForward({ q, k, v, scale, causal?, qOffset?, kOffset?, out?, lse? }) -> { out, lse }
+// attentionForward({ q, k, v, scale, causal?, qOffset?, kOffset?, kernel?, out?, lse? }) -> { out, lse }
+//   kernel (CUDA forward only): 'auto' (default) | 'mma' (AttnFwdKernel).
 // attentionBackward({ dout, q, k, v, out, lse, scale, causal?, qOffset?, kOffset?, kernel?, dq?, dk?, dv? })
 //   -> { dq, dk, dv }
 //   q/out/dout/dq [b, sq, hq, d], k/v/dk/dv [b, sk, hkv, d] (contiguous), lse f32 [b, hq, sq].
@@ -148,6 +149,7 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   TensorImpl* k = b.tensor("k");
   TensorImpl* v = b.tensor("v");
   const Scalars s = read_scalars(b);
+  const AttnFwdKernel kernel = (AttnFwdKernel)b.choice("kernel", {"auto", "mma"}, 0);
   const bool given = b.has("out") || b.has("lse");
   const Dims d = dims_of(b, q, k, v);
   const int dev = q->device;
@@ -162,14 +164,15 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   fill_fwd(p, d, q, k, v, out, lse, s);
   attention_fwd_check(p, dev != kCpu);  // the one validity check, before anything is queued
 
-  run_on_device(dev, {q->storage, k->storage, v->storage}, {out->storage, lse->storage}, [p](void* stream) {
+  run_on_device(dev, {q->storage, k->storage, v->storage}, {out->storage, lse->storage}, [p, kernel](void* stream) {
 #if defined(MEGABEAM_CUDA)
     if (stream) {
-      attention_fwd_cuda(p, (cudaStream_t)stream);
+      attention_fwd_cuda(p, (cudaStream_t)stream, kernel);
       return;
     }
 #endif
     (void)stream;
+    (void)kernel;
     attention_fwd_cpu(p);
   });
   o.keep = true;

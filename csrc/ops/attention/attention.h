@@ -40,6 +40,9 @@ struct AttnBwdParams : AttnFwdParams {
 // else the mma.sync kernels (big tiles where they fit, else small). Mma / MmaSmall force the mma.sync
 // kernels (the small configuration even where the big one fits): for comparisons and tests.
 enum class AttnBwdKernel : int { Auto = 0, Mma = 1, MmaSmall = 2 };
+// Which CUDA forward kernel runs. Auto: the wgmma kernel where it runs (sm_90a SASS, head_dim 64/128),
+// else mma.sync. Mma forces the mma.sync kernel: for comparisons and tests.
+enum class AttnFwdKernel : int { Auto = 0, Mma = 1 };
 
 // The one place that decides whether a call is valid (throws mb::Error ERR_SHAPE / ERR_DTYPE / ERR_ARG /
 // ERR_UNSUPPORTED): sizes, dtype, scale, offsets, pointers; `cuda`: also what the CUDA kernels take
@@ -58,7 +61,7 @@ void attention_fwd_cuda_check(const AttnFwdParams& p);
 void attention_bwd_cuda_check(const AttnBwdParams& p, AttnBwdKernel kernel);
 // Enqueue on `stream`; never synchronise. Throw mb::Error("ERR_CUDA", ...) on a failed launch.
 size_t attention_bwd_workspace_bytes(const AttnBwdParams& p, AttnBwdKernel kernel = AttnBwdKernel::Auto);
-void attention_fwd_cuda(const AttnFwdParams& p, cudaStream_t stream);
+void attention_fwd_cuda(const AttnFwdParams& p, cudaStream_t stream, AttnFwdKernel kernel = AttnFwdKernel::Auto);
 void attention_bwd_cuda(const AttnBwdParams& p, cudaStream_t stream, AttnBwdKernel kernel = AttnBwdKernel::Auto);
 #endif
 

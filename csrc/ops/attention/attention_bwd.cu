@@ -20,7 +20,7 @@
 #include <cstring>
 #include "attn_common.cuh"
 #include "attn_bwd_common.cuh"
-#include "attention_bwd_wgmma.cuh"
+#include "attention_wgmma.h"
 
 namespace mb {
 namespace attn {

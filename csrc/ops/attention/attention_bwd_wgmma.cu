@@ -31,16 +31,9 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
-#define MB_WGMMA_WRAPPERS 1
-#include "attention_bwd_wgmma.cuh"
-#include "ops/attention/attn_common.cuh"
+#include "attention_wgmma.h"
 #include "ops/attention/attn_bwd_common.cuh"
-
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define MB_WG_ENABLED 1
-#else
-#define MB_WG_ENABLED 0
-#endif
+#include "ops/attention/attn_wgmma.cuh"
 
 namespace mb {
 namespace attn_wg {
@@ -85,69 +78,6 @@ struct Cfg {
   static_assert(OFF_S % 1024 == 0 && OFF_Q % 1024 == 0 && OFF_O % 1024 == 0, "swizzle atoms need 1024-B alignment");
 };
 
-// ---------------------------------------------------------------------------------------------
-// wgmma plumbing
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
-// Keep the compiler from moving accumulator reads/writes across wgmma issue/wait points (cute's
-// warpgroup_fence_operand).
-template <int N>
-__device__ __forceinline__ void fence_regs(float (&r)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
-}
-template <int N>
-__device__ __forceinline__ void fence_regs(uint32_t (&r)[N][4]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
-}
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-// Shared memory matrix descriptor, 128-byte swizzle (layout type 1 in bits 62-63). Addresses and
-// offsets in bytes; the descriptor holds them >> 4. base_offset (bits 49-51) = 0: every tile is
-// 1024-B aligned, sub-atom start offsets (K-major k-steps: +32/64/96 B) are the usual cute/DeepGEMM
-// practice. K-major: LBO unused (1), SBO = 1024 (8 rows x 128 B). MN-major: LBO = byte distance
-// between 64-element MN blocks, SBO = 1024 (8 K-rows x 128 B).
-__device__ __forceinline__ uint64_t make_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
-  return (uint64_t)((saddr & 0x3FFFFu) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFFu) << 16) |
-         ((uint64_t)((sbo >> 4) & 0x3FFFu) << 32) | (1ull << 62);
-}
-
-// Byte offset of element (r, c) (c a multiple of 8: the 16-byte chunk) of a ROWS x D 16-bit tile in the
-// swizzled [D/64][ROWS][64] layout.
-template <int ROWS>
-__device__ __forceinline__ uint32_t sw_off(int r, int c) {
-  return (uint32_t)((c >> 6) * ROWS * 128 + r * 128 + ((((c >> 3) & 7) ^ (r & 7)) << 4));
-}
-
-// Copy a ROWS x D tile (rows row_stride elements apart) into the swizzled layout; rows >= valid -> 0.
-template <int ROWS, int D, int NT>
-__device__ __forceinline__ void load_tile(uint32_t s, const uint16_t* g, int64_t row_stride, int valid, int tid) {
-  constexpr int CH = D / 8;
-  constexpr int RSTEP = NT / CH;
-  static_assert(NT % CH == 0 && RSTEP % 8 == 0 && ROWS % RSTEP == 0, "bad tile shape");
-  const int r0 = tid / CH, c = (tid % CH) * 8;
-  const uint16_t* src = g + (int64_t)r0 * row_stride + c;
-  const uint32_t dst = s + sw_off<ROWS>(r0, c);  // (r & 7) is the same for r0 + i * RSTEP
-#pragma unroll
-  for (int i = 0; i < ROWS / RSTEP; ++i) {
-    const bool ok = r0 + i * RSTEP < valid;
-    cp_async16(dst + i * RSTEP * 128, ok ? src : g, ok);
-    src += (int64_t)RSTEP * row_stride;
-  }
-}
-
-__device__ __forceinline__ void bulk_red_add_f32(float* g, uint32_t s, uint32_t bytes) {
-  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(g), "r"(s), "r"(bytes)
-               : "memory");
-  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-}
-__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
-__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 
 // ---------------------------------------------------------------------------------------------
 template <bool BF16, int D>
@@ -461,19 +391,7 @@ static void launch(const AttnBwdParams& p, cudaStream_t stream) {
 
 bool attention_bwd_wgmma_usable(const AttnBwdParams& p) {
   if (p.head_dim != 128 || (p.dtype != Dtype::BF16 && p.dtype != Dtype::F16)) return false;
-  int dev = 0, major = 0, minor = 0, optin = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) { cudaGetLastError(); return false; }
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  if (major != 9 || minor != 0 || attn_wg::Cfg<128>::SMEM > optin) return false;
-  cudaFuncAttributes fa;
-  // sm_90a SASS must be in the binary (a build for other architectures has an empty kernel body).
-  if (cudaFuncGetAttributes(&fa, attn_wg::attn_bwd_wgmma_kernel<true, 128>) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return fa.binaryVersion == 90;
+  return attn_wg::wgmma_runs_here((const void*)attn_wg::attn_bwd_wgmma_kernel<true, 128>, attn_wg::Cfg<128>::SMEM);
 }
 
 size_t attention_bwd_wgmma_workspace_bytes(const AttnBwdParams& p) {

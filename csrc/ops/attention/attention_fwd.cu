@@ -7,6 +7,7 @@
 #if defined(MEGABEAM_CUDA)
 #include <cmath>
 #include "attn_common.cuh"
+#include "attention_wgmma.h"
 
 namespace mb {
 namespace attn {
@@ -283,10 +284,14 @@ void attention_fwd_cuda_check(const AttnFwdParams& p) {
   check_rows(p.out, p.o_batch_stride, p.o_row_stride, p.o_head_stride, who, "out");
 }
 
-void attention_fwd_cuda(const AttnFwdParams& p, cudaStream_t stream) {
+void attention_fwd_cuda(const AttnFwdParams& p, cudaStream_t stream, AttnFwdKernel kernel) {
   using namespace attn;
   // attention_fwd_check(p, true) passed in the binding.
   if (p.batch == 0 || p.seqlen_q == 0) return;
+  if (kernel == AttnFwdKernel::Auto && attention_fwd_wgmma_usable(p)) {
+    attention_fwd_cuda_wgmma(p, stream);
+    return;
+  }
   FwdArgs a;
   a.p = p;
   a.delta = clamp_delta(p.q_offset, p.k_offset, p.seqlen_q, p.seqlen_k);
