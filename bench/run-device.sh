@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device run, from the repo root on a GPU machine (after `source .gpu/env.sh` there, or on any
 # machine with Node, a GPU, and python3 + PyTorch for the yardstick):
-#   bash bench/run-device.sh tests|rope|check|attention|torch|gemm|nn|modelcheck|model|torchlayer|demo|ring|train|trainfull|passkey ...
+#   bash bench/run-device.sh tests|rope|check|attention|attnrope|torch|gemm|nn|modelcheck|model|torchlayer|demo|ring|train|trainfull|passkey ...
 #   (default: tests rope check attention torch gemm demo)
 # Writes logs and JSON under $OUT (default bench/out).
 set -uo pipefail
@@ -17,6 +17,8 @@ for p in "${parts[@]}"; do
     rope) run rope node bin/megabeam.js bench rope --out "$OUT/rope.json" ;;
     check) run check bash -c "node bin/megabeam.js bench attention --seqs 64k --reps 1 --dump /tmp/mb-attn-64k > /dev/null && python3 bench/torch_attention.py check /tmp/mb-attn-64k --json '$OUT/attention_check.json'" ;;
     attention) run attention node bin/megabeam.js bench attention --out "$OUT/attention.json" ;;
+    attnrope) run attnrope bash -c "node_modules/.bin/tap test/attention-rope.test.ts > '$OUT/attention-rope-tests.log' 2>&1; rc=\$?; grep -E '^\s*not ok|# \\{|# SKIP' '$OUT/attention-rope-tests.log' | tail -20; exit \$rc"
+              run attnropebench node bin/megabeam.js bench attention --rope --seqs 16k,128k,512k --reps 3 --out "$OUT/attention_rope.json" ;;
     torch) run torch python3 bench/torch_attention.py time --json "$OUT/torch_attention.json" ;;
     ring) run ring bash -c "node bin/megabeam.js bench ring --world 2,4,8 --seq 512k --out '$OUT/ring.json' && node bin/megabeam.js bench ring --model '$OUT/ring.json'" ;;
     gemm) run gemm node bin/megabeam.js bench gemm --torch --out "$OUT/gemm.json" ;;

@@ -15,6 +15,7 @@ export * as theta from './theta';
 export { rope, RopeApplyOptions, RopeStyle, RopePrecision } from './rope';
 export {
   attention, AttentionOptions, AttentionForwardOptions, AttentionBackwardOptions, AttentionForwardResult, AttentionBackwardResult,
+  AttentionRopeOptions,
 } from './attention';
 export type { AttentionBackwardKernel, AttentionForwardKernel } from './native';
 export { add, scale, AxpbyOptions } from './elementwise';

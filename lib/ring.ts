@@ -20,12 +20,12 @@
 //   chunk against the key prefix it can see; backward re-gathers, accumulates dK/dV of the whole sequence
 //   in fp32 and reduce-scatters them.
 // - 'auto' (default): see chooseAlgorithm below.
-import { attention, AttentionOptions } from './attention';
+import { attention, AttentionOptions, AttentionRopeOptions, RopePlan, ropeRotate, ropeUnrotate } from './attention';
 import { add } from './elementwise';
 import { ArgumentError, DeviceError, DtypeError, ShapeError, callNative as call } from './errors';
 import { native } from './native';
 import type { DeviceLike } from './device';
-import { RopeApplyOptions, rope } from './rope';
+import type { RopeApplyOptions } from './rope';
 import { Tensor, empty, tensor as makeTensor, zeros } from './tensor';
 import type { Group } from './dist/types';
 import { show, optionsArg } from './guard';
@@ -65,7 +65,7 @@ export interface Chunk {
 
 const LAYOUTS = new Set(['zigzag', 'contiguous']);
 const ALGORITHMS = new Set(['ring', 'allgather', 'auto']);
-const OPTION_KEYS = new Set(['causal', 'scale', 'qOffset', 'kOffset', 'layout', 'algorithm', 'timeoutMs', 'allgatherMaxBytes']);
+const OPTION_KEYS = new Set(['causal', 'scale', 'qOffset', 'kOffset', 'layout', 'algorithm', 'timeoutMs', 'allgatherMaxBytes', 'rope']);
 /** Below this many tokens per rank, 'auto' prefers all-gather (see chooseAlgorithm). */
 export const AUTO_ALLGATHER_MAX_SHARD = 4096;
 
@@ -723,13 +723,65 @@ async function allgatherBackward(group: Group, ctx: Ctx, dout: Tensor, q: Tensor
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// RoPE (the rope option): each shard is rotated once, before the ring, at its tokens' global positions
+// (qOffset / kOffset + the global index under the layout, or the caller's qPositions / kPositions for the
+// shard), so every K block that visits a rank already carries the rotation of its own global positions.
+// Rotating per visiting block would rotate each K shard W times instead of once; that only pays once the
+// attention kernel rotates on load (then nothing extra is read or written). Backward rotates dq and the
+// shard's final dk back in place after the ring.
+
+/** int32 [batch, S]: offset + the global index of each row of this rank's shard (the layout's chunks). */
+function shardPositions(op: string, ctx: Ctx, offset: number, name: string): Tensor {
+  const total = ctx.S * ctx.W;
+  if (offset < 0 || offset + total - 1 > 2 ** 31 - 1)
+    throw new ArgumentError(`${op}: with rope, ${name} + seq - 1 must be in [0, 2^31 - 1] (RoPE positions are int32), ` +
+      `got ${name} ${offset} with a sequence of ${total}; negative positions need rope.qPositions/kPositions`);
+  return positions(total, ctx.rank, ctx.W, ctx.layout, { batch: ctx.B, device: ctx.device, offset });
+}
+
+interface RingRope { q: Tensor; k: Tensor; plan: RopePlan; dispose: () => void }
+
+/** This rank's q and k shards rotated at their global positions (the position tensors live in `plan`). */
+function rotateShards(op: string, ctx: Ctx, ro: unknown, q: Tensor, k: Tensor, v: Tensor): RingRope {
+  if (ro === null || typeof ro !== 'object' || Array.isArray(ro))
+    throw new ArgumentError(`${op}: rope must be an object of RoPE options (e.g. { base: 10000 }), got ${show(ro)}`);
+  const r = ro as Record<string, unknown>;
+  const owned: Tensor[] = [];
+  const release = () => { for (const t of owned) t.dispose(); };
+  try {
+    let given = r;
+    if (r.qPositions === undefined && r.kPositions === undefined) {
+      const qp = shardPositions(op, ctx, ctx.qOffset, 'qOffset');
+      owned.push(qp);
+      const kp = ctx.kOffset === ctx.qOffset ? qp : shardPositions(op, ctx, ctx.kOffset, 'kOffset');
+      if (kp !== qp) owned.push(kp);
+      given = { ...r, qPositions: qp, kPositions: kp };
+    }
+    const rot = ropeRotate(op, given, q, k, v, ctx.qOffset, ctx.kOffset);
+    return { ...rot, dispose: () => { rot.q.dispose(); rot.k.dispose(); release(); } };
+  } catch (e) {
+    release();
+    throw e;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Public API
 
 /** Sequence-parallel attention forward on this rank's shard (every rank of the group calls it). */
 export async function forward(group: Group | null | undefined, q: Tensor, k: Tensor, v: Tensor, opts?: RingOptions): Promise<RingForwardResult> {
   const ctx = resolve('ring.forward', group, q, k, v, opts);
-  if (!group || ctx.W === 1) return attention.forward(q, k, v, { causal: ctx.causal, scale: ctx.scale, qOffset: ctx.qOffset, kOffset: ctx.kOffset });
-  return ctx.algorithm === 'allgather' ? allgatherForward(group, ctx, q, k, v) : ringForward(group, ctx, q, k, v);
+  const ro = opts?.rope;
+  if (!group || ctx.W === 1) {
+    return attention.forward(q, k, v, { causal: ctx.causal, scale: ctx.scale, qOffset: ctx.qOffset, kOffset: ctx.kOffset,
+      ...(ro === undefined ? {} : { rope: ro }) });
+  }
+  const run = (qq: Tensor, kk: Tensor) => ctx.algorithm === 'allgather' ? allgatherForward(group, ctx, qq, kk, v) : ringForward(group, ctx, qq, kk, v);
+  if (ro === undefined) return run(q, k);
+  const rot = rotateShards('ring.forward', ctx, ro, q, k, v);
+  try {
+    return await run(rot.q, rot.k);
+  } finally { rot.dispose(); }
 }
 
 /** Sequence-parallel attention backward: this rank's dq, dk, dv (the shard's gradients, q's dtype). */
@@ -738,14 +790,29 @@ export async function backward(group: Group | null | undefined, dout: Tensor, q:
   const ctx = resolve('ring.backward', group, q, k, v, opts);
   for (const [t, n] of [[dout, 'dout'], [out, 'out'], [lse, 'lse']] as const)
     if (!(t instanceof Tensor)) throw new ArgumentError(`ring.backward: ${n} must be a Tensor`);
-  if (!group || ctx.W === 1)
-    return attention.backward(dout, q, k, v, out, lse, { causal: ctx.causal, scale: ctx.scale, qOffset: ctx.qOffset, kOffset: ctx.kOffset });
+  const ro = opts?.rope;
+  if (!group || ctx.W === 1) {
+    return attention.backward(dout, q, k, v, out, lse, { causal: ctx.causal, scale: ctx.scale, qOffset: ctx.qOffset, kOffset: ctx.kOffset,
+      ...(ro === undefined ? {} : { rope: ro }) });
+  }
   if (dout.ndim !== 4 || dout.shape.some((d, i) => d !== q.shape[i])) throw new ShapeError(`ring.backward: dout must have q's shape [${q.shape}]`);
   if (out.ndim !== 4 || out.shape.some((d, i) => d !== q.shape[i])) throw new ShapeError(`ring.backward: out must have q's shape [${q.shape}]`);
   if (lse.ndim !== 3 || lse.shape[0] !== ctx.B || lse.shape[1] !== ctx.Hq || lse.shape[2] !== ctx.S)
     throw new ShapeError(`ring.backward: lse must be [${ctx.B}, ${ctx.Hq}, ${ctx.S}]`);
-  return ctx.algorithm === 'allgather' ? allgatherBackward(group, ctx, dout, q, k, v, out, lse)
-    : ringBackward(group, ctx, dout, q, k, v, out, lse);
+  const run = (qq: Tensor, kk: Tensor) => ctx.algorithm === 'allgather' ? allgatherBackward(group, ctx, dout, qq, kk, v, out, lse)
+    : ringBackward(group, ctx, dout, qq, kk, v, out, lse);
+  if (ro === undefined) return run(q, k);
+  const rot = rotateShards('ring.backward', ctx, ro, q, k, v);
+  try {
+    const g = await run(rot.q, rot.k);
+    try {
+      ropeUnrotate(rot.plan, g.dq, g.dk);
+    } catch (e) {
+      g.dq.dispose(); g.dk.dispose(); g.dv.dispose();
+      throw e;
+    }
+    return g;
+  } finally { rot.dispose(); }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -758,7 +825,10 @@ export interface AttentionLayerOptions extends Omit<RingOptions, 'qOffset' | 'kO
   offset?: number;
 }
 
-function layerSetup(group: Group | null | undefined, q: Tensor, opts: AttentionLayerOptions): { pos: Tensor; ring: RingOptions; ropeOpts: RopeApplyOptions } {
+// The layer is ring attention with the rope option at explicit positions offset + global index (one
+// tensor for q and k: one rotation launch for both; qOffset = kOffset = 0 for the mask, which only sees
+// their difference).
+function layerSetup(group: Group | null | undefined, q: Tensor, opts: AttentionLayerOptions): { pos: Tensor; ring: RingOptions; ropeOpts: AttentionRopeOptions } {
   if (!opts || typeof opts !== 'object' || !opts.rope || typeof opts.rope !== 'object')
     throw new ArgumentError('ring.attentionLayer: options.rope (RoPE frequencies, e.g. { base: 75e6 }) is required');
   if (!(q instanceof Tensor) || q.ndim !== 4) throw new ArgumentError('ring.attentionLayer: q must be a 4-D Tensor');
@@ -766,7 +836,7 @@ function layerSetup(group: Group | null | undefined, q: Tensor, opts: AttentionL
   const W = group ? group.worldSize : 1, rank = group ? group.rank : 0;
   const layout = checkLayout('ring.attentionLayer', ring.layout);
   const pos = positions(q.shape[1] * W, rank, W, W === 1 ? 'contiguous' : layout, { batch: q.shape[0], device: q.device, offset: offset ?? 0 });
-  return { pos, ring, ropeOpts: { ...ro, positions: pos } };
+  return { pos, ring, ropeOpts: { ...ro, qPositions: pos, kPositions: pos } };
 }
 
 /**
@@ -775,27 +845,18 @@ function layerSetup(group: Group | null | undefined, q: Tensor, opts: AttentionL
  */
 async function layerForward(group: Group | null | undefined, q: Tensor, k: Tensor, v: Tensor, opts: AttentionLayerOptions): Promise<RingForwardResult> {
   const { pos, ring, ropeOpts } = layerSetup(group, q, opts);
-  let qr: Tensor | null = null, kr: Tensor | null = null;
   try {
-    qr = rope.apply(q, ropeOpts);
-    kr = rope.apply(k, ropeOpts);
-    return await forward(group, qr, kr, v, ring);
-  } finally { pos.dispose(); qr?.dispose(); kr?.dispose(); }
+    return await forward(group, q, k, v, { ...ring, rope: ropeOpts });
+  } finally { pos.dispose(); }
 }
 
 /** Gradients for the pre-RoPE q, k and for v (RoPE is recomputed, then undone on dq/dk by rope.backward). */
 async function layerBackward(group: Group | null | undefined, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
     lse: Tensor, opts: AttentionLayerOptions): Promise<RingBackwardResult> {
   const { pos, ring, ropeOpts } = layerSetup(group, q, opts);
-  let qr: Tensor | null = null, kr: Tensor | null = null;
   try {
-    qr = rope.apply(q, ropeOpts);
-    kr = rope.apply(k, ropeOpts);
-    const g = await backward(group, dout, qr, kr, v, out, lse, ring);
-    try {
-      return { dq: rope.backward(g.dq, ropeOpts), dk: rope.backward(g.dk, ropeOpts), dv: g.dv };
-    } finally { g.dq.dispose(); g.dk.dispose(); }
-  } finally { pos.dispose(); qr?.dispose(); kr?.dispose(); }
+    return await backward(group, dout, q, k, v, out, lse, { ...ring, rope: ropeOpts });
+  } finally { pos.dispose(); }
 }
 
 export const attentionLayer = { forward: layerForward, backward: layerBackward };

@@ -156,6 +156,9 @@ t.test('--json: stdout is the JSON value alone; tables and progress go to stderr
     [['demo', '--device', 'cpu', '--seq', '128', '--heads', '2', '--kv-heads', '1', '--head-dim', '64', '--json'], (v) => v.seq === 128 && v.passed === true],
     [['bench', 'attention', '--device', 'cpu', '--seqs', '128,256', '--heads', '2', '--kv-heads', '1', '--head-dim', '64', '--reps', '1', '--json'],
       (v) => Array.isArray(v.rows) && (v.rows as { seq: number }[]).map((x) => x.seq).join() === '128,256'],
+    [['bench', 'attention', '--device', 'cpu', '--seqs', '128', '--heads', '2', '--kv-heads', '1', '--head-dim', '64', '--reps', '1', '--rope', '--json'],
+      (v) => Array.isArray(v.rows) && (v.rows as Record<string, unknown>[]).every((r) => typeof r.fwd_rope_s === 'number' &&
+        r.fwd_rope_s > 0 && typeof r.bwd_rope_overhead_pct === 'number' && Number.isFinite(r.bwd_rope_overhead_pct))],
     [['bench', 'rope', '--device', 'cpu', '--tokens', '256', '--heads', '2', '--kv-heads', '1', '--head-dim', '64', '--reps', '1', '--json'],
       (v) => Array.isArray(v.rows) && (v.rows as unknown[]).length > 0],
     [['theta', '--context', '4k', '--head-dim', '64', '--base', '1e5', '--json'], (v) => v.context === 4096],

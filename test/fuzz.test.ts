@@ -201,6 +201,7 @@ t.test('every exported entry point survives garbage with coded errors', async (t
 t.test('ops: one garbage argument among valid ones', async (t) => {
   const q = mb.randn([1, 4, 2, 8], { seed: 4 }), k = mb.randn([1, 4, 1, 8], { seed: 5 }), v = mb.randn([1, 4, 1, 8], { seed: 6 });
   const { out, lse } = mb.attention.forward(q, k, v);
+  const pos = mb.tensor(new Int32Array([5, 1, 9, -3]), { shape: [1, 4], dtype: 'i32' });
   const valid: [string, (...a: unknown[]) => unknown, unknown[]][] = [
     ['rope.apply', mb.rope.apply as (...a: unknown[]) => unknown, [q, { base: 1e4 }]],
     ['rope.backward', mb.rope.backward as (...a: unknown[]) => unknown, [q, { invFreq: [1, 0.1, 0.01, 0.001] }]],
@@ -208,6 +209,9 @@ t.test('ops: one garbage argument among valid ones', async (t) => {
     ['rope.backwardQK', mb.rope.backwardQK as (...a: unknown[]) => unknown, [q, k, { base: 1e4 }]],
     ['attention.forward', mb.attention.forward as (...a: unknown[]) => unknown, [q, k, v, { causal: true }]],
     ['attention.backward', mb.attention.backward as (...a: unknown[]) => unknown, [q, q, k, v, out, lse, { causal: false }]],
+    ['attention.forward (rope)', mb.attention.forward as (...a: unknown[]) => unknown, [q, k, v, { causal: true, qOffset: 2, rope: { base: 1e4 } }]],
+    ['attention.backward (rope)', mb.attention.backward as (...a: unknown[]) => unknown,
+      [q, q, k, v, out, lse, { causal: true, rope: { base: 1e4, qPositions: pos, kPositions: pos } }]],
     ['add', mb.add as (...a: unknown[]) => unknown, [q, q, { alpha: 2 }]],
     ['scale', mb.scale as (...a: unknown[]) => unknown, [q, 0.5, {}]],
   ];
@@ -222,8 +226,13 @@ t.test('ops: one garbage argument among valid ones', async (t) => {
       if (rnd() < 0.5 || !last || typeof last !== 'object' || last instanceof mb.Tensor) a[pos] = garbage();
       else {
         const keys = ['invFreq', 'base', 'rotaryDim', 'style', 'positions', 'positionOffset', 'attentionFactor', 'precision',
-          'inplace', 'causal', 'scale', 'qOffset', 'kOffset', 'kernel', 'alpha', 'beta', 'out', 'dtype'];
-        a[a.length - 1] = { ...(last as object), [keys[Math.floor(rnd() * keys.length)]]: garbage() };
+          'inplace', 'causal', 'scale', 'qOffset', 'kOffset', 'kernel', 'alpha', 'beta', 'out', 'dtype', 'rope',
+          'qPositions', 'kPositions'];
+        const key = keys[Math.floor(rnd() * keys.length)];
+        const o = last as Record<string, unknown>;
+        // attention's rope option: garbage inside it half of the time
+        if (o.rope && typeof o.rope === 'object' && rnd() < 0.5) a[a.length - 1] = { ...o, rope: { ...(o.rope as object), [key]: garbage() } };
+        else a[a.length - 1] = { ...o, [key]: garbage() };
       }
       const e = await callSafely(fn, a);
       calls++;
@@ -231,7 +240,7 @@ t.test('ops: one garbage argument among valid ones', async (t) => {
     }
   }
   t.pass(`${calls} calls with one bad argument`);
-  for (const x of [q, k, v, out, lse]) x.dispose();
+  for (const x of [q, k, v, out, lse, pos]) x.dispose();
 });
 
 // Prototype members (methods and getters) of a class, by name.

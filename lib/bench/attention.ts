@@ -15,13 +15,20 @@ import { GiB, median, table, timed, withProgress } from './util';
 export interface AttentionBenchRow {
   device: string; seq: number; batch: number; headsQ: number; headsKV: number; headDim: number; dtype: Dtype;
   causal: boolean; fwd_s: number; bwd_s: number; fwd_tflops: number; bwd_tflops: number; peak_gib: number; reps: number;
+  /** --rope: the same passes with attention's rope option (q, k rotated inside the call), and the extra time in %. */
+  fwd_rope_s?: number; bwd_rope_s?: number; fwd_rope_overhead_pct?: number; bwd_rope_overhead_pct?: number;
 }
+
+/** The RoPE the --rope timings use (MegaBeam's base; the cost does not depend on it). */
+export const BENCH_ROPE = { base: 75e6 };
 
 /** Causal attention FLOPs: 4·S²·d·hq·b / 2 forward; backward counted as 2.5× forward. */
 export function attentionFlops(seqQ: number, seqK: number, headsQ: number, headDim: number, batch: number, causal: boolean): number {
   const f = 4 * seqQ * seqK * headDim * headsQ * batch;
   return causal ? f / 2 : f;
 }
+
+const pct = (x: number): string => `${x >= 0 ? '+' : ''}${x.toFixed(2)} %`;
 
 async function writeRaw(file: string, t: Tensor): Promise<void> {
   const a = await t.toRaw();
@@ -31,7 +38,8 @@ async function writeRaw(file: string, t: Tensor): Promise<void> {
 export const command: Command = {
   usage: 'megabeam bench attention [options]',
   description: `Flash attention forward and backward: time, TFLOP/s and peak memory per sequence length
-(Mistral-7B attention shapes by default). PyTorch's numbers come from bench/torch_attention.py.`,
+(Mistral-7B attention shapes by default). PyTorch's numbers come from bench/torch_attention.py.
+--rope also times each pass with the rope option (RoPE of q and k inside the call) and prints its overhead.`,
   flags: {
     seqs: { type: 'sizes', min: 1, max: 2 ** 24, help: 'sequence lengths', default: '16k,64k,128k,512k on a GPU, 4k on the CPU' },
     device: DEVICE_FLAG,
@@ -41,6 +49,7 @@ export const command: Command = {
     batch: { type: 'int', min: 1, max: 65536, help: 'batch size', default: '1' },
     dtype: { type: 'choice', choices: ['bf16', 'f16', 'f32'], help: 'element type (CUDA: bf16, f16)', default: 'bf16' },
     'non-causal': { type: 'bool', help: 'full (non-causal) attention' },
+    rope: { type: 'bool', help: 'also time forward/backward with the rope option and print the overhead %' },
     reps: { ...REPS_FLAG, default: '5 below 128K, 2 at 128K, 1 above' },
     json: JSON_FLAG,
     out: OUT_FLAG,
@@ -80,13 +89,16 @@ async function benchAttentionRun(opts: FlagValues, io: CliIO): Promise<number> {
     const v = randn([b, S, hkv, d], { dtype, device: device, seed: seed + 2 });
     const dout = randn([b, S, hq, d], { dtype, device: device, seed: seed + 3 });
     const o = { causal };
+    const ro = opts.rope ? { causal, rope: BENCH_ROPE } : null;
     // Warm-up (module load, allocator) at small sizes only: at 512K one pass is seconds.
     if (S <= 131072) {
-      const w = attention.forward(q, k, v, o);
-      const g = attention.backward(dout, q, k, v, w.out, w.lse, o);
-      for (const x of [w.out, w.lse, g.dq, g.dk, g.dv]) x.dispose();
+      for (const oo of ro ? [o, ro] : [o]) {
+        const w = attention.forward(q, k, v, oo);
+        const g = attention.backward(dout, q, k, v, w.out, w.lse, oo);
+        for (const x of [w.out, w.lse, g.dq, g.dk, g.dv]) x.dispose();
+      }
     }
-    const fwdT: number[] = [], bwdT: number[] = [];
+    const fwdT: number[] = [], bwdT: number[] = [], fwdR: number[] = [], bwdR: number[] = [];
     for (let r = 0; r < reps; r++) {
       let res!: { out: Tensor; lse: Tensor };
       fwdT.push(await withProgress(`S=${S} fwd ${r + 1}/${reps}`, rate ? fl / rate : 0, () =>
@@ -95,6 +107,16 @@ async function benchAttentionRun(opts: FlagValues, io: CliIO): Promise<number> {
       let g!: { dq: Tensor; dk: Tensor; dv: Tensor };
       bwdT.push(await withProgress(`S=${S} bwd ${r + 1}/${reps}`, (2.5 * fl) / (rate * 0.7), () =>
         timed(device, () => { g = attention.backward(dout, q, k, v, res.out, res.lse, o); })));
+      if (ro) {
+        // Interleaved with the plain passes, so clock and thermal drift hit both alike.
+        let rr!: { out: Tensor; lse: Tensor };
+        fwdR.push(await withProgress(`S=${S} fwd+rope ${r + 1}/${reps}`, fl / rate, () =>
+          timed(device, () => { rr = attention.forward(q, k, v, ro); })));
+        let gr!: { dq: Tensor; dk: Tensor; dv: Tensor };
+        bwdR.push(await withProgress(`S=${S} bwd+rope ${r + 1}/${reps}`, (2.5 * fl) / (rate * 0.7), () =>
+          timed(device, () => { gr = attention.backward(dout, q, k, v, rr.out, rr.lse, ro); })));
+        for (const x of [rr.out, rr.lse, gr.dq, gr.dk, gr.dv]) x.dispose();
+      }
       if (opts.dump && si === 0 && r === 0) {
         const dir = String(opts.dump);
         fs.mkdirSync(dir, { recursive: true });
@@ -115,12 +137,27 @@ async function benchAttentionRun(opts: FlagValues, io: CliIO): Promise<number> {
       device: onGpu ? (cuda.devices()[Number(device.slice(5))]?.name ?? device) : 'cpu', seq: S, batch: b, headsQ: hq, headsKV: hkv, headDim: d, dtype, causal,
       fwd_s: fwd, bwd_s: bwd, fwd_tflops: fl / fwd / 1e12, bwd_tflops: (2.5 * fl) / bwd / 1e12, peak_gib: peak, reps,
     };
+    if (ro) {
+      row.fwd_rope_s = median(fwdR);
+      row.bwd_rope_s = median(bwdR);
+      row.fwd_rope_overhead_pct = 100 * (row.fwd_rope_s / fwd - 1);
+      row.bwd_rope_overhead_pct = 100 * (row.bwd_rope_s / bwd - 1);
+    }
     rows.push(row);
-    io.err(`S=${S}: fwd ${fwd.toFixed(4)} s (${row.fwd_tflops.toFixed(1)} TFLOP/s), bwd ${bwd.toFixed(4)} s (${row.bwd_tflops.toFixed(1)} TFLOP/s), peak ${peak.toFixed(2)} GiB`);
+    io.err(`S=${S}: fwd ${fwd.toFixed(4)} s (${row.fwd_tflops.toFixed(1)} TFLOP/s), bwd ${bwd.toFixed(4)} s (${row.bwd_tflops.toFixed(1)} TFLOP/s), peak ${peak.toFixed(2)} GiB` +
+      (ro ? `; with rope: fwd ${row.fwd_rope_s!.toFixed(4)} s (${pct(row.fwd_rope_overhead_pct!)}), bwd ${row.bwd_rope_s!.toFixed(4)} s (${pct(row.bwd_rope_overhead_pct!)})` : ''));
   }
   io.out(`\nflash attention, ${dtype}, ${causal ? 'causal' : 'full'}, batch ${b}, ${hq} q heads / ${hkv} kv heads, d=${d}, on ${rows[0]?.device}`);
-  io.out(table(['seq', 'fwd s', 'fwd TFLOP/s', 'bwd s', 'bwd TFLOP/s', 'peak GiB'],
-    rows.map((r) => [String(r.seq), r.fwd_s, r.fwd_tflops, r.bwd_s, r.bwd_tflops, r.peak_gib])));
+  if (opts.rope) {
+    io.out(table(['seq', 'fwd s', 'fwd+rope s', 'fwd overhead', 'bwd s', 'bwd+rope s', 'bwd overhead', 'peak GiB'],
+      rows.map((r) => [String(r.seq), r.fwd_s, r.fwd_rope_s!, pct(r.fwd_rope_overhead_pct!), r.bwd_s, r.bwd_rope_s!,
+        pct(r.bwd_rope_overhead_pct!), r.peak_gib])));
+    io.out(`rope option: ${JSON.stringify(BENCH_ROPE)}, positions 0..seq-1 (a composition today: RoPE kernel into temporaries, ` +
+      'then attention; see README.md). Target: ≤ 3 % over attention alone.');
+  } else {
+    io.out(table(['seq', 'fwd s', 'fwd TFLOP/s', 'bwd s', 'bwd TFLOP/s', 'peak GiB'],
+      rows.map((r) => [String(r.seq), r.fwd_s, r.fwd_tflops, r.bwd_s, r.bwd_tflops, r.peak_gib])));
+  }
   const result = { date: new Date().toISOString(), rows };
   if (opts.out !== undefined) {
     fs.mkdirSync(path.dirname(path.resolve(String(opts.out))), { recursive: true });
