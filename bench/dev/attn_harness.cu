@@ -634,7 +634,6 @@ static void bench(const std::vector<int>& lens) {
   else
     printf("\n%-8s %10s %10s %10s %10s %10s %10s (b=1 hq=32 hkv=8 d=%d causal bf16; median; mma_fwd = the mma.sync forward)\n", "S",
            "fwd_ms", "fwd_TF/s", "bwd_ms", "bwd_TF/s", "mma_fwd_ms", "mma_TF/s", D);
-    printf("%-8s (extra columns when the wgmma forward runs: v1_fwd_ms v1_TF/s = its cp.async variant without warp specialisation)\n", "");
   for (int S : lens) {
     const int64_t nq = (int64_t)B * S * HQ * D, nk = (int64_t)B * S * HKV * D;
     uint16_t *q, *k, *v, *out, *dout, *dq, *dk, *dv;
@@ -671,7 +670,7 @@ static void bench(const std::vector<int>& lens) {
     const bool warm = S <= 131072;
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
-    std::vector<float> tf, tb, tw, tm, t1;
+    std::vector<float> tf, tb, tw, tm;
     for (int r = 0; r < reps + (warm ? 1 : 0); ++r) {
       CK(cudaEventRecord(e0));
       attention_fwd_cuda(p, 0);
@@ -690,13 +689,6 @@ static void bench(const std::vector<int>& lens) {
         CK(cudaEventRecord(e1));
         CK(cudaEventSynchronize(e1));
         if (r > 0 || !warm) tm.push_back(time_ms(e0, e1));
-        if (attention_fwd_wgmma_usable(p)) {
-          CK(cudaEventRecord(e0));
-          attention_fwd_cuda_wgmma(p, 0, false);
-          CK(cudaEventRecord(e1));
-          CK(cudaEventSynchronize(e1));
-          if (r > 0 || !warm) t1.push_back(time_ms(e0, e1));
-        }
       }
 #if defined(MB_ATTN_WGMMA)
       if (g_wgmma) {
@@ -736,9 +728,7 @@ static void bench(const std::vector<int>& lens) {
       for (void* x : {(void*)dq2, (void*)dk2, (void*)dv2, p2.workspace}) CK(cudaFree(x));
     } else {
       std::sort(tm.begin(), tm.end());
-      std::sort(t1.begin(), t1.end());
-      const float mm = tm[tm.size() / 2], m1 = t1.empty() ? 0.f : t1[t1.size() / 2];
-      if (m1 > 0) printf("%-8s v1_fwd_ms %.2f v1_TF/s %.1f\n", "", m1, fl_fwd / m1 / 1e9);
+      const float mm = tm[tm.size() / 2];
       printf("%-8d %10.2f %10.1f %10.2f %10.1f %10.2f %10.1f  (reps=%d, workspace %.1f MiB, fwd min/max %.2f/%.2f, bwd min/max %.2f/%.2f)\n",
              S, mf, fl_fwd / mf / 1e9, mbw, fl_bwd / mbw / 1e9, mm, fl_fwd / mm / 1e9, reps, ws / 1048576.0, tf.front(), tf.back(),
              tb.front(), tb.back());

@@ -288,10 +288,7 @@ void attention_fwd_cuda(const AttnFwdParams& p, cudaStream_t stream, AttnFwdKern
   using namespace attn;
   // attention_fwd_check(p, true) passed in the binding.
   if (p.batch == 0 || p.seqlen_q == 0) return;
-  if (kernel == AttnFwdKernel::Auto && attention_fwd_wgmma_usable(p)) {
-    attention_fwd_cuda_wgmma(p, stream);
-    return;
-  }
+  if (kernel == AttnFwdKernel::Auto && attention_fwd_wgmma_usable(p) && attention_fwd_cuda_wgmma(p, stream)) return;
   FwdArgs a;
   a.p = p;
   a.delta = clamp_delta(p.q_offset, p.k_offset, p.seqlen_q, p.seqlen_k);

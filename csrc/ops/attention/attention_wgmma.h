@@ -9,8 +9,8 @@
 
 namespace mb {
 bool attention_fwd_wgmma_usable(const AttnFwdParams& p);
-// ws: the warp-specialised TMA kernel where its descriptors can be made (else the cp.async one).
-void attention_fwd_cuda_wgmma(const AttnFwdParams& p, cudaStream_t s, bool ws = true);
+// false: nothing launched (no TMA descriptors for these tensors); run the mma.sync forward instead.
+bool attention_fwd_cuda_wgmma(const AttnFwdParams& p, cudaStream_t s);
 
 bool attention_bwd_wgmma_usable(const AttnBwdParams& p);
 size_t attention_bwd_wgmma_workspace_bytes(const AttnBwdParams& p);
