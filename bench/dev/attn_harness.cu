@@ -388,10 +388,6 @@ static void run_case(const Case& c) {
   const int B = c.B, SQ = c.SQ, SK = c.SK, HQ = c.HQ, HKV = c.HKV, D = c.D;
   printf("[%s] b=%d sq=%d sk=%d hq=%d hkv=%d d=%d %s causal=%d qoff=%lld koff=%lld strided=%d\n", c.name, B, SQ, SK, HQ,
          HKV, D, bf16 ? "bf16" : "f16", (int)c.causal, c.qoff, c.koff, (int)c.strided);
-  if (g_wgmma && D != 128) {
-    printf("   skip: the wgmma backward supports head_dim 128 only\n");
-    return;
-  }
   const int64_t nq = (int64_t)B * SQ * HQ * D, nk = (int64_t)B * SK * HKV * D;
   uint16_t *qkv = nullptr, *q, *k, *v, *out, *dout, *dq, *dk, *dv;
   AttnBwdParams p{};
@@ -577,11 +573,6 @@ static int check(bool quick) {
       {"sq5000-sk3-causal", 1, 5000, 3, 2, 1, 128, FH, true, 0, 0, false},  // sk=1 would make dq exactly 0
       {"negative-offsets", 1, 700, 900, 4, 2, 64, FH, true, -1000, -1300, false},
   };
-  if (g_wgmma) {  // the wgmma backward is head_dim 128 only
-    const size_t n0 = cases.size();
-    cases.erase(std::remove_if(cases.begin(), cases.end(), [](const Case& c) { return c.D != 128; }), cases.end());
-    printf("wgmma backward: %zu head_dim-64 case(s) skipped\n", n0 - cases.size());
-  }
   if (quick) cases.resize(std::min<size_t>(3, cases.size()));
   for (const Case& c : cases) run_case(c);
   if (!quick) {
@@ -592,7 +583,8 @@ static int check(bool quick) {
     expect_throw("dtype f32", "ERR_UNSUPPORTED", p, true);
     if (g_wgmma) {
       p.dtype = Dtype::BF16;
-      expect_throw("wgmma head_dim 64", "ERR_UNSUPPORTED", p, true);
+      p.head_dim = 96;
+      expect_throw("wgmma head_dim 96", "ERR_UNSUPPORTED", p, true);
     }
   }
   printf("CHECK %s: %d failing case(s)\n", g_fail ? "FAILED" : "PASSED", g_fail);
@@ -612,6 +604,10 @@ static int selftest() {
       {"st5-two-qblocks-two-heads", 1, 128, 128, 2, 1, 128, BF, false, 0, 0, false},
       {"st6-gqa4-3kv-blocks-causal", 1, 384, 384, 8, 2, 128, BF, true, 0, 0, false},
       {"st7-b2-strided-causal", 2, 513, 513, 4, 2, 128, BF, true, 0, 0, true},
+      {"st8-d64-one-tile", 1, 64, 128, 1, 1, 64, BF, false, 0, 0, false},
+      {"st9-d64-causal-diag-f16", 1, 64, 128, 1, 1, 64, FH, true, 64, 0, false},
+      {"st10-d64-gqa4-3kv-blocks-causal", 1, 384, 384, 8, 2, 64, BF, true, 0, 0, false},
+      {"st11-d64-b2-strided-causal", 2, 513, 513, 4, 2, 64, BF, true, 0, 0, true},
   };
   for (const Case& c : cases) {
     const int before = g_fail;

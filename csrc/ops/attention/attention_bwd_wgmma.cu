@@ -1,12 +1,14 @@
-// Flash attention backward with Hopper wgmma (sm_90a): the default backward on sm_90 GPUs for head_dim 128
-// (attention_bwd_cuda dispatches here; MEGABEAM_ATTN_BWD_CONFIG=mma or =small selects the mma.sync
+// Flash attention backward with Hopper wgmma (sm_90a): the default backward on sm_90 GPUs for head_dim 64 and 128
+// (attention_bwd_cuda dispatches here; the backward option kernel: 'mma' | 'mma-small' selects the mma.sync
 // kernels instead). Checked on an H200 against the naive GPU reference over the harness's whole matrix;
 // dk/dv bit-identical to the mma.sync kernel. bench/NOTES.md has the design notes and numbers.
 //
 // Same interface and semantics as attention_bwd_cuda (csrc/ops/attention/attention_bwd.cu): dq/dk/dv,
 // GQA sums, causal with q/k offsets, any lengths, fully masked rows -> zero grads, fp32 dq accumulation in
 // the workspace, workspace <= ~1.2 GiB (same plan: Dsum + dq_acc for a chunk of (batch, kv head) units).
-// Restricted to head_dim 128, bf16/f16, a device of compute capability 9.0 running the sm_90a SASS.
+// Restricted to head_dim 64/128, bf16/f16, a device of compute capability 9.0 running the sm_90a SASS.
+// head_dim 64 differs only in step 5 below: each warpgroup computes dQ over its own 64 keys into its own
+// fp32 tile (both tiles are added into dq_acc), so it waits on a warpgroup barrier instead of the CTA's.
 //
 // Design (FA3-like, without warp specialisation):
 //   CTA = 2 warpgroups (256 threads) per (kv block of BC=128 keys, (batch, kv head) unit); warpgroup w owns
@@ -72,9 +74,13 @@ struct Cfg {
   static constexpr int OFF_O = OFF_Q + 2 * Q_TILE;   // [2] buffers
   static constexpr int OFF_S = OFF_O + 2 * Q_TILE;   // dS^T [BC][BR] 16-bit, 128-B rows
   static constexpr int OFF_L = OFF_S + BC * BR * 2;  // lse [2][BR] then Dsum [2][BR]
-  static constexpr int OFF_DQ = OFF_L + 4 * BR * 4;  // fp32 dQ tile [BR][QP bytes]
+  static constexpr int OFF_DQ = OFF_L + 4 * BR * 4;  // fp32 dQ tile(s) [BR][QP bytes]
   static constexpr int QP = D * 4 + 32;              // padded: fragment stores take 2 wavefronts
-  static constexpr int SMEM = OFF_DQ + BR * QP + 1024;  // + slack to align the base to 1024 B
+  // d=128: one dQ tile, the warpgroups split its columns (each reads all 128 keys of dS^T);
+  // d=64: one tile per warpgroup over its own 64 keys (N=32 column halves would not be whole 128-byte
+  // swizzle atoms), both added into dq_acc.
+  static constexpr int DQ_TILES = D == 128 ? 1 : 2;
+  static constexpr int SMEM = OFF_DQ + DQ_TILES * BR * QP + 1024;  // + slack to align the base to 1024 B
   static_assert(OFF_S % 1024 == 0 && OFF_Q % 1024 == 0 && OFF_O % 1024 == 0, "swizzle atoms need 1024-B alignment");
 };
 
@@ -85,7 +91,7 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_wgmma_kernel(const Args a) {
 #if MB_WG_ENABLED
   using C = Cfg<D>;
   constexpr int BC = C::BC, BR = C::BR, NT = C::NT, QP = C::QP;
-  static_assert(D == 128, "wgmma backward: head_dim 128 only (dQ splits N=128 across the 2 warpgroups)");
+  static_assert(D == 128 || D == 64, "wgmma backward: head_dim 64 or 128");
   const AttnBwdParams& p = a.p;
 
   extern __shared__ __align__(1024) uint8_t smem_raw[];
@@ -146,10 +152,16 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_wgmma_kernel(const Args a) {
   cp_async_commit();
 
   float* const acc_unit = a.dq_acc + (int64_t)blockIdx.y * group * sq * D;
-  auto flush_dq = [&](int tp) {  // rows of step tp's dQ tile -> dq_acc (8 issuing lanes per warp)
+  auto flush_dq = [&](int tp) {  // rows of step tp's dQ tile(s) -> dq_acc
     const int gp = tp / nm, rp = (m_begin + tp % nm) * BR;
-    const int r = warp * 8 + lane;
-    if (lane < 8 && rp + r < sq) bulk_red_add_f32(acc_unit + ((int64_t)gp * sq + rp + r) * D, sDQ + r * QP, D * 4);
+    if constexpr (C::DQ_TILES == 1) {  // 8 issuing lanes per warp
+      const int r = warp * 8 + lane;
+      if (lane < 8 && rp + r < sq) bulk_red_add_f32(acc_unit + ((int64_t)gp * sq + rp + r) * D, sDQ + r * QP, D * 4);
+    } else {  // each warpgroup its own tile: 16 issuing lanes per warp
+      const int r = (warp & 3) * 16 + lane;
+      if (lane < 16 && rp + r < sq)
+        bulk_red_add_f32(acc_unit + ((int64_t)gp * sq + rp + r) * D, sDQ + (warp >> 2) * BR * QP + r * QP, D * 4);
+    }
   };
 
   float dv[D / 2], dk[D / 2];  // 64 keys x D per warpgroup: n8 block j -> regs 4j..4j+3
@@ -227,7 +239,8 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_wgmma_kernel(const Args a) {
     wg_fence();
 #pragma unroll
     for (int kq = 0; kq < 4; ++kq)
-      wgmma_rs_n128<BF16, 1>(dv, pf[kq], make_desc(sO + kq * 16 * 128, BR * 128, 1024), 1);
+      if constexpr (D == 128) wgmma_rs_n128<BF16, 1>(dv, pf[kq], make_desc(sO + kq * 16 * 128, BR * 128, 1024), 1);
+      else wgmma_rs_n64<BF16, 1>(dv, pf[kq], make_desc(sO + kq * 16 * 128, BR * 128, 1024), 1);
     wg_commit();
 
     // ---- 2b. dS^T = P^T (dP^T - Dsum)
@@ -251,7 +264,8 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_wgmma_kernel(const Args a) {
     wg_fence();
 #pragma unroll
     for (int kq = 0; kq < 4; ++kq)
-      wgmma_rs_n128<BF16, 1>(dk, sf[kq], make_desc(sQ + kq * 16 * 128, BR * 128, 1024), 1);
+      if constexpr (D == 128) wgmma_rs_n128<BF16, 1>(dk, sf[kq], make_desc(sQ + kq * 16 * 128, BR * 128, 1024), 1);
+      else wgmma_rs_n64<BF16, 1>(dk, sf[kq], make_desc(sQ + kq * 16 * 128, BR * 128, 1024), 1);
     wg_commit();
 
     // ---- 4. dS^T -> smem [key][q]: A fragment reg i of k-step kq holds rows krow (+8 for odd i),
@@ -266,16 +280,27 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_wgmma_kernel(const Args a) {
       }
     fence_proxy_async();  // generic stores -> wgmma reads
     bulk_wait_read();     // issuing lanes: the dQ tile of step t-1 has been read out
-    __syncthreads();      // dS^T of both warpgroups complete; dQ tile free
-
-    // ---- 5. dQ[:, 64wg..] = dS K: A = dS^T [key][q] read M-major, B = K half wg read N-major
     float dq[32];
-    fence_regs(dq);
-    wg_fence();
+    if constexpr (D == 128) {
+      __syncthreads();  // dS^T of both warpgroups complete; dQ tile free
+      // ---- 5. dQ[:, 64wg..] = dS K: A = dS^T [key][q] read M-major, B = K half wg read N-major
+      fence_regs(dq);
+      wg_fence();
 #pragma unroll
-    for (int k = 0; k < BC / 16; ++k)
-      wgmma_ss_n64<BF16, 1, 1>(dq, make_desc(sS + k * 16 * 128, BC * BR * 2, 1024),
-                               make_desc(sK + wg * (BC * 128) + k * 16 * 128, BC * 128, 1024), k > 0);
+      for (int k = 0; k < BC / 16; ++k)
+        wgmma_ss_n64<BF16, 1, 1>(dq, make_desc(sS + k * 16 * 128, BC * BR * 2, 1024),
+                                 make_desc(sK + wg * (BC * 128) + k * 16 * 128, BC * 128, 1024), k > 0);
+    } else {
+      // This warpgroup's dS^T rows and its own dQ tile only: a warpgroup barrier (ids 1, 2; 128 threads).
+      asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+      // ---- 5. dQ_w = dS[:, keys of w] K_w (64 q x 64 d over this warpgroup's 64 keys)
+      fence_regs(dq);
+      wg_fence();
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        wgmma_ss_n64<BF16, 1, 1>(dq, make_desc(sS + (wg * 64 + k * 16) * 128, BC * BR * 2, 1024),
+                                 make_desc(sK + (wg * 64 + k * 16) * 128, BC * 128, 1024), k > 0);
+    }
     wg_commit();
     wg_wait<0>();  // dV, dK and dQ of this step
     fence_regs(dq);
@@ -290,7 +315,8 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_wgmma_kernel(const Args a) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int row = wi * 16 + lr + h * 8;
-        *(float2*)(sDQp + row * QP + (wg * 64 + j * 8 + lc) * 4) = make_float2(dq[j * 4 + 2 * h], dq[j * 4 + 2 * h + 1]);
+        const int off = C::DQ_TILES == 1 ? row * QP + (wg * 64 + j * 8 + lc) * 4 : wg * BR * QP + row * QP + (j * 8 + lc) * 4;
+        *(float2*)(sDQp + off) = make_float2(dq[j * 4 + 2 * h], dq[j * 4 + 2 * h + 1]);
       }
     fence_proxy_async();  // generic writes -> bulk copy reads
     (void)g;
@@ -325,8 +351,8 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_wgmma_kernel(const Args a) {
 
 static void check_supported(const AttnBwdParams& p, const char* who) {
   attn::check_common(p, who);
-  if (p.head_dim != 128)
-    throw Error("ERR_UNSUPPORTED", std::string(who) + ": the experimental wgmma backward supports head_dim 128 only, got " +
+  if (p.head_dim != 128 && p.head_dim != 64)
+    throw Error("ERR_UNSUPPORTED", std::string(who) + ": the wgmma backward supports head_dim 64 and 128, got " +
                                        std::to_string(p.head_dim));
 }
 
@@ -390,8 +416,10 @@ static void launch(const AttnBwdParams& p, cudaStream_t stream) {
 }  // namespace attn_wg
 
 bool attention_bwd_wgmma_usable(const AttnBwdParams& p) {
-  if (p.head_dim != 128 || (p.dtype != Dtype::BF16 && p.dtype != Dtype::F16)) return false;
-  return attn_wg::wgmma_runs_here((const void*)attn_wg::attn_bwd_wgmma_kernel<true, 128>, attn_wg::Cfg<128>::SMEM);
+  if (p.dtype != Dtype::BF16 && p.dtype != Dtype::F16) return false;
+  if (p.head_dim == 128) return attn_wg::wgmma_runs_here((const void*)attn_wg::attn_bwd_wgmma_kernel<true, 128>, attn_wg::Cfg<128>::SMEM);
+  if (p.head_dim == 64) return attn_wg::wgmma_runs_here((const void*)attn_wg::attn_bwd_wgmma_kernel<true, 64>, attn_wg::Cfg<64>::SMEM);
+  return false;
 }
 
 size_t attention_bwd_wgmma_workspace_bytes(const AttnBwdParams& p) {
@@ -415,8 +443,14 @@ void attention_bwd_cuda_wgmma(const AttnBwdParams& p, cudaStream_t stream) {
     throw Error("ERR_UNSUPPORTED", std::string(who) + ": dq/dk/dv strides or pointers misaligned");
   if (!aligned16(p.workspace)) throw Error("ERR_UNSUPPORTED", std::string(who) + ": workspace must be 16-byte aligned");
   if (p.seqlen_q == 0 && p.seqlen_k == 0) return;
-  if (p.dtype == Dtype::BF16) attn_wg::launch<true, 128>(p, stream);
-  else attn_wg::launch<false, 128>(p, stream);
+  const bool bf16 = p.dtype == Dtype::BF16;
+  if (p.head_dim == 128) {
+    if (bf16) attn_wg::launch<true, 128>(p, stream);
+    else attn_wg::launch<false, 128>(p, stream);
+  } else {
+    if (bf16) attn_wg::launch<true, 64>(p, stream);
+    else attn_wg::launch<false, 64>(p, stream);
+  }
 }
 
 }  // namespace mb
