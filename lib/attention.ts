@@ -58,7 +58,7 @@ export interface AttentionForwardOptions extends AttentionOptions {
 
 export interface AttentionBackwardOptions extends AttentionOptions {
   /**
-   * CUDA only: which backward kernels run. 'auto' (default): the wgmma kernel on sm_90 for headDim 128,
+   * CUDA only: which backward kernels run. 'auto' (default): the wgmma kernel on sm_90 for headDim 64/128,
    * else mma.sync. 'mma' / 'mma-small' force the mma.sync kernels (the small tiles even where the big
    * ones fit): for comparisons and tests. The CPU ignores it.
    */

@@ -47,7 +47,7 @@ export interface AttentionForwardBaton extends AttentionInputs {
 }
 /** Which CUDA forward kernel runs ('auto': wgmma on sm_90 for headDim 64/128, else mma.sync). */
 export type AttentionForwardKernel = 'auto' | 'mma';
-/** Which CUDA backward kernels run ('auto': wgmma on sm_90 for headDim 128, else mma.sync). */
+/** Which CUDA backward kernels run ('auto': wgmma on sm_90 for headDim 64/128, else mma.sync). */
 export type AttentionBackwardKernel = 'auto' | 'mma' | 'mma-small';
 export interface AttentionBackwardBaton extends AttentionInputs {
   dout: NativeHandle;

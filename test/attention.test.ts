@@ -532,7 +532,7 @@ for (const c of cudaCases) {
   });
 }
 
-// The CUDA backward has three kernels: wgmma (the default on sm_90 for head_dim 128), the mma.sync one
+// The CUDA backward has three kernels: wgmma (the default on sm_90 for head_dim 64/128), the mma.sync one
 // (the default elsewhere) and its small-shared-memory configuration (64 keys per CTA, under 99 KB; picked
 // on its own where the default does not fit, e.g. sm_86/sm_89). The backward option kernel: 'mma' |
 // 'mma-small' forces the latter two on any GPU.
