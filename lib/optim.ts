@@ -9,6 +9,7 @@ import { Tensor, arg, empty, zeros } from './tensor';
 import { scale } from './elementwise';
 import type { Group } from './dist/types';
 import { guardReceivers, optionsArg } from './guard';
+import { DEFAULT_BUCKET_BYTES, ShardedTensor, allGatherBucketed, reduceScatterBucketed } from './dist/bucket';
 
 export interface ParamEntry {
   name: string;
@@ -42,6 +43,12 @@ export interface AdamWOptions {
    * the whole sequence is the sum). The clip sees the combined gradient's norm either way.
    */
   gradReduction?: 'sum' | 'avg';
+  /**
+   * ZeRO-1: gradients (reduce-scatter) and parameters (all-gather) smaller than this travel together in
+   * flat buffers of at most this many bytes (default 25 MB), one collective per buffer; bigger ones go
+   * alone, uncopied. 0: one collective per parameter. The results are the same either way (lib/dist/bucket.ts).
+   */
+  bucketBytes?: number;
 }
 
 interface Slot {
@@ -68,6 +75,7 @@ export class AdamW {
   readonly maxGradNorm: number;
   readonly group: Group | undefined;
   readonly gradReduction: 'sum' | 'avg';
+  readonly bucketBytes: number;
   #slots: Slot[] = [];
   #step = 0;
   #sumsq: Tensor | null = null;
@@ -95,6 +103,8 @@ export class AdamW {
     const red = opts.gradReduction ?? 'avg';
     check(op, red === 'sum' || red === 'avg', `gradReduction must be 'sum' or 'avg', got ${String(red)}`);
     this.gradReduction = red;
+    this.bucketBytes = opts.bucketBytes ?? DEFAULT_BUCKET_BYTES;
+    check(op, Number.isSafeInteger(this.bucketBytes) && this.bucketBytes >= 0, 'bucketBytes must be an integer >= 0');
     const W = this.group?.worldSize ?? 1, r = this.group?.rank ?? 0;
     const names = new Set<string>();
     const device = params[0].param?.device;
@@ -145,26 +155,18 @@ export class AdamW {
     const g = this.group;
     const W = g?.worldSize ?? 1;
     const device = this.#slots[0].entry.param.device;
-    // With sharding: reduce-scatter every gradient (sum), so each rank holds the summed slice it owns.
+    // With sharding: reduce-scatter every gradient (sum), so each rank holds the summed slice it owns
+    // (small gradients bucketed: lib/dist/bucket.ts lays a bucket out rank-major, so the slices match).
     const local: Tensor[] = [];
     try {
-      for (const s of this.#slots) {
-        if (!g) { local.push(s.entry.grad); continue; }
-        const per = Math.ceil(s.numel / W);
-        const padded = per * W;
-        let src = s.entry.grad.reshape([s.numel]);
-        if (padded !== s.numel) {
-          const p = zeros([padded], { dtype: s.entry.grad.dtype, device });
-          const head = p.narrow(0, 0, s.numel);
-          scale(src, 1, { out: head });
-          head.dispose(); src.dispose();
-          src = p;
+      if (!g) for (const s of this.#slots) local.push(s.entry.grad);
+      else {
+        const items: ShardedTensor[] = [];
+        for (const s of this.#slots) {
+          local.push(empty([s.len], { dtype: s.entry.grad.dtype, device }));
+          items.push({ full: s.entry.grad, piece: local[local.length - 1] });
         }
-        const mine = empty([per], { dtype: s.entry.grad.dtype, device });
-        await g.reduceScatter(mine, src, { op: 'sum' });
-        src.dispose();
-        local.push(mine.narrow(0, 0, s.len));
-        if (s.len !== per) mine.dispose();
+        await reduceScatterBucketed(g, items, { op: 'sum', bucketBytes: this.bucketBytes });
       }
       let sumsq: Tensor | null = null;
       if (this.maxGradNorm > 0) {
@@ -197,20 +199,16 @@ export class AdamW {
       }
       // Everyone gets the updated parameters back.
       if (g) {
-        for (const s of this.#slots) {
-          const per = Math.ceil(s.numel / W);
-          const full = empty([per * W], { dtype: s.entry.param.dtype, device });
-          const piece = empty([per], { dtype: s.entry.param.dtype, device });
-          if (s.len > 0) {
+        const items: ShardedTensor[] = [];
+        try {
+          for (const s of this.#slots) {
             const flat = s.entry.param.reshape([s.numel]);
-            const mine = flat.narrow(0, s.start, s.len), dst = piece.narrow(0, 0, s.len);
-            scale(mine, 1, { out: dst });
-            mine.dispose(); flat.dispose(); dst.dispose();
+            items.push({ full: s.entry.param, piece: s.len > 0 ? flat.narrow(0, s.start, s.len) : empty([0], { dtype: s.entry.param.dtype, device }) });
+            flat.dispose();
           }
-          await g.allGather(full, piece);
-          const head = full.narrow(0, 0, s.numel), flat = s.entry.param.reshape([s.numel]);
-          scale(head, 1, { out: flat });
-          for (const t of [piece, full, head, flat]) t.dispose();
+          await allGatherBucketed(g, items, { bucketBytes: this.bucketBytes });
+        } finally {
+          for (const it of items) it.piece.dispose();
         }
       }
     } finally {
