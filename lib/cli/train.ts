@@ -57,6 +57,7 @@ export const command: Command = {
     dtype: { type: 'choice', choices: ['bf16', 'f32', 'f16'], help: 'parameter/activation dtype (f16 is refused: no loss scaling)', default: 'bf16 on CUDA, f32 on the CPU' },
     'grad-dtype': { type: 'choice', choices: ['f32', 'param'], help: 'linear-layer weight gradients in f32 or the parameter dtype', default: 'f32' },
     'mlp-chunk': { type: 'size', min: 1, help: 'tokens per MLP chunk in the backward', default: '8k' },
+    master: { type: 'choice', choices: ['split', 'f32'], help: 'bf16 params: f32 master as param + 16-bit correction (split: same update, 2 B/param less) or an f32 copy', default: 'split' },
     seed: { type: 'int', min: 0, max: 0xffffffff, help: 'seed of the init and the data order', default: '0' },
     quiet: { type: 'bool', help: 'no progress line' },
   },
@@ -118,7 +119,8 @@ export const command: Command = {
       try {
         r = await train({
           model, data: sampler, steps, schedule, seed, group,
-          optimizer: { lr, betas: [0.9, (o.beta2 as number | undefined) ?? 0.95], weightDecay: (o['weight-decay'] as number | undefined) ?? 0.1, eps: 1e-8 },
+          optimizer: { lr, betas: [0.9, (o.beta2 as number | undefined) ?? 0.95], weightDecay: (o['weight-decay'] as number | undefined) ?? 0.1, eps: 1e-8,
+            masterWeights: o.master === 'f32' ? true : 'split' },
           maxGradNorm: (o['max-grad-norm'] as number | undefined) ?? 1,
           microBatches: (o['batch-accum'] as number | undefined) ?? 1,
           checkpoint: ckptDir ? { dir: ckptDir, every: o['ckpt-every'] as number | undefined, keep: o.keep as number | undefined,
