@@ -18,9 +18,11 @@
 //
 // Why the first stage is long: every step holds --tokens-per-step tokens whatever the length, so a 256-token
 // step carries 128 questions (640 labelled digits) and a 32K-token step one (5 digits); retrieval is learnt
-// where questions are cheap. An earlier default (256 x 300 steps, then 1K) moved up at 0.66 nats per digit,
-// before the circuit was sharp, and stalled near 0.6 at 1K+ (mean accuracy 19%): the diluted attention over a
-// longer haystack gives an unformed circuit almost no gradient. Later stages replay shorter lengths (--mix).
+// where questions are cheap. An earlier default (256 x 300 steps, then 1K) moved up at 0.66 nats per digit
+// while the loss was still falling fast, and stalled near 0.6 at 1K+ (mean accuracy 19%) — plausibly because
+// a not yet sharp retrieval head is diluted over a longer haystack, and a 1K step has a quarter of the
+// questions. (The tiny CPU model shows the same: its loss jumps when the length grows, then recovers.)
+// Later stages replay shorter lengths (--mix).
 'use strict';
 const fs = require('fs');
 const path = require('path');
