@@ -10,6 +10,7 @@ import { AdamW } from '../lib/optim';
 import { scale } from '../lib/elementwise';
 import type { Group } from '../lib/dist/types';
 import { mulberry32, randomNormal, testSeed } from './helpers/rng';
+import { gpu } from './helpers/devices';
 
 const seed = testSeed();
 t.comment(`seed ${seed} (TEST_SEED=${seed} replays)`);
@@ -20,7 +21,7 @@ const rnd = mulberry32(seed);
 const SPEC: [number, Dtype][] = [[7, 'f32'], [1, 'f32'], [33, 'f32'], [600, 'f32'], [5, 'bf16'], [64, 'bf16'], [3, 'f32'], [130, 'f32'], [2, 'bf16']];
 const CAPS = [0, 64, 1000, DEFAULT_BUCKET_BYTES];
 
-const make = (W: number) => Array.from({ length: W }, () => SPEC.map(([n, d]) => tensor(randomNormal(n, rnd), { dtype: d })));
+const make = (W: number, device: 'cpu' | 'cuda') => Array.from({ length: W }, () => SPEC.map(([n, d]) => tensor(randomNormal(n, rnd), { dtype: d, device })));
 const clone = (ts: Tensor[][]) => ts.map((r) => r.map((x) => x.clone()));
 const arrays = async (ts: Tensor[]) => Promise.all(ts.map((x) => x.toArray()));
 const sameBits = (a: ArrayLike<number>[], b: ArrayLike<number>[]) => a.every((x, i) => x.length === b[i].length && Array.from(x).every((v, j) => Object.is(v, b[i][j])));
@@ -34,10 +35,12 @@ t.test('planBuckets: in order, one dtype per bucket, big items alone, cap 0 = on
   t.same(plan(0), [[0], [1], [2], [3], [4], [5], [6]]);
 });
 
-for (const W of [1, 2, 3, 4]) {
-  t.test(`W=${W}: bucketed allReduce = one call per tensor (bit for bit) = the float64 sum`, async (t) => {
-    const groups = localGroups(W, { timeoutMs: 20000 });
-    const inputs = make(W);
+const CASES: [number, 'cpu' | 'cuda'][] = [[1, 'cpu'], [2, 'cpu'], [3, 'cpu'], [4, 'cpu'], [2, 'cuda'], [3, 'cuda']];
+for (const [W, device] of CASES) {
+  const skip = device === 'cuda' ? gpu : {};
+  t.test(`W=${W} (${device}): bucketed allReduce = one call per tensor (bit for bit) = the float64 sum`, skip, async (t) => {
+    const groups = localGroups(W, { timeoutMs: 20000, device });
+    const inputs = make(W, device);
     const host = await Promise.all(inputs.map(arrays));
     try {
       const ref = clone(inputs);
@@ -65,16 +68,16 @@ for (const W of [1, 2, 3, 4]) {
     }
   });
 
-  t.test(`W=${W}: bucketed reduceScatter / allGather of ZeRO pieces = one call per tensor`, async (t) => {
-    const groups = localGroups(W, { timeoutMs: 20000 });
-    const inputs = make(W);
+  t.test(`W=${W} (${device}): bucketed reduceScatter / allGather of ZeRO pieces = one call per tensor`, skip, async (t) => {
+    const groups = localGroups(W, { timeoutMs: 20000, device });
+    const inputs = make(W, device);
     const host = await Promise.all(inputs.map(arrays));
     let unbucketed: ArrayLike<number>[] = [];
     try {
       for (const cap of CAPS) {
         const pieces = groups.map((_, r) => SPEC.map(([n, d]) => {
           const per = Math.ceil(n / W), start = Math.min(n, r * per), len = Math.min(n, start + per) - start;
-          return tensor(new Float32Array(len).fill(777), { dtype: d });
+          return tensor(new Float32Array(len).fill(777), { dtype: d, device });
         }));
         await onAll(groups, (g, r) => reduceScatterBucketed(g, inputs[r].map((full, i) => ({ full, piece: pieces[r][i] })), { op: 'sum', bucketBytes: cap }));
         for (let r = 0; r < W; r++) {
@@ -96,7 +99,7 @@ for (const W of [1, 2, 3, 4]) {
         if (cap === 0) unbucketed = vals;
         else t.ok(sameBits(vals, unbucketed), `cap ${cap}: = unbucketed`);
         // allGather the pieces back into poisoned full tensors: every rank gets every rank's piece.
-        const fulls = groups.map(() => SPEC.map(([n, d]) => tensor(new Float32Array(n).fill(777), { dtype: d })));
+        const fulls = groups.map(() => SPEC.map(([n, d]) => tensor(new Float32Array(n).fill(777), { dtype: d, device })));
         await onAll(groups, (g, r) => allGatherBucketed(g, fulls[r].map((full, i) => ({ full, piece: pieces[r][i] })), { bucketBytes: cap }));
         const gathered = await Promise.all(fulls.map(arrays));
         const pieceVals = await Promise.all(pieces.map(arrays));
@@ -118,21 +121,22 @@ for (const W of [1, 2, 3, 4]) {
   });
 }
 
-t.test('ZeRO-1 AdamW: bucketed (default 25 MB, 100 B) = per-parameter collectives, bit for bit, W = 2..4', async (t) => {
+for (const device of ['cpu', 'cuda'] as const) t.test(`ZeRO-1 AdamW (${device}; bf16 params: split master): bucketed (default 25 MB, 100 B) = per-parameter collectives, bit for bit, W = 2..4`,
+  device === 'cuda' ? gpu : {}, async (t) => {
   for (const W of [2, 3, 4]) {
     const run = async (bucketBytes: number) => {
-      const groups = localGroups(W, { timeoutMs: 20000 });
+      const groups = localGroups(W, { timeoutMs: 20000, device });
       const r0 = mulberry32(seed + W);
       const init = SPEC.map(([n]) => randomNormal(n, r0));
       const grads = Array.from({ length: 3 }, () => groups.map(() => SPEC.map(([n]) => randomNormal(n, r0))));
-      const params = groups.map(() => SPEC.map(([, d], i) => tensor(init[i], { dtype: d })));
+      const params = groups.map(() => SPEC.map(([, d], i) => tensor(init[i], { dtype: d, device })));
       // bf16 parameters get f32 gradients (and f32 masters), as the model's defaults
-      const gs = groups.map(() => SPEC.map(([n]) => tensor(new Float32Array(n), { dtype: 'f32' })));
+      const gs = groups.map(() => SPEC.map(([n]) => tensor(new Float32Array(n), { dtype: 'f32', device })));
       const opts = groups.map((g, r) => new AdamW(params[r].map((p, i) => ({ name: `p${i}`, param: p, grad: gs[r][i] })),
         { lr: 1e-2, weightDecay: 0.1, maxGradNorm: 1, group: g, gradReduction: 'sum', bucketBytes }));
       try {
         for (let step = 0; step < 3; step++) {
-          for (let r = 0; r < W; r++) gs[r].forEach((x, i) => { const v = tensor(grads[step][r][i]); scale(v, 1, { out: x }); v.dispose(); });
+          for (let r = 0; r < W; r++) gs[r].forEach((x, i) => { const v = tensor(grads[step][r][i], { device }); scale(v, 1, { out: x }); v.dispose(); });
           await onAll(groups, (_, r) => opts[r].step());
         }
         return await Promise.all(params.map(arrays));
