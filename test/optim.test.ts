@@ -1,5 +1,5 @@
 import t from 'tap';
-import { AdamW, gradNorm, schedules, randn, scale, tensor, zeros } from '../lib/index';
+import { AdamW, gradNorm, memory, schedules, randn, scale, tensor, zeros } from '../lib/index';
 import { native } from '../lib/native';
 import { throwsCode } from './helpers/assert';
 import { gpu, testDevices } from './helpers/devices';
@@ -150,6 +150,18 @@ t.test('schedules', async (t) => {
   const l = schedules.warmupLinear({ peak: 2, warmup: 0, total: 10 });
   t.equal(l(5), 1);
   throwsCode(t, () => schedules.warmupCosine({ peak: 1, warmup: -1, total: 10 }), 'ERR_ARG');
+});
+
+t.test('optimizer state bytes per bf16 parameter: m + v + f32 master = 12, split master 10, none 8', async (t) => {
+  const n = 1 << 16;
+  const p = randn([n], { seed: 1, dtype: 'bf16' }), g = randn([n], { seed: 2 });
+  for (const [mw, bytes] of [[true, 12], ['split', 10], [undefined, 10], [false, 8]] as const) {
+    const a0 = memory('cpu').allocated;
+    const o = new AdamW([{ name: 'w', param: p, grad: g }], { lr: 1, masterWeights: mw });
+    t.equal((memory('cpu').allocated - a0) / n, bytes, `masterWeights ${String(mw)}`);
+    o.dispose();
+  }
+  p.dispose(); g.dispose();
 });
 
 t.test('AdamW errors', async (t) => {
