@@ -153,6 +153,15 @@ async function main() {
   }
   console.log(`trained ${steps} steps in ${trainS.toFixed(1)} s (${(steps / trainS).toFixed(2)} steps/s); final loss ${r.records[steps - 1]?.loss.toFixed(4)}; ` +
     (reached ? `90% retrieval first at step ${reached.step} (${reached.seconds.toFixed(1)} s, ${fmtLen(reached.contextLength)} context)` : 'never 90% in the in-training evaluations'));
+  // Per stage: seconds per step (step time only; evaluations excluded) and the mean loss of its last 50 steps,
+  // to see where the time goes and whether a stage ended converged.
+  const perStage = bounds.map((b, i) => {
+    const recs = r.records.filter((rec) => stageOf(rec.step) === b);
+    const tail = recs.slice(-50);
+    return recs.length ? `${fmtLen(b.len)}×${recs.length}: ${(recs.reduce((a, x) => a + x.time, 0) / recs.length * 1e3).toFixed(0)} ms/step, ` +
+      `loss ${(tail.reduce((a, x) => a + x.loss, 0) / tail.length).toFixed(3)}` : null;
+  }).filter(Boolean);
+  console.log(`stages: ${perStage.join('; ')}`);
 
   // The needle-in-a-haystack grid.
   const values = [];
