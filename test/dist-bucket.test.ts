@@ -124,7 +124,7 @@ for (const [W, device] of CASES) {
 for (const device of ['cpu', 'cuda'] as const) t.test(`ZeRO-1 AdamW (${device}; bf16 params: split master): bucketed (default 25 MB, 100 B) = per-parameter collectives, bit for bit, W = 2..4`,
   device === 'cuda' ? gpu : {}, async (t) => {
   for (const W of [2, 3, 4]) {
-    const run = async (bucketBytes: number) => {
+    const run = async (bucketBytes: number, maxGradNorm = 1) => {
       const groups = localGroups(W, { timeoutMs: 20000, device });
       const r0 = mulberry32(seed + W);
       const init = SPEC.map(([n]) => randomNormal(n, r0));
@@ -133,7 +133,7 @@ for (const device of ['cpu', 'cuda'] as const) t.test(`ZeRO-1 AdamW (${device}; 
       // bf16 parameters get f32 gradients (and f32 masters), as the model's defaults
       const gs = groups.map(() => SPEC.map(([n]) => tensor(new Float32Array(n), { dtype: 'f32', device })));
       const opts = groups.map((g, r) => new AdamW(params[r].map((p, i) => ({ name: `p${i}`, param: p, grad: gs[r][i] })),
-        { lr: 1e-2, weightDecay: 0.1, maxGradNorm: 1, group: g, gradReduction: 'sum', bucketBytes }));
+        { lr: 1e-2, weightDecay: 0.1, maxGradNorm, group: g, gradReduction: 'sum', bucketBytes }));
       try {
         for (let step = 0; step < 3; step++) {
           for (let r = 0; r < W; r++) gs[r].forEach((x, i) => { const v = tensor(grads[step][r][i], { device }); scale(v, 1, { out: x }); v.dispose(); });
@@ -150,6 +150,27 @@ for (const device of ['cpu', 'cuda'] as const) t.test(`ZeRO-1 AdamW (${device}; 
     t.ok(sameBits(a.flat(), b.flat()) && sameBits(a.flat(), c.flat()), `W=${W}: parameters after 3 steps identical`);
     t.ok(sameBits(a[0], a[W - 1]), `W=${W}: replicated on every rank`);
     const r0 = mulberry32(seed + W), init = SPEC.map(([n]) => randomNormal(n, r0));
+    if (W === 2) {
+      // = one process stepping on the summed gradients (a sum of two f32 is the same either way; no clip,
+      // whose Σg² is summed per shard here): the ZeRO shards of the split master's correction line up.
+      const grads = Array.from({ length: 3 }, () => [0, 1].map(() => SPEC.map(([n]) => randomNormal(n, r0))));
+      const params = SPEC.map(([, d], i) => tensor(init[i], { dtype: d, device }));
+      const gs = SPEC.map(([n]) => tensor(new Float32Array(n), { dtype: 'f32', device }));
+      const opt = new AdamW(params.map((p, i) => ({ name: `p${i}`, param: p, grad: gs[i] })), { lr: 1e-2, weightDecay: 0.1 });
+      for (let step = 0; step < 3; step++) {
+        gs.forEach((x, i) => {
+          const v = tensor(Float32Array.from(grads[step][0][i], (y, j) => Math.fround(Math.fround(y) + Math.fround(grads[step][1][i][j]))), { device });
+          scale(v, 1, { out: x });
+          v.dispose();
+        });
+        await opt.step();
+      }
+      const want = await arrays(params);
+      opt.dispose();
+      [...params, ...gs].forEach((x) => x.dispose());
+      const got = await run(DEFAULT_BUCKET_BYTES, 0);
+      t.ok(sameBits(got[0], want) && sameBits(got[1], want), 'W=2 without clipping = world 1 on the summed gradients, bit for bit');
+    }
     // (One element may come back near where it started when the random gradients' signs alternate: look
     // at the mean movement, which 3 Adam steps of lr 1e-2 make ~1e-2.)
     let moved = 0, count = 0;
