@@ -6,13 +6,23 @@
 //
 //   npm run build:ts && node examples/passkey.js                  # one GPU: ~38M parameters, minutes
 //   node examples/passkey.js --tiny                                # CPU, a tiny model, about a minute
-//   node examples/passkey.js --stages 256:300,1k:500,8k:200,32k:100,64k:30 --eval-lengths 1k,8k,32k,64k
+//   node examples/passkey.js --stages 256:2000,1k:600,8k:150,32k:60,64k:30 --eval-lengths 1k,8k,32k,64k
 //
 // Why it can learn: labels are on the answer digits only (everything else is -100), so the whole
 // gradient is about retrieval; copying needs an induction circuit (find the KEY marker, copy the token
-// after it), i.e. at least 2 layers; the curriculum starts short, where the circuit forms quickly, and
-// lengthens the context once it exists (RoPE theta 1e6 keeps far positions distinguishable). Head
-// dimension 128 (6 heads of a 768-wide model, 2 KV heads) is the attention kernels' fastest shape.
+// after it), i.e. at least 2 layers; the question repeats the KEY marker, so the answer is a literal
+// continuation of the span after the key (lib/train/passkey.ts). The curriculum starts short, where the
+// circuit forms quickly, and lengthens the context once it exists (RoPE theta 1e6 keeps far positions
+// distinguishable). Head dimension 128 (6 heads of a 768-wide model, 2 KV heads) is the attention
+// kernels' fastest shape.
+//
+// Why the first stage is long: every step holds --tokens-per-step tokens whatever the length, so a 256-token
+// step carries 128 questions (640 labelled digits) and a 32K-token step one (5 digits); retrieval is learnt
+// where questions are cheap. An earlier default (256 x 300 steps, then 1K) moved up at 0.66 nats per digit
+// while the loss was still falling fast, and stalled near 0.6 at 1K+ (mean accuracy 19%) — plausibly because
+// a not yet sharp retrieval head is diluted over a longer haystack, and a 1K step has a quarter of the
+// questions. (The tiny CPU model shows the same: its loss jumps when the length grows, then recovers.)
+// Later stages replay shorter lengths (--mix).
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -32,17 +42,18 @@ function args(argv) {
   const tiny = argv.includes('--tiny');
   const o = tiny ? {
     device: 'cpu', dtype: 'f32', hidden: 64, layers: 2, heads: 4, kvHeads: 2, intermediate: 128, digits: 3,
-    stages: '64:1200,128:300,256:100', tokensPerStep: '512', evalLengths: '64,128,256,512', evalSamples: 4, lr: 3e-3, evalEvery: 100,
+    stages: '64:2000,128:300,256:200', tokensPerStep: '512', evalLengths: '64,128,256,512', evalSamples: 4, lr: 3e-3, evalEvery: 100,
   } : {
     device: cuda.isAvailable() ? 'cuda' : 'cpu', dtype: 'bf16', hidden: 768, layers: 6, heads: 6, kvHeads: 2, intermediate: 2048, digits: 5,
-    stages: '256:300,1k:500,8k:200,32k:100', tokensPerStep: '32k', evalLengths: '1k,2k,4k,8k,16k,32k', evalSamples: 10, lr: 1e-3, evalEvery: 100,
+    stages: '256:2000,1k:600,8k:150,32k:60', tokensPerStep: '32k', evalLengths: '1k,2k,4k,8k,16k,32k', evalSamples: 10, lr: 1e-3, evalEvery: 200,
   };
-  Object.assign(o, { depths: '0,0.25,0.5,0.75,1', out: 'passkey-out', seed: 1, vocab: 64, warmup: 50, ckptDir: undefined, mix: 0.5 });
+  Object.assign(o, { depths: '0,0.25,0.5,0.75,1', out: 'passkey-out', seed: 1, vocab: 64, warmup: 50, ckptDir: undefined, mix: 0.5, question: 'key' });
   const names = {
     '--device': 'device', '--dtype': 'dtype', '--hidden': 'hidden', '--layers': 'layers', '--heads': 'heads', '--kv-heads': 'kvHeads',
     '--intermediate': 'intermediate', '--digits': 'digits', '--stages': 'stages', '--tokens-per-step': 'tokensPerStep',
     '--eval-lengths': 'evalLengths', '--eval-samples': 'evalSamples', '--depths': 'depths', '--lr': 'lr', '--out': 'out',
     '--seed': 'seed', '--warmup': 'warmup', '--ckpt-dir': 'ckptDir', '--eval-every': 'evalEvery', '--mix': 'mix',
+    '--question': 'question',
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -50,7 +61,8 @@ function args(argv) {
     if (a === '-h' || a === '--help') {
       console.log(`usage: node examples/passkey.js [--tiny] ${Object.keys(names).map((n) => `[${n} X]`).join(' ')}\n` +
         '  --stages LEN:STEPS,...  the curriculum (sizes take k suffixes); --tokens-per-step: batch = tokens / LEN (at least 1);\n' +
-        '  --mix P: probability that a later-stage step replays an earlier stage\'s length');
+        '  --mix P: probability that a later-stage step replays an earlier stage\'s length;\n' +
+        '  --question key|ask: the question repeats the KEY marker (default) or is a distinct ASK token');
       process.exit(0);
     }
     const [k, v] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, argv[++i]];
@@ -86,7 +98,7 @@ async function main() {
   let total = 0;
   for (const s of o.stages) { total += s.steps; bounds.push({ until: total, len: s.len, batch: Math.max(1, Math.floor(o.tokensPerStep / s.len)) }); }
   const stageOf = (step) => bounds.find((b) => step <= b.until) ?? bounds[bounds.length - 1];
-  const sampleOpts = { digits: o.digits, vocabSize: o.vocab };
+  const sampleOpts = { digits: o.digits, vocabSize: o.vocab, question: o.question };
   // Later stages replay an earlier stage's length with probability --mix (default 0.5), so retrieval at
   // short contexts is not forgotten while the context grows (as long-context continued pretraining mixes
   // in short documents).
@@ -141,6 +153,15 @@ async function main() {
   }
   console.log(`trained ${steps} steps in ${trainS.toFixed(1)} s (${(steps / trainS).toFixed(2)} steps/s); final loss ${r.records[steps - 1]?.loss.toFixed(4)}; ` +
     (reached ? `90% retrieval first at step ${reached.step} (${reached.seconds.toFixed(1)} s, ${fmtLen(reached.contextLength)} context)` : 'never 90% in the in-training evaluations'));
+  // Per stage: seconds per step (step time only; evaluations excluded) and the mean loss of its last 50 steps,
+  // to see where the time goes and whether a stage ended converged.
+  const perStage = bounds.map((b, i) => {
+    const recs = r.records.filter((rec) => stageOf(rec.step) === b);
+    const tail = recs.slice(-50);
+    return recs.length ? `${fmtLen(b.len)}×${recs.length}: ${(recs.reduce((a, x) => a + x.time, 0) / recs.length * 1e3).toFixed(0)} ms/step, ` +
+      `loss ${(tail.reduce((a, x) => a + x.loss, 0) / tail.length).toFixed(3)}` : null;
+  }).filter(Boolean);
+  console.log(`stages: ${perStage.join('; ')}`);
 
   // The needle-in-a-haystack grid.
   const values = [];

@@ -97,7 +97,7 @@ export interface RmsNormBackwardBaton { dy: H; x: H; weight: H; rstd: H; dweight
 export interface SwigluBaton { gate: H; up: H; out?: H }
 export interface SwigluBackwardBaton { dy: H; gate: H; up: H; dgate?: H; dup?: H }
 export interface AdamWBaton {
-  param: H; grad: H; m: H; v: H; master?: H; lr: number; beta1: number; beta2: number; eps: number; weightDecay: number;
+  param: H; grad: H; m: H; v: H; master?: H; masterLo?: H; lr: number; beta1: number; beta2: number; eps: number; weightDecay: number;
   step: number; gradScale?: number; sumsq?: H; maxNorm?: number;
 }
 export interface SumsqBaton { x: H; out: H }

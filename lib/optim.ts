@@ -9,6 +9,7 @@ import { Tensor, arg, empty, zeros } from './tensor';
 import { scale } from './elementwise';
 import type { Group } from './dist/types';
 import { guardReceivers, optionsArg } from './guard';
+import { DEFAULT_BUCKET_BYTES, ShardedTensor, allGatherBucketed, reduceScatterBucketed } from './dist/bucket';
 
 export interface ParamEntry {
   name: string;
@@ -24,8 +25,15 @@ export interface AdamWOptions {
   betas?: [number, number];
   eps?: number;
   weightDecay?: number;
-  /** Keep f32 master weights (default: true for bf16/f16 params; f32 params are their own master). */
-  masterWeights?: boolean;
+  /**
+   * f32 master weights for bf16/f16 params (f32 params are their own master). true: an f32 copy (4 bytes
+   * per parameter on top of the param). 'split' (the default for bf16 params): the same f32 master kept as
+   * the bf16 param (its high half) plus a 16-bit correction (2 bytes per parameter): every update computes
+   * exactly what the f32 copy gives, and the param is that master rounded to nearest (ties away from zero,
+   * the only difference: csrc/ops/optim/optim.h). Checkpoints hold `<name>.master_lo` then instead of
+   * `<name>.master`. false: no master (the update rounds to the param dtype every step).
+   */
+  masterWeights?: boolean | 'split';
   /** Clip the global gradient norm to this (default: no clipping). */
   maxGradNorm?: number;
   /**
@@ -42,6 +50,12 @@ export interface AdamWOptions {
    * the whole sequence is the sum). The clip sees the combined gradient's norm either way.
    */
   gradReduction?: 'sum' | 'avg';
+  /**
+   * ZeRO-1: gradients (reduce-scatter) and parameters (all-gather) smaller than this travel together in
+   * flat buffers of at most this many bytes (default 25 MB), one collective per buffer; bigger ones go
+   * alone, uncopied. 0: one collective per parameter. The results are the same either way (lib/dist/bucket.ts).
+   */
+  bucketBytes?: number;
 }
 
 interface Slot {
@@ -54,6 +68,8 @@ interface Slot {
   m: Tensor;
   v: Tensor;
   master: Tensor | null;
+  /** Split master (bf16 params): the low 16 bits (raw, in a bf16-typed tensor; never read as numbers). */
+  masterLo: Tensor | null;
 }
 
 function check(op: string, ok: boolean, msg: string): void {
@@ -68,6 +84,7 @@ export class AdamW {
   readonly maxGradNorm: number;
   readonly group: Group | undefined;
   readonly gradReduction: 'sum' | 'avg';
+  readonly bucketBytes: number;
   #slots: Slot[] = [];
   #step = 0;
   #sumsq: Tensor | null = null;
@@ -95,6 +112,8 @@ export class AdamW {
     const red = opts.gradReduction ?? 'avg';
     check(op, red === 'sum' || red === 'avg', `gradReduction must be 'sum' or 'avg', got ${String(red)}`);
     this.gradReduction = red;
+    this.bucketBytes = opts.bucketBytes ?? DEFAULT_BUCKET_BYTES;
+    check(op, Number.isSafeInteger(this.bucketBytes) && this.bucketBytes >= 0, 'bucketBytes must be an integer >= 0');
     const W = this.group?.worldSize ?? 1, r = this.group?.rank ?? 0;
     const names = new Set<string>();
     const device = params[0].param?.device;
@@ -111,12 +130,18 @@ export class AdamW {
         // Even shards: rank r owns [r·ceil(n/W), ...) clipped to n (the last ranks may own less or nothing).
         const per = Math.ceil(numel / W);
         const start = Math.min(numel, r * per), len = Math.min(numel, start + per) - start;
-        const useMaster = opts.masterWeights ?? e.param.dtype !== 'f32';
+        const mw = opts.masterWeights ?? (e.param.dtype === 'bf16' ? 'split' : e.param.dtype !== 'f32');
+        check(op, mw === true || mw === false || mw === 'split', `masterWeights must be true, false or 'split', got ${String(mw)}`);
+        // 'split' is for bf16 params only (the trick needs the param to be the master's high half).
+        const split = mw === 'split' && e.param.dtype === 'bf16';
+        const useMaster = mw === true || (mw === 'split' && !split && e.param.dtype !== 'f32');
         const slot: Slot = {
           entry: e, decay: e.decay ?? true, numel, start, len,
-          m: zeros([len], { dtype: 'f32', device }), v: zeros([len], { dtype: 'f32', device }), master: null,
+          m: zeros([len], { dtype: 'f32', device }), v: zeros([len], { dtype: 'f32', device }), master: null, masterLo: null,
         };
         this.#slots.push(slot);
+        // A zero correction: the master starts as the param exactly.
+        if (split) slot.masterLo = zeros([len], { dtype: 'bf16', device });
         if (useMaster) {
           const flat = e.param.reshape([numel]);
           const mine = flat.narrow(0, start, len);
@@ -145,26 +170,18 @@ export class AdamW {
     const g = this.group;
     const W = g?.worldSize ?? 1;
     const device = this.#slots[0].entry.param.device;
-    // With sharding: reduce-scatter every gradient (sum), so each rank holds the summed slice it owns.
+    // With sharding: reduce-scatter every gradient (sum), so each rank holds the summed slice it owns
+    // (small gradients bucketed: lib/dist/bucket.ts lays a bucket out rank-major, so the slices match).
     const local: Tensor[] = [];
     try {
-      for (const s of this.#slots) {
-        if (!g) { local.push(s.entry.grad); continue; }
-        const per = Math.ceil(s.numel / W);
-        const padded = per * W;
-        let src = s.entry.grad.reshape([s.numel]);
-        if (padded !== s.numel) {
-          const p = zeros([padded], { dtype: s.entry.grad.dtype, device });
-          const head = p.narrow(0, 0, s.numel);
-          scale(src, 1, { out: head });
-          head.dispose(); src.dispose();
-          src = p;
+      if (!g) for (const s of this.#slots) local.push(s.entry.grad);
+      else {
+        const items: ShardedTensor[] = [];
+        for (const s of this.#slots) {
+          local.push(empty([s.len], { dtype: s.entry.grad.dtype, device }));
+          items.push({ full: s.entry.grad, piece: local[local.length - 1] });
         }
-        const mine = empty([per], { dtype: s.entry.grad.dtype, device });
-        await g.reduceScatter(mine, src, { op: 'sum' });
-        src.dispose();
-        local.push(mine.narrow(0, 0, s.len));
-        if (s.len !== per) mine.dispose();
+        await reduceScatterBucketed(g, items, { op: 'sum', bucketBytes: this.bucketBytes });
       }
       let sumsq: Tensor | null = null;
       if (this.maxGradNorm > 0) {
@@ -187,7 +204,7 @@ export class AdamW {
         try {
           call(() => native().adamw({
             param: mine.handle(), grad: arg(local[i], 'grad'), m: s.m.handle(), v: s.v.handle(),
-            master: s.master?.handle(), lr, beta1: this.betas[0], beta2: this.betas[1], eps: this.eps,
+            master: s.master?.handle(), masterLo: s.masterLo?.handle(), lr, beta1: this.betas[0], beta2: this.betas[1], eps: this.eps,
             weightDecay: s.decay ? this.weightDecay : 0, step: this.#step, gradScale: scaleAll,
             sumsq: sumsq?.handle(), maxNorm: sumsq ? this.maxGradNorm : undefined,
           }));
@@ -197,20 +214,16 @@ export class AdamW {
       }
       // Everyone gets the updated parameters back.
       if (g) {
-        for (const s of this.#slots) {
-          const per = Math.ceil(s.numel / W);
-          const full = empty([per * W], { dtype: s.entry.param.dtype, device });
-          const piece = empty([per], { dtype: s.entry.param.dtype, device });
-          if (s.len > 0) {
+        const items: ShardedTensor[] = [];
+        try {
+          for (const s of this.#slots) {
             const flat = s.entry.param.reshape([s.numel]);
-            const mine = flat.narrow(0, s.start, s.len), dst = piece.narrow(0, 0, s.len);
-            scale(mine, 1, { out: dst });
-            mine.dispose(); flat.dispose(); dst.dispose();
+            items.push({ full: s.entry.param, piece: s.len > 0 ? flat.narrow(0, s.start, s.len) : empty([0], { dtype: s.entry.param.dtype, device }) });
+            flat.dispose();
           }
-          await g.allGather(full, piece);
-          const head = full.narrow(0, 0, s.numel), flat = s.entry.param.reshape([s.numel]);
-          scale(head, 1, { out: flat });
-          for (const t of [piece, full, head, flat]) t.dispose();
+          await allGatherBucketed(g, items, { bucketBytes: this.bucketBytes });
+        } finally {
+          for (const it of items) it.piece.dispose();
         }
       }
     } finally {
@@ -231,6 +244,7 @@ export class AdamW {
       tensors.set(`${s.entry.name}.exp_avg`, s.m);
       tensors.set(`${s.entry.name}.exp_avg_sq`, s.v);
       if (s.master) tensors.set(`${s.entry.name}.master`, s.master);
+      if (s.masterLo) tensors.set(`${s.entry.name}.master_lo`, s.masterLo);
     }
     return { step: this.#step, tensors };
   }
@@ -240,17 +254,25 @@ export class AdamW {
     check('AdamW.loadState', Number.isSafeInteger(state?.step) && state.step >= 0, 'step must be an integer >= 0');
     for (const [name, t] of this.state().tensors) {
       const src = state.tensors.get(name);
-      if (!src) throw new ArgumentError(`AdamW.loadState: missing ${name}`);
+      if (!src) {
+        const other = name.endsWith('.master') ? `${name}_lo` : name.endsWith('.master_lo') ? name.slice(0, -3) : null;
+        throw new ArgumentError(`AdamW.loadState: missing ${name}` + (other && state.tensors.has(other)
+          ? ` (the state has ${other}: it was saved with masterWeights ${other.endsWith('_lo') ? "'split'" : 'true'}; build this AdamW the same way)` : ''));
+      }
       if (src.numel !== t.numel) throw new ArgumentError(`AdamW.loadState: ${name} has ${src.numel} elements, expected ${t.numel}`);
+      if (name.endsWith('.master_lo') && src.dtype !== t.dtype) throw new ArgumentError(`AdamW.loadState: ${name} must be ${t.dtype} (raw bits), got ${src.dtype}`);
       const moved = src.device === t.device ? src : src.to(t.device);
-      scale(moved, 1, { out: t });
+      // A same-dtype copy is a byte copy: the split master's correction bits are not numbers (scale would
+      // canonicalise the ones that look like NaNs).
+      if (moved.dtype === t.dtype) call(() => native().copy(t.handle(), moved.handle()));
+      else scale(moved, 1, { out: t });
       if (moved !== src) moved.dispose();
     }
     this.#step = state.step;
   }
 
   dispose(): void {
-    for (const s of this.#slots) { s.m.dispose(); s.v.dispose(); s.master?.dispose(); }
+    for (const s of this.#slots) { s.m.dispose(); s.v.dispose(); s.master?.dispose(); s.masterLo?.dispose(); }
     this.#slots = [];
     this.#sumsq?.dispose();
     this.#sumsq = null;

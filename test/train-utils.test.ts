@@ -16,7 +16,12 @@ t.test('passkey samples put the key at the asked depth and label only the answer
     t.same(Array.from(s.input.subarray(s.keyPosition + 1, s.keyPosition + 6)), s.answer.map((d) => d + 2), 'digits after KEY');
     const labelled = Array.from(s.labels.entries()).filter(([, v]) => v !== IGNORE_INDEX).map(([i]) => i);
     t.same(labelled, s.answerPositions, 'only the answer positions are labelled');
-    t.equal(s.input[s.answerPositions[0]], PASSKEY_TOKENS.ASK);
+    t.equal(s.input[s.answerPositions[0]], PASSKEY_TOKENS.KEY, 'the question repeats the KEY marker');
+    t.equal(s.input.filter((x) => x === PASSKEY_TOKENS.KEY).length, 2);
+    t.same(Array.from(s.input.subarray(s.answerPositions[0] + 1)), s.answer.slice(0, 4).map((d) => d + 2), 'the answer so far after the question');
+    const a = passkeySample(len, depth, rng(7), { question: 'ask' }), k = passkeySample(len, depth, rng(7));
+    t.equal(a.input[a.answerPositions[0]], PASSKEY_TOKENS.ASK, "question: 'ask' puts the ASK token there");
+    t.same(Array.from(a.input).map((x, i) => (i === a.answerPositions[0] ? PASSKEY_TOKENS.KEY : x)), Array.from(k.input), 'and nothing else differs');
     // a perfect predictor is judged correct, one wrong digit is not
     const V = 64, logits = new Float32Array(len * V);
     s.answerPositions.forEach((p, j) => { logits[p * V + 2 + s.answer[j]] = 5; });
@@ -26,6 +31,7 @@ t.test('passkey samples put the key at the asked depth and label only the answer
   }
   throwsCode(t, () => passkeySample(10, 0.5, r), 'ERR_ARG', 'too short');
   throwsCode(t, () => passkeySample(100, 1.5, r), 'ERR_ARG', 'depth out of range');
+  throwsCode(t, () => passkeySample(100, 0.5, r, { question: 'x' as never }), 'ERR_ARG', 'bad question');
 });
 
 t.test('plot and heat map', async (t) => {

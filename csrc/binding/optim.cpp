@@ -1,6 +1,7 @@
 // Optimizer natives (baton style).
-//   adamw({ param, grad, m, v, master?, lr, beta1, beta2, eps, weightDecay, step, gradScale?, sumsq?, maxNorm? })
+//   adamw({ param, grad, m, v, master?, masterLo?, lr, beta1, beta2, eps, weightDecay, step, gradScale?, sumsq?, maxNorm? })
 //     updates param (and master, m, v) in place; m/v/master are f32 with param's element count.
+//     masterLo (bf16 param, no master): the split master's low half, any 16-bit dtype (raw bits; optim.h).
 //   sumsq({ x, out })   out (f32, one element) += Σ x²
 #include <cmath>
 
@@ -22,6 +23,7 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
   TensorImpl* m = b.tensor("m");
   TensorImpl* v = b.tensor("v");
   TensorImpl* master = b.tensor_or_null("master");
+  TensorImpl* masterLo = b.tensor_or_null("masterLo");
   TensorImpl* sumsq = b.tensor_or_null("sumsq");
   AdamWParams p;
   p.lr = (float)b.number("lr");
@@ -41,27 +43,36 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
   need_f32_like(b, m, param, "m");
   need_f32_like(b, v, param, "v");
   if (master) need_f32_like(b, master, param, "master");
+  if (masterLo) {
+    if (master) b.fail("ERR_ARG", "give master or masterLo, not both");
+    if (param->dtype != Dtype::BF16) b.fail("ERR_DTYPE", "masterLo (split master) needs a bf16 param");
+    if (dtype_size(masterLo->dtype) != 2) b.fail("ERR_DTYPE", "masterLo must be a 16-bit tensor (its bits are used)");
+    if (masterLo->numel() != param->numel()) b.fail("ERR_SHAPE", "masterLo must have param's element count");
+  }
   if (sumsq && (sumsq->dtype != Dtype::F32 || sumsq->numel() != 1)) b.fail("ERR_SHAPE", "sumsq must be one f32 element");
   if (sumsq && !(p.max_norm > 0)) b.fail("ERR_ARG", "sumsq needs maxNorm > 0");
   std::vector<const TensorImpl*> all{param, grad, m, v};
   if (master) all.push_back(master);
+  if (masterLo) all.push_back(masterLo);
   if (sumsq) all.push_back(sumsq);
   check_same_device(all, "adamw");
   // Every buffer is written element by element from the same index: distinct buffers only.
   for (size_t i = 0; i < all.size(); ++i)
     for (size_t j = i + 1; j < all.size(); ++j)
-      if (overlaps(all[i], all[j])) b.fail("ERR_ARG", "param, grad, m, v, master and sumsq must not share memory");
+      if (overlaps(all[i], all[j])) b.fail("ERR_ARG", "param, grad, m, v, master, masterLo and sumsq must not share memory");
   p.param = param->data(); p.param_dtype = param->dtype;
   p.grad = grad->data(); p.grad_dtype = grad->dtype;
   p.m = static_cast<float*>(m->data());
   p.v = static_cast<float*>(v->data());
   p.master = master ? static_cast<float*>(master->data()) : nullptr;
+  p.master_lo = masterLo ? static_cast<uint16_t*>(masterLo->data()) : nullptr;
   p.sumsq = sumsq ? static_cast<const float*>(sumsq->data()) : nullptr;
   p.n = param->numel();
   adamw_check(p);
   std::vector<StoragePtr> in{grad->storage}, out{param->storage, m->storage, v->storage};
   if (sumsq) in.push_back(sumsq->storage);
   if (master) out.push_back(master->storage);
+  if (masterLo) out.push_back(masterLo->storage);
   run_on_device(param->device, std::move(in), std::move(out), [p](void* s) {
 #if defined(MEGABEAM_CUDA)
     if (s) { adamw_cuda(p, (cudaStream_t)s); return; }

@@ -4,6 +4,8 @@
 // seconds/step, tokens/s, MFU (lib/train/train.ts: model FLOPs, 989 TFLOP/s peak) and peak memory.
 // `--full`: the whole Mistral-7B (32 layers; bf16 linear-weight gradients by default so weights, master,
 // moments and gradients take ~116 GB) at the longest contexts that fit; an OOM is a row, not a crash.
+// The f32 master weights are split by default (bf16 param + 16-bit correction, lib/optim.ts): the same
+// update as an f32 copy in 2 bytes less per parameter (--master f32: the copy; bench/NOTES.md has the bytes).
 // PyTorch eager yardstick of the same step: bench/torch_train.py (same shapes, same flags).
 import * as fs from 'fs';
 import * as path from 'path';
@@ -35,6 +37,7 @@ export const command: Command = {
     reps: { ...REPS_FLAG, help: 'timed steps after one warm-up step (median)', default: '3' },
     'grad-dtype': { type: 'choice', choices: ['f32', 'param'], help: 'linear-weight gradient dtype', default: 'f32 (--full: param)' },
     'mlp-chunk': { type: 'size', min: 1, help: 'tokens per MLP chunk', default: '8k' },
+    master: { type: 'choice', choices: ['split', 'f32'], help: 'f32 master weights as bf16 param + 16-bit correction (split, 2 B/param) or an f32 copy (4 B/param)', default: 'split' },
     config: { type: 'string', metavar: 'FILE', help: 'another HF config.json instead of Mistral-7B (--layers still applies when given)' },
     device: { type: 'string', help: 'device (cpu only for smoke tests with a tiny --config)', default: 'cuda' },
     json: JSON_FLAG,
@@ -78,7 +81,7 @@ async function run(o: FlagValues, io: CliIO): Promise<number> {
   let model: Model | undefined, opt: AdamW | undefined;
   try {
     model = fromConfig(cfg, { device, dtype: device === 'cpu' ? 'f32' : 'bf16', seed: 1, gradDtype, seqLen: Math.max(...seqs) });
-    opt = adamwFor(model, { lr: 1e-5, betas: [0.9, 0.95], weightDecay: 0.1, maxGradNorm: 1 });
+    opt = adamwFor(model, { lr: 1e-5, betas: [0.9, 0.95], weightDecay: 0.1, maxGradNorm: 1, masterWeights: o.master === 'f32' ? true : 'split' });
     await synchronize(device);
     const staticBytes = memory(device).allocated;
     io.err(`bench train: ${(model.numParameters / 1e9).toFixed(2)}B parameters (${nLayers} layers), weights+grads+AdamW state ${(staticBytes / GiB).toFixed(1)} GiB`);
@@ -126,7 +129,8 @@ async function run(o: FlagValues, io: CliIO): Promise<number> {
   io.out(table(['seq', 'layers', 's/step', 'tokens/s', 'MFU %', 'peak GiB'], rows.map((r) => r.status === 'ok'
     ? [String(r.seq), String(r.layers), r.secondsPerStep as number, r.tokensPerSecond as number, Number.isNaN(r.mfu) ? '-' : (r.mfu as number) * 100, r.peakGiB as number]
     : [String(r.seq), String(r.layers), 'OOM', '-', '-', '-'])));
-  const result = { bench: 'train', model: o.config !== undefined ? String(o.config) : full ? 'mistral-7b' : `mistral-7b-${nLayers}L`, device, gradDtype, rows };
+  const result = { bench: 'train', model: o.config !== undefined ? String(o.config) : full ? 'mistral-7b' : `mistral-7b-${nLayers}L`, device, gradDtype,
+    master: o.master === 'f32' ? 'f32' : 'split', rows };
   if (o.out) {
     fs.mkdirSync(path.dirname(path.resolve(String(o.out))), { recursive: true });
     fs.writeFileSync(String(o.out), JSON.stringify(result, null, 2) + '\n');

@@ -13,11 +13,17 @@ import { CliIO, FlagValues } from './args';
 import { MegabeamError } from '../errors';
 import { ChildProcess, spawn } from 'child_process';
 import * as net from 'net';
+import * as fs from 'fs';
+import * as path from 'path';
+
+/** bin/megabeam.js of this package (from lib/cli/ under tsx and from dist/cli/ alike). */
+export const MEGABEAM_BIN = path.join(__dirname, '..', '..', 'bin', 'megabeam.js');
 
 type IO = { out: (s: string) => void; err: (s: string) => void };
 
 const USAGE = `usage: megabeam launch --nproc N [--nnodes M --node-rank R --master host:port] [--grace-ms MS]
                        [--device cpu|cuda] script.js [script args...]
+       megabeam launch --nproc N megabeam <command> [args...]   (e.g. megabeam train: sequence parallel)
 
   --nproc N        ranks on this node (default 1)
   --nnodes M       nodes in the job (default 1); world size = N x M
@@ -79,7 +85,9 @@ export async function parseLaunchArgs(argv: string[]): Promise<LaunchOptions | s
     if (flag === '--') break;
   }
   if (i >= argv.length) return 'missing the script to run';
-  o.script = argv[i];
+  // `megabeam launch --nproc 4 megabeam train ...`: the word megabeam (when no such file is here) is this
+  // package's own CLI, so the ranks run megabeam commands without a path to bin/megabeam.js.
+  o.script = argv[i] === 'megabeam' && !fs.existsSync(argv[i]) ? MEGABEAM_BIN : argv[i];
   o.args = argv.slice(i + 1);
   if (o.nodeRank! >= o.nnodes!) return `--node-rank ${o.nodeRank} must be below --nnodes ${o.nnodes}`;
   if (master) {

@@ -14,6 +14,8 @@ import { plotLog } from '../train/plot';
 import { runCommand } from '../cli';
 import type { Command } from '../cli';
 import { CliIO, FlagValues } from './args';
+import { distEnv, init as distInit } from '../dist/init';
+import type { Group } from '../dist/types';
 import { DEVICE_FLAG } from './common';
 
 function need<T>(v: T | undefined, flag: string): T {
@@ -26,7 +28,11 @@ export const command: Command = {
   description: 'Trains a Mistral/Llama model (HF config.json, random init or --init weights) on llm.c token files\n' +
     '(u16/u32, comma list), one sequence of --seq tokens per micro-batch, AdamW with a warmup + decay schedule.\n' +
     'Writes a JSONL log (one record per step: loss, lr, gradNorm, tokens/s, MFU, peak memory) and atomic\n' +
-    'checkpoints; --resume continues the latest one with the same loss curve.',
+    'checkpoints; --resume continues the latest one with the same loss curve.\n' +
+    'Sequence parallel: `megabeam launch --nproc W megabeam train ...` runs W ranks (cuda:<local rank> each, NCCL;\n' +
+    'or --device cpu over TCP): every rank reads the same sequences and trains its zigzag shard with ring attention,\n' +
+    'ZeRO-1 optimizer shards and summed gradients (the loss curve of the one-process run); rank 0 prints, logs and\n' +
+    'writes the model, every rank its optimizer shard of the checkpoint. --seq must be a multiple of 2·W.',
   flags: {
     config: { type: 'string', metavar: 'FILE', help: 'HF config.json (or a model directory holding one)' },
     data: { type: 'string', metavar: 'FILE[,FILE]', help: 'llm.c token file(s) (megabeam: tokens.write / tokens.fromTexts)' },
@@ -51,6 +57,7 @@ export const command: Command = {
     dtype: { type: 'choice', choices: ['bf16', 'f32', 'f16'], help: 'parameter/activation dtype (f16 is refused: no loss scaling)', default: 'bf16 on CUDA, f32 on the CPU' },
     'grad-dtype': { type: 'choice', choices: ['f32', 'param'], help: 'linear-layer weight gradients in f32 or the parameter dtype', default: 'f32' },
     'mlp-chunk': { type: 'size', min: 1, help: 'tokens per MLP chunk in the backward', default: '8k' },
+    master: { type: 'choice', choices: ['split', 'f32'], help: 'bf16 params: f32 master as param + 16-bit correction (split: same update, 2 B/param less) or an f32 copy', default: 'split' },
     seed: { type: 'int', min: 0, max: 0xffffffff, help: 'seed of the init and the data order', default: '0' },
     quiet: { type: 'bool', help: 'no progress line' },
   },
@@ -69,14 +76,25 @@ export const command: Command = {
     } catch (e) {
       throw new ArgumentError(`--config: cannot read ${cfgFile}: ${(e as Error).message}`);
     }
-    const device = o.device === undefined ? (cuda.isAvailable() ? 'cuda:0' : 'cpu') : parseDevice(String(o.device)).name;
-    const dtype = (o.dtype as 'bf16' | 'f32' | 'f16' | undefined) ?? (device === 'cpu' ? 'f32' : 'bf16');
+    const asked = o.device === undefined ? undefined : parseDevice(String(o.device)).name;
+    const { worldSize: world } = distEnv();
+    if (world > 1 && seq % (2 * world) !== 0)
+      throw new ArgumentError(`--seq ${seq} must be a multiple of 2·world size (${2 * world}) for the zigzag shards`);
     // Refused before anything is loaded (train() refuses f16 models too).
-    if (dtype === 'f16') throw new DtypeError('--dtype f16 is refused: f16 training needs loss scaling, which megabeam does not do; use bf16 (same memory, f32 range) or f32');
+    if (o.dtype === 'f16') throw new DtypeError('--dtype f16 is refused: f16 training needs loss scaling, which megabeam does not do; use bf16 (same memory, f32 range) or f32');
     const seed = (o.seed as number | undefined) ?? 0;
     const files: TokenFile[] = String(dataArg).split(',').map((f) => tokens.open(f));
     let model: Model | undefined;
+    let group: Group | undefined;
     try {
+      // Under a launcher (megabeam launch, torchrun, srun, mpirun) with a world > 1: join the job. A CUDA
+      // rank takes cuda:<local rank> (or MEGABEAM_DEVICE): one --device cuda:N for every rank would put
+      // them all on one GPU.
+      if (world > 1) group = await distInit(asked === 'cpu' ? { device: 'cpu', backend: 'tcp' } : {});
+      const device = group ? group.device : asked ?? (cuda.isAvailable() ? 'cuda:0' : 'cpu');
+      const rank = group?.rank ?? 0;
+      const say = rank === 0 ? (s: string) => io.err(s) : () => {};
+      const dtype = (o.dtype as 'bf16' | 'f32' | undefined) ?? (device === 'cpu' ? 'f32' : 'bf16');
       const sampler = new Sampler(files, { seqLen: seq, seed });
       const mopts = { device, dtype, seqLen: seq, gradDtype: (o['grad-dtype'] as 'f32' | 'param' | undefined) ?? 'f32' };
       model = o.init !== undefined ? await fromPretrained(String(o.init), mopts) : fromConfig(cfgText, { ...mopts, seed });
@@ -88,19 +106,21 @@ export const command: Command = {
       const schedule: Schedule = kind === 'constant' ? schedules.constant(lr)
         : (kind === 'linear' ? schedules.warmupLinear : schedules.warmupCosine)({ peak: lr, warmup, total: steps, min: minLr });
       const resumeFrom = o.resume && ckptDir ? latestCheckpoint(ckptDir) : null;
-      if (o.resume && !resumeFrom) io.err(`megabeam train: no checkpoint in ${ckptDir}: starting fresh`);
-      else if (resumeFrom) io.err(`megabeam train: resuming from ${resumeFrom}`);
-      io.err(`megabeam train: ${(model.numParameters / 1e6).toFixed(2)}M parameters, ${model.config.numLayers} layers, ${dtype} on ${device}; ` +
+      if (o.resume && !resumeFrom) say(`megabeam train: no checkpoint in ${ckptDir}: starting fresh`);
+      else if (resumeFrom) say(`megabeam train: resuming from ${resumeFrom}`);
+      say(`megabeam train: ${(model.numParameters / 1e6).toFixed(2)}M parameters, ${model.config.numLayers} layers, ${dtype} on ${device}` +
+        (group ? ` (rank 0 of ${group.worldSize}, sequence parallel over ${group.backend})` : '') + '; ' +
         `${sampler.windows} sequences of ${seq} tokens; ${steps} steps × ${(o['batch-accum'] as number | undefined) ?? 1} micro-batch(es)`);
       const ac = new AbortController();
-      const onSig = () => { io.err('megabeam train: stopping after this step (checkpointing)…'); ac.abort(); };
+      const onSig = () => { say('megabeam train: stopping after this step (checkpointing)…'); ac.abort(); };
       process.once('SIGINT', onSig);
       process.once('SIGTERM', onSig);
       let r;
       try {
         r = await train({
-          model, data: sampler, steps, schedule, seed,
-          optimizer: { lr, betas: [0.9, (o.beta2 as number | undefined) ?? 0.95], weightDecay: (o['weight-decay'] as number | undefined) ?? 0.1, eps: 1e-8 },
+          model, data: sampler, steps, schedule, seed, group,
+          optimizer: { lr, betas: [0.9, (o.beta2 as number | undefined) ?? 0.95], weightDecay: (o['weight-decay'] as number | undefined) ?? 0.1, eps: 1e-8,
+            masterWeights: o.master === 'f32' ? true : 'split' },
           maxGradNorm: (o['max-grad-norm'] as number | undefined) ?? 1,
           microBatches: (o['batch-accum'] as number | undefined) ?? 1,
           checkpoint: ckptDir ? { dir: ckptDir, every: o['ckpt-every'] as number | undefined, keep: o.keep as number | undefined,
@@ -117,14 +137,17 @@ export const command: Command = {
       }
       r.optimizer.dispose();
       const last = r.records[r.records.length - 1];
-      if (o.save !== undefined) await model.save(String(o.save));
-      io.out(`${r.aborted ? 'stopped' : 'done'} at step ${r.step}/${steps}` +
+      // Parameters are replicated after every ZeRO-1 step: rank 0 writes them, the others wait for it.
+      if (o.save !== undefined && rank === 0) await model.save(String(o.save));
+      if (group) await group.barrier();
+      if (rank === 0) io.out(`${r.aborted ? 'stopped' : 'done'} at step ${r.step}/${steps}` +
         (last ? `: loss ${last.loss.toFixed(4)}, ${Math.round(last.tokensPerSecond)} tokens/s` : '') +
         (r.checkpoint ? `; checkpoint ${r.checkpoint}` : '') + (o.log ? `; log ${o.log}` : '') + (o.save ? `; model ${o.save}` : ''));
       return r.aborted ? 130 : 0;
     } finally {
       model?.dispose();
       for (const f of files) f.close();
+      await group?.destroy();
     }
   },
 };

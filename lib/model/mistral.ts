@@ -23,6 +23,7 @@ import { fromHFConfig } from '../theta/hf';
 import { attend, AttendGroup, ringGroup, worldOf } from './attend';
 import { ring, RingAlgorithm, RingLayout } from '../ring';
 import type { Group } from '../dist/types';
+import { allReduceBucketed } from '../dist/bucket';
 import { ConfigOptions, ModelConfig, configFromHF, parameterShapes } from './config';
 import { show, optionsArg } from '../guard';
 
@@ -681,11 +682,12 @@ export class Model {
    * whole sequence (sequence parallelism) or of the whole batch (data parallelism; divide by W for the
    * mean). forwardBackward({ group }) calls it unless reduceGrads: false. Every rank calls it.
    */
-  async reduceGrads(group: Group, opts: { timeoutMs?: number } = {}): Promise<void> {
+  async reduceGrads(group: Group, opts: { timeoutMs?: number; bucketBytes?: number } = {}): Promise<void> {
     opts = optionsArg('model.reduceGrads', opts);
     const g = ringGroup(group, 'model.reduceGrads');
     if (!g) return;
-    for (const t of this.grads().values()) await g.allReduce(t, { op: 'sum', timeoutMs: opts.timeoutMs });
+    // Small gradients (norms) share flat 25 MB buffers: a few allReduce calls instead of one per parameter.
+    await allReduceBucketed(g, [...this.grads().values()], { op: 'sum', timeoutMs: opts.timeoutMs, bucketBytes: opts.bucketBytes });
     this.#reduced = true;
   }
 

@@ -4,8 +4,16 @@
 //
 // Token layout (vocabulary of `vocabSize` >= 24 ids):
 //   0 PAD, 1 BOS, 2..11 the digits 0..9, 12 KEY, 13 ASK, 14.. filler words
-//   input:  BOS filler… KEY d1…dn filler… ASK d1…d(n−1)
-//   labels: IGNORE everywhere except where the next token is an answer digit (ASK → d1, d1 → d2, …)
+//   input:  BOS filler… KEY d1…dn filler… KEY d1…d(n−1)      (question: 'key', the default)
+//           BOS filler… KEY d1…dn filler… ASK d1…d(n−1)      (question: 'ask')
+//   labels: IGNORE everywhere except where the next token is an answer digit (KEY/ASK → d1, d1 → d2, …)
+//
+// Why the question repeats the KEY marker by default (as real passkey prompts repeat "the pass key is"):
+// then the answer is a literal continuation of an earlier span, which an induction head copies by matching
+// the last tokens (KEY d1…dj here = KEY d1…dj there). With a distinct ASK token the span after the
+// question never matches the span after the key, so a repeated digit (70% of 5-digit keys have one) is
+// ambiguous to a one-token match, and the model must learn position-after-marker offsets instead: on the
+// H200 the 38M model plateaued near 0.6 nats per digit that way.
 import { ArgumentError } from '../errors';
 import { optionsArg, show } from '../guard';
 
@@ -19,7 +27,7 @@ export interface PasskeySample {
   answer: number[];
   /** Positions whose label is an answer digit (length = digits). */
   answerPositions: number[];
-  /** Position of the KEY marker. */
+  /** Position of the (first) KEY marker. */
   keyPosition: number;
 }
 
@@ -34,7 +42,7 @@ export function rng(seed: number): () => number {
 }
 
 export function passkeySample(length: number, depth: number, random: () => number,
-    opts: { digits?: number; vocabSize?: number } = {}): PasskeySample {
+    opts: { digits?: number; vocabSize?: number; question?: 'key' | 'ask' } = {}): PasskeySample {
   opts = optionsArg('passkeySample', opts);
   if (typeof length !== 'number') throw new ArgumentError(`passkey: length must be a number, got ${show(length)}`);
   if (typeof depth !== 'number') throw new ArgumentError(`passkey: depth must be a number in [0, 1], got ${show(depth)}`);
@@ -42,6 +50,8 @@ export function passkeySample(length: number, depth: number, random: () => numbe
   const n = opts.digits ?? 5, V = opts.vocabSize ?? 64;
   if (!Number.isSafeInteger(n) || n < 1 || n > 16) throw new ArgumentError('passkey: digits must be 1..16');
   if (!Number.isSafeInteger(V) || V < 24) throw new ArgumentError('passkey: vocabSize must be >= 24');
+  const question = opts.question ?? 'key';
+  if (question !== 'key' && question !== 'ask') throw new ArgumentError(`passkey: question must be 'key' or 'ask', got ${show(question)}`);
   const filler = length - 2 * n - 2;
   if (!Number.isSafeInteger(length) || filler < 0) throw new ArgumentError(`passkey: length must be >= ${2 * n + 2}`);
   if (!(depth >= 0 && depth <= 1)) throw new ArgumentError('passkey: depth must be in [0, 1]');
@@ -57,7 +67,7 @@ export function passkeySample(length: number, depth: number, random: () => numbe
   for (const d of answer) input[p++] = PASSKEY_TOKENS.DIGIT0 + d;
   for (let i = before; i < filler; i++) input[p++] = word();
   const ask = p;
-  input[p++] = PASSKEY_TOKENS.ASK;
+  input[p++] = question === 'key' ? PASSKEY_TOKENS.KEY : PASSKEY_TOKENS.ASK;
   for (let j = 0; j < n - 1; j++) input[p++] = PASSKEY_TOKENS.DIGIT0 + answer[j];
   const answerPositions: number[] = [];
   for (let j = 0; j < n; j++) {

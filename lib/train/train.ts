@@ -389,7 +389,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       const tps = globalTokens / dt;
       const rec: StepRecord = {
         step, loss, lr, gradNorm: gnorm, tokens: globalTokens, tokensPerSecond: tps,
-        mfu: peak > 0 ? (tps * flopsPerToken(model.config, seqLen, model.numParameters)) / peak : null,
+        // Per device: the group's W devices share the step's tokens.
+        mfu: peak > 0 ? (tps * flopsPerToken(model.config, seqLen, model.numParameters)) / (peak * world) : null,
         peakMemory: memory(device).peak, time: dt,
       };
       if (o.evalEvery && step % o.evalEvery === 0) {

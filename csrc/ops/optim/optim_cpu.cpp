@@ -24,6 +24,8 @@ void adamw_check(const AdamWParams& p) {
   if (!(p.bias1 > 0 && p.bias1 <= 1) || !(p.bias2 > 0 && p.bias2 <= 1)) throw Error("ERR_ARG", "adamw: step must be >= 1");
   if (!fin(p.grad_scale)) throw Error("ERR_ARG", "adamw: gradScale must be finite");
   if (p.sumsq && (!fin(p.max_norm) || !(p.max_norm > 0))) throw Error("ERR_ARG", "adamw: maxNorm must be > 0");
+  if (p.master_lo && (p.param_dtype != Dtype::BF16 || p.master))
+    throw Error("ERR_ARG", "adamw: masterLo (split master) needs a bf16 param and no f32 master");
 }
 
 void adamw_cpu(const AdamWParams& p) {
@@ -32,13 +34,15 @@ void adamw_cpu(const AdamWParams& p) {
   parallel_for(p.n, 1 << 14, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       float g = load_as_f32(p.grad, p.grad_dtype, i) * p.grad_scale * clip;
-      float w = p.master ? p.master[i] : load_as_f32(p.param, p.param_dtype, i);
+      uint16_t* hi = static_cast<uint16_t*>(p.param);
+      float w = p.master ? p.master[i] : p.master_lo ? adamw_join_master(hi[i], p.master_lo[i]) : load_as_f32(p.param, p.param_dtype, i);
       w = w * decay;
       float m = p.beta1 * p.m[i] + (1.f - p.beta1) * g;
       float v = p.beta2 * p.v[i] + (1.f - p.beta2) * (g * g);
       p.m[i] = m;
       p.v[i] = v;
       w = w - p.lr * ((m / p.bias1) / (sqrtf(v / p.bias2) + p.eps));
+      if (p.master_lo) { adamw_split_master(w, &hi[i], &p.master_lo[i]); continue; }
       if (p.master) p.master[i] = w;
       store_from_f32(p.param, p.param_dtype, i, w);
     }

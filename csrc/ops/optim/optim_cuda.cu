@@ -12,7 +12,8 @@ __global__ void adamw_kernel(AdamWParams p) {
   const float decay = __fsub_rn(1.f, __fmul_rn(p.lr, p.weight_decay));
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < p.n; i += (int64_t)gridDim.x * blockDim.x) {
     float g = __fmul_rn(__fmul_rn(load_as_f32(p.grad, p.grad_dtype, i), p.grad_scale), clip);
-    float w = p.master ? p.master[i] : load_as_f32(p.param, p.param_dtype, i);
+    uint16_t* hi = static_cast<uint16_t*>(p.param);
+    float w = p.master ? p.master[i] : p.master_lo ? adamw_join_master(hi[i], p.master_lo[i]) : load_as_f32(p.param, p.param_dtype, i);
     w = __fmul_rn(w, decay);
     float m = __fadd_rn(__fmul_rn(p.beta1, p.m[i]), __fmul_rn(__fsub_rn(1.f, p.beta1), g));
     float v = __fadd_rn(__fmul_rn(p.beta2, p.v[i]), __fmul_rn(__fsub_rn(1.f, p.beta2), __fmul_rn(g, g)));
@@ -20,6 +21,7 @@ __global__ void adamw_kernel(AdamWParams p) {
     p.v[i] = v;
     float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(v, p.bias2)), p.eps);
     w = __fsub_rn(w, __fmul_rn(p.lr, __fdiv_rn(__fdiv_rn(m, p.bias1), den)));
+    if (p.master_lo) { adamw_split_master(w, &hi[i], &p.master_lo[i]); continue; }
     if (p.master) p.master[i] = w;
     store_from_f32(p.param, p.param_dtype, i, w);
   }
