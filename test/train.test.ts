@@ -130,6 +130,31 @@ t.test('gradient accumulation: 2 micro-batches = one batch of the two sequences'
   t.ok(worst <= 1e-5 * scale, `gradients agree: max diff ${worst} (max |g| ${scale})`);
 });
 
+t.test('selective checkpointing through train(): keepAttention false / 1 / auto give the same parameters bit for bit (2 micro-batches, 2 steps)', async (t) => {
+  const r = rng(9);
+  const s1 = passkeySample(40, 0.3, r, { digits: 2, vocabSize: 32 }), s2 = passkeySample(40, 0.7, r, { digits: 3, vocabSize: 32 });
+  const run1 = async (forward: { keepAttention?: boolean | number | 'auto' }) => {
+    const model = fromConfig(TINY, { seed: 6 });
+    try {
+      const data = ({ micro }: { micro: number }) => (micro === 0 ? { input: s1.input, labels: s1.labels } : { input: s2.input, labels: s2.labels });
+      const res = await train({ model, data, steps: 2, microBatches: 2, optimizer: { lr: 1e-3 }, forward });
+      res.optimizer.dispose();
+      const p: string[] = [];
+      for (const x of model.parameters().values()) { const a = await x.toRaw(); p.push(Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('base64')); }
+      return { losses: res.records.map((x) => x.loss), p };
+    } finally {
+      model.dispose();
+    }
+  };
+  const ref = await run1({ keepAttention: false });
+  for (const forward of [{}, { keepAttention: 1 }, { keepAttention: 'auto' as const }]) {
+    const x = await run1(forward);
+    t.same(x.losses, ref.losses, `${JSON.stringify(forward)}: same losses`);
+    t.ok(x.p.every((v, i) => v === ref.p[i]), `${JSON.stringify(forward)}: parameters after 2 AdamW steps bit-identical`);
+  }
+  await rejectsCode(t, () => run1({ keepAttention: 'yes' as never }), 'ERR_ARG', 'a bad keepAttention is refused');
+});
+
 t.test('MFU formula and the RNG', async (t) => {
   const c = configFromHF({ ...TINY });
   const model = fromConfig(TINY, { seed: 1 });
