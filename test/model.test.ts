@@ -605,6 +605,7 @@ t.test('model: keepAttention / memoryBudget / checkpoint argument errors', needO
   for (const bad of [0, -4, 2.5, NaN, '8', undefined])
     throwsCode(t, () => m.memoryPlan(bad as never), 'ERR_ARG', `memoryPlan tokens ${String(bad)}`);
   throwsCode(t, () => m.memoryPlan(4, { lossChunkTokens: 0 }), 'ERR_ARG', 'memoryPlan lossChunkTokens 0');
+  await rejectsCode(t, () => m.forwardBackward(ids, ids, { lossChunkTokens: 10n as never }), 'ERR_ARG', 'forwardBackward lossChunkTokens 10n (checked before the plan uses it)');
   throwsCode(t, () => m.memoryPlan(4, { mlpChunkTokens: 0 }), 'ERR_ARG', 'memoryPlan mlpChunkTokens 0');
   const x = randn([4, 32], { seed: 1 }), d = randn([4, 32], { seed: 2 });
   throwsCode(t, () => m.layerForwardBackward(0, x, d, { checkpoint: true, keepAttention: 'auto' as never }), 'ERR_ARG', 'layerForwardBackward keepAttention is a boolean');

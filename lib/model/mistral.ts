@@ -722,8 +722,11 @@ export class Model {
     }
   }
 
-  /** Validates keepAttention / memoryBudget (coded errors; every entry point that takes them). */
-  #keepOpts(what: string, o: { keepAttention?: unknown; memoryBudget?: unknown }): void {
+  /** Validates keepAttention / memoryBudget / lossChunkTokens (coded errors; every entry point that takes them). */
+  #keepOpts(what: string, o: { keepAttention?: unknown; memoryBudget?: unknown; lossChunkTokens?: unknown }): void {
+    const lc = o.lossChunkTokens;
+    if (lc !== undefined && !(Number.isSafeInteger(lc) && (lc as number) >= 1))
+      throw new ArgumentError(`${what}: lossChunkTokens must be a positive integer, got ${show(lc)}`);
     const k = o.keepAttention, L = this.config.numLayers;
     if (k !== undefined && k !== 'auto' && typeof k !== 'boolean' && !(Number.isSafeInteger(k) && (k as number) >= 0 && (k as number) <= L))
       throw new ArgumentError(`${what}: keepAttention must be 'auto', a boolean or an integer in [0, ${L}], got ${show(k)}`);
@@ -793,8 +796,6 @@ export class Model {
     opts = optionsArg('model.memoryPlan', opts);
     if (!Number.isSafeInteger(tokens) || tokens < 1) throw new ArgumentError(`model.memoryPlan: tokens must be a positive integer, got ${show(tokens)}`);
     this.#keepOpts('model.memoryPlan', opts);
-    const lc = opts.lossChunkTokens;
-    if (lc !== undefined && !(Number.isSafeInteger(lc) && lc >= 1)) throw new ArgumentError(`model.memoryPlan: lossChunkTokens must be a positive integer, got ${show(lc)}`);
     return this.#plan(tokens, opts);
   }
 
