@@ -654,7 +654,7 @@ t.test('model: CUDA memoryPlan predicts the measured peak; keepAttention gives t
     await synchronize('cuda');
     const peak = memory('cuda').peak, ratio = peak / plan.predictedPeak;
     t.equal(r.keptAttention, keepAttention === false ? 0 : keepAttention, `keepAttention ${keepAttention}: kept`);
-    t.ok(ratio <= 1.02 && ratio >= 0.85, `keepAttention ${keepAttention}: measured peak ${(peak / 2 ** 30).toFixed(3)} GiB, predicted ${(plan.predictedPeak / 2 ** 30).toFixed(3)} GiB (ratio ${ratio.toFixed(3)})`);
+    t.ok(ratio <= 1.05 && ratio >= 0.85, `keepAttention ${keepAttention}: measured peak ${(peak / 2 ** 30).toFixed(3)} GiB, predicted ${(plan.predictedPeak / 2 ** 30).toFixed(3)} GiB (ratio ${ratio.toFixed(3)})`);
     grads.push(await gradBytes(m));
   }
   // Not bit for bit on CUDA: the attention backward (dq) and the embedding backward accumulate with atomics,

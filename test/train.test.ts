@@ -236,6 +236,12 @@ t.test('CLI: megabeam train (resume) and plot', async (t) => {
   const bj = JSON.parse(fs.readFileSync(path.join(d, 'bench.json'), 'utf8'));
   t.same(bj.rows.map((r: { seq: number; status: string }) => [r.seq, r.status]), [[32, 'ok'], [64, 'ok']]);
   t.ok(bj.rows.every((r: { tokensPerSecond: number; peakGiB: number }) => r.tokensPerSecond > 0 && r.peakGiB > 0));
+  t.ok(bj.rows.every((r: { keepAttention: string; keptLayers: number }) => r.keepAttention === 'auto' && r.keptLayers === 2), 'auto keeps both layers on the CPU');
+  const bn = io();
+  t.equal(await benchTrain(['--device', 'cpu', '--config', cfg, '--seqs', '32', '--reps', '1', '--keep-attention', 'none', '--json'], bn.io), 0, bn.err.join('\n'));
+  t.match(bn.err.join('\n'), /attention kept in 0\/2 layers \(--keep-attention none\)/, '--keep-attention none: the plain recompute');
+  const bk = io();
+  t.equal(await benchTrain(['--keep-attention', 'auto,none'], bk.io), 2, 'one policy only');
   const bb = io();
   t.equal(await benchTrain(['--seqs', 'x'], bb.io), 2);
   t.match(bb.err[0], /^megabeam bench train: ERR_ARG: --seqs must be a size/);

@@ -741,7 +741,8 @@ export class Model {
     const idx = deviceIndex(this.device);
     const total = cuda.devices().find((d) => d.index === idx)?.totalMemory ?? 0;
     // The margin covers what our allocator does not count (CUDA context, library workspaces, NCCL buffers)
-    // and the error of the estimate below (measured within ~1 GiB of the peak at 128K and 256K).
+    // and the error of the estimate below (it reproduces the measured Mistral-7B peaks at 32K-256K within
+    // 0.1 GiB: bench/NOTES.md).
     return Math.max(0, total - Math.max(6 * GIB, 0.05 * total));
   }
 
