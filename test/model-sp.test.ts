@@ -314,6 +314,17 @@ t.test('SP: keepAttention (kept ring-attention out/lse) = plain recompute bit fo
         }
         await cleanup(x);
       }
+      if (layout === 'zigzag' && algo === 'ring') {
+        // the plan counts ring attention's buffers: more than world 1 at the same tokens per rank
+        const m = ref.models[0], g = ref.groups[0], n = S / W;
+        const p1 = m.memoryPlan(n, { keepAttention: false }), pr = m.memoryPlan(n, { keepAttention: false, group: g, ringAlgorithm: 'ring' });
+        const pa = m.memoryPlan(n, { keepAttention: false, group: g, ringAlgorithm: 'allgather' });
+        t.ok(pr.recomputePeak > p1.recomputePeak && pa.recomputePeak > p1.recomputePeak, `${what}: memoryPlan counts the ring's buffers`);
+        t.equal(m.memoryPlan(n, { group: g }).keptAttention, 3, `${what}: auto keeps all 3 on the CPU`);
+        throwsCode(t, () => m.memoryPlan(n, { group: g, ringAlgorithm: 'fast' as 'ring' }), 'ERR_ARG', 'memoryPlan: bad ringAlgorithm');
+        throwsCode(t, () => m.memoryPlan(n, { batch: 5 }), 'ERR_ARG', 'memoryPlan: batch must divide the tokens');
+        throwsCode(t, () => m.memoryPlan(n, { group: 7 as never }), 'ERR_ARG', 'memoryPlan: group must be a group');
+      }
       const { err, name } = worstRel(await gradsOf(ref.models[0]), g1);
       t.ok(err < 1e-5, `${what}: and the world-1 gradients within f32 rounding (worst ${err.toExponential(2)}, ${name})`);
       await cleanup(ref);

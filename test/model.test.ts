@@ -566,22 +566,27 @@ t.test('model: memoryPlan and keepAttention auto: the largest k that fits the bu
   const labels = tensor(Int32Array.from(randIds(1, S, 64).flat()), { shape: [1, S], dtype: 'i32' });
   await synchronize('cpu');
   const o = { mlpChunkTokens: 64 };
-  const plans = [0, 1, 2, 3, 4].map((k) => m.memoryPlan(S, { ...o, keepAttention: k }));
+  // The plan's base is what is allocated when it is made, and CPU ops free their tensors asynchronously
+  // (and the GC may finalize another test's leftovers): so every comparison below is made in one
+  // synchronous stretch after synchronize(), forwardBackward's own plan included (it runs before its
+  // first await at world 1).
+  const plansNow = () => [0, 1, 2, 3, 4].map((k) => m.memoryPlan(S, { ...o, keepAttention: k }));
+  const plans = plansNow();
   t.equal(plans[0].keptBytesPerLayer, S * 256 * 4 + 4 * S * 4, 'kept bytes per layer: out + lse');
   t.equal(plans[0].predictedPeak, plans[0].recomputePeak, 'k = 0 is the plain recompute');
   t.ok(plans[4].predictedPeak > plans[0].predictedPeak, 'keeping costs memory');
   for (let k = 0; k <= 4; k++) {
-    const want = Math.max(...plans.filter((p) => p.predictedPeak <= plans[k].predictedPeak).map((p) => p.keptAttention));
-    const auto = m.memoryPlan(S, { ...o, memoryBudget: plans[k].predictedPeak });
-    t.equal(auto.keptAttention, want, `budget = peak with ${k} kept: auto keeps ${want}`);
-    t.equal(auto.budget, plans[k].predictedPeak, 'the budget it used');
-    // forwardBackward decides the same (same base: ids/labels are tensors already). The CPU runs ops
-    // asynchronously (a queue holds tensors past their dispose), so its peak is not the plan's: the CUDA
-    // test below checks the prediction against the measured peak.
     m.zeroGrad();
     await synchronize('cpu');
-    const r = await m.forwardBackward(ids, labels, { ...o, memoryBudget: plans[k].predictedPeak });
-    t.equal(r.keptAttention, want, `forwardBackward with that budget keeps ${want}`);
+    const ps = plansNow();
+    const want = Math.max(...ps.filter((p) => p.predictedPeak <= ps[k].predictedPeak).map((p) => p.keptAttention));
+    const auto = m.memoryPlan(S, { ...o, memoryBudget: ps[k].predictedPeak });
+    // forwardBackward decides the same (same base: ids/labels are tensors already). The CPU's peak is not
+    // the plan's (its op queue holds tensors past their dispose): the CUDA test below checks the prediction.
+    const run = m.forwardBackward(ids, labels, { ...o, memoryBudget: ps[k].predictedPeak });
+    t.equal(auto.keptAttention, want, `budget = peak with ${k} kept: auto keeps ${want}`);
+    t.equal(auto.budget, ps[k].predictedPeak, 'the budget it used');
+    t.equal((await run).keptAttention, want, `forwardBackward with that budget keeps ${want}`);
   }
   t.equal(m.memoryPlan(S, { memoryBudget: 0 }).keptAttention, 0, 'nothing fits: none kept');
   t.equal(m.memoryPlan(S).keptAttention, 4, 'CPU default budget (half the RAM): all kept');

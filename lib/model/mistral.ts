@@ -648,7 +648,7 @@ export class Model {
       // attention is a collective, so every rank must skip the same recomputes: they agree on the smallest.
       let kept = c.numLayers;
       if (checkpoint) {
-        kept = this.#plan(N, opts).keptAttention;
+        kept = this.#plan(N, opts, sp.world, B).keptAttention;
         if (g) kept = await this.#agreeMin(g, kept, opts.timeoutMs);
       }
       const keepFrom = c.numLayers - kept;
@@ -757,8 +757,13 @@ export class Model {
    * The working set: the recomputed y1, q, k, v, attn, lse, h, y2, rstds plus dout, then either (MLP part)
    * dy2 and one chunk's gate/up/act, or (attention part, h/y2 freed) dattn, dq, dk, dv and the attention
    * backward's scratch. Sizes are rounded as the CUDA allocator rounds them (2 MiB).
+   * Ring attention (world > 1) adds to the attention part: the f32 dq accumulator, the travelling f32
+   * dK/dV accumulators (own + received), the K/V double buffers and one block's dk/dv (14 bf16 K/V shards),
+   * with batch > 1 row copies of q, dout, out; the all-gather algorithm instead the gathered K/V and f32
+   * dK/dV of the whole sequence.
    */
-  #plan(N: number, o: { keepAttention?: KeepAttention; memoryBudget?: number; mlpChunkTokens?: number; lossChunkTokens?: number }): MemoryPlan {
+  #plan(N: number, o: { keepAttention?: KeepAttention; memoryBudget?: number; mlpChunkTokens?: number; lossChunkTokens?: number;
+      ringAlgorithm?: RingAlgorithm }, world = 1, B = 1): MemoryPlan {
     const c = this.config, L = c.numLayers, e = dtypeSize(this.dtype);
     const cudaDev = this.device !== 'cpu';
     const r = (b: number) => !cudaDev ? Math.ceil(b / 64) * 64
@@ -769,7 +774,15 @@ export class Model {
     const mlp = 3 * r(this.#mlpChunk(N, o.mlpChunkTokens) * c.intermediateSize * e);
     const acts = uH + row + uQ + 2 * uKV + A + 2 * uH + row;
     const scratch = r(Math.min(N * Hq * 4, 1.25 * GIB)) + lse;
-    const W = Math.max(acts + 2 * uH + mlp, acts - 2 * uH - row + uH + 2 * uQ + 2 * uKV + scratch);
+    let ringExtra = 0;
+    if (world > 1) {
+      const S = Math.ceil(N / B);
+      const algo = o.ringAlgorithm === 'ring' || o.ringAlgorithm === 'allgather' ? o.ringAlgorithm
+        : ring.chooseAlgorithm({ world, batch: B, shardLen: S, headsKv: c.numKvHeads, headDim: c.headDim, dtypeBytes: e });
+      ringExtra = r(N * Hq * 4) + (B > 1 ? 3 * uQ : 0)
+        + (algo === 'allgather' ? world * (uKV * 2 + r(N * Hkv * 4) * 2) + 2 * uKV : 14 * uKV);
+    }
+    const W = Math.max(acts + 2 * uH + mlp, acts - 2 * uH - row + uH + 2 * uQ + 2 * uKV + scratch + ringExtra);
     const V = c.vocabSize, ldt = e;
     const lossChunk = Math.min(N, o.lossChunkTokens ?? Math.max(1, Math.floor((512 * 2 ** 20) / (Math.max(V, 1) * ldt))));
     const head = 2 * uH + r(lossChunk * V * ldt) + 2 * row;
@@ -789,15 +802,26 @@ export class Model {
 
   /**
    * The memory plan forwardBackward would use now for `tokens` tokens (batch·seq on this rank) with these
-   * options (keepAttention, memoryBudget, mlpChunkTokens, lossChunkTokens): how many layers keep their
-   * attention output, the bytes each holds, and the predicted peak (allocated bytes, base included) with
-   * and without them. Estimates, not guarantees: they count the model's tensors as the allocator rounds them.
+   * options (keepAttention, memoryBudget, mlpChunkTokens, lossChunkTokens; with a `group` of world > 1 and
+   * its ringAlgorithm the ring attention's buffers count too, and `batch` rows (default 1) share the tokens):
+   * how many layers keep their attention output, the bytes each holds, and the predicted peak (allocated
+   * bytes, base included) with and without them. Estimates, not guarantees: they count the model's tensors
+   * as the allocator rounds them. With several ranks on one device (virtual ranks), each plans as if the
+   * device were its own: pass memoryBudget = the device's share.
    */
-  memoryPlan(tokens: number, opts: Pick<ForwardBackwardOptions, 'keepAttention' | 'memoryBudget' | 'mlpChunkTokens' | 'lossChunkTokens'> = {}): MemoryPlan {
+  memoryPlan(tokens: number, opts: Pick<ForwardBackwardOptions, 'keepAttention' | 'memoryBudget' | 'mlpChunkTokens' | 'lossChunkTokens'
+      | 'group' | 'ringAlgorithm'> & { batch?: number } = {}): MemoryPlan {
     opts = optionsArg('model.memoryPlan', opts);
     if (!Number.isSafeInteger(tokens) || tokens < 1) throw new ArgumentError(`model.memoryPlan: tokens must be a positive integer, got ${show(tokens)}`);
     this.#keepOpts('model.memoryPlan', opts);
-    return this.#plan(tokens, opts);
+    const B = opts.batch ?? 1;
+    if (!Number.isSafeInteger(B) || B < 1 || tokens % B !== 0)
+      throw new ArgumentError(`model.memoryPlan: batch must be a positive integer dividing tokens (${tokens}), got ${show(B)}`);
+    const world = worldOf(opts.group);
+    const algo = opts.ringAlgorithm;
+    if (algo !== undefined && algo !== 'ring' && algo !== 'allgather' && algo !== 'auto')
+      throw new ArgumentError(`model.memoryPlan: ringAlgorithm must be 'ring', 'allgather' or 'auto', got ${show(algo)}`);
+    return this.#plan(tokens, opts, world, B);
   }
 
   /** The smallest of every rank's n (small non-negative integers: exact in f32). */
