@@ -60,7 +60,8 @@ export interface ForwardBackwardOptions {
    * 'auto' (default): as many layers as fit in `memoryBudget` (see Model.memoryPlan); true: every layer;
    * false: none (plain per-layer recompute); an integer k in [0, numLayers]: k layers. The kept layers are
    * the last k (their outputs are freed first in the backward, which lowers the peak by one layer's worth).
-   * With a group of world > 1 the ranks agree on the smallest k (one small allReduce).
+   * With a group of world > 1 the ranks agree on the smallest k (one small allReduce). Ignored (but checked)
+   * with checkpoint: false, which stores every activation anyway.
    */
   keepAttention?: KeepAttention;
   /**
