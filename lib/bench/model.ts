@@ -1,8 +1,8 @@
 // `megabeam bench model`: one Mistral-7B decoder layer fwd+bwd (time, TFLOP/s with model FLOPs, peak
 // memory) and the whole Mistral-7B (random bf16 weights) fwd+bwd with per-layer activation
 // checkpointing (tokens/s, peak memory) under the selective-checkpointing policies of --keep-attention
-// (default auto: as many layers keep their attention output as fit; `none` is the plain recompute). PyTorch's yardstick for the layer is bench/torch_layer.py in
-// the same device run. `megabeam bench model check DIR` compares megabeam on CUDA bf16 with the
+// (default auto: as many layers keep their attention output as fit; `none` is the plain recompute).
+// PyTorch's yardstick for the layer is bench/torch_layer.py in the same device run. `megabeam bench model check DIR` compares megabeam on CUDA bf16 with the
 // PyTorch reference bench/torch_model.py wrote to DIR.
 import * as fs from 'fs';
 import * as path from 'path';
