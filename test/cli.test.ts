@@ -98,6 +98,9 @@ t.test('bad values: one line with code and hint, never a stack trace', async (t)
   oneLineError(t, await run('bench', 'attention', '--reps', '0'), 'bench attention', 'ERR_ARG', 2, 'attention --reps 0', /--reps must be ≥ 1/);
   oneLineError(t, await run('bench', 'rope', '--reps', '0'), 'bench rope', 'ERR_ARG', 2, 'rope --reps 0', /--reps must be ≥ 1/);
   oneLineError(t, await run('bench', 'rope', '--reps=1.5'), 'bench rope', 'ERR_ARG', 2, 'rope --reps=1.5', /integer/);
+  oneLineError(t, await run('bench', 'model', '--keep-attention', 'auto,most'), 'bench model', 'ERR_ARG', 2, 'model --keep-attention auto,most', /auto, all, none or a layer count/);
+  oneLineError(t, await run('bench', 'model', '--keep-attention', '33'), 'bench model', 'ERR_ARG', 2, 'model --keep-attention 33', /0\.\.32/);
+  oneLineError(t, await run('bench', 'model', '--memory-budget', 'lots'), 'bench model', 'ERR_ARG', 2, 'model --memory-budget lots', /--memory-budget must be a size/);
   oneLineError(t, await run('theta', '--context', '4096', '--head-dim', '127'), 'theta', 'ERR_ARG', 2, 'theta odd head dim', /even/);
   oneLineError(t, await run('theta', '--context', '4096', '--head-dim', '128', '--base', '0.5'), 'theta', 'ERR_ROPE_CONFIG', 2, 'theta base 0.5', /base/);
   oneLineError(t, await run('doctor', '--json=maybe'), 'doctor', 'ERR_ARG', 2, 'doctor --json=maybe', /takes no value/);

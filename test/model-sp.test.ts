@@ -279,6 +279,59 @@ t.test('tcp: SP training across 2 launched processes (ZeRO-1) = world 1', async 
   for (let k = 0; k < 2; k++) t.match(r.out, `[rank ${k}] RESULT sp ok`, `rank ${k} matched world 1`);
 });
 
+t.test('SP: keepAttention (kept ring-attention out/lse) = plain recompute bit for bit; the ranks agree on the smallest k', async (t) => {
+  const make = () => modelLib.fromConfig({ ...tiny, num_hidden_layers: 3 }, { seed: 23, dtype: 'f32' });
+  const W = 2;
+  const { ids, labels } = batch(1, 50);
+  const bits = async (m: Model) => {
+    const out = new Map<string, string>();
+    for (const [k, v] of m.grads()) { const a = await v.toRaw(); out.set(k, Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('base64')); }
+    return out;
+  };
+  // world 1 on the whole sequence, for the within-rounding check
+  const ref1 = make();
+  await ref1.forwardBackward(ids, labels);
+  const g1 = await gradsOf(ref1);
+  ref1.dispose();
+  for (const layout of ['zigzag', 'contiguous'] as const) {
+    for (const algo of ['ring', 'allgather'] as const) {
+      const runWith = (keep: (r: number) => boolean | number | 'auto' | undefined) => onRanks(W, make, async (r, g, m) => {
+        const sh = modelLib.shardBatch({ ids, labels }, r, W, { layout });
+        const res = await m.forwardBackward(sh.ids, sh.labels, { group: g, layout, ringAlgorithm: algo, keepAttention: keep(r), mlpChunkTokens: 5 });
+        return { res, g: await bits(m) };
+      });
+      const what = `W=2 ${layout} ${algo}`;
+      const ref = await runWith(() => false);
+      t.same(ref.out.map((o) => o.res.keptAttention), [0, 0], `${what}: keepAttention false keeps none`);
+      for (const [name, keep, kept] of [['auto (default)', () => undefined, 3], ['true', () => true, 3],
+        ['rank 0 asks 3, rank 1 asks 1', (r: number) => (r === 0 ? 3 : 1), 1], ['rank 0 auto, rank 1 false', (r: number) => (r === 0 ? 'auto' : false), 0]] as const) {
+        const x = await runWith(keep as (r: number) => boolean | number | 'auto' | undefined);
+        for (let r = 0; r < W; r++) {
+          t.equal(x.out[r].res.keptAttention, kept, `${what} ${name}: rank ${r} kept ${kept}`);
+          t.equal(x.out[r].res.loss, ref.out[r].res.loss, `${what} ${name}: rank ${r} same loss`);
+          const diff = [...ref.out[r].g.keys()].filter((k) => x.out[r].g.get(k) !== ref.out[r].g.get(k));
+          t.same(diff, [], `${what} ${name}: rank ${r}: every gradient bit-identical to the plain recompute`);
+        }
+        await cleanup(x);
+      }
+      if (layout === 'zigzag' && algo === 'ring') {
+        // the plan counts ring attention's buffers: more than world 1 at the same tokens per rank
+        const m = ref.models[0], g = ref.groups[0], n = S / W;
+        const p1 = m.memoryPlan(n, { keepAttention: false }), pr = m.memoryPlan(n, { keepAttention: false, group: g, ringAlgorithm: 'ring' });
+        const pa = m.memoryPlan(n, { keepAttention: false, group: g, ringAlgorithm: 'allgather' });
+        t.ok(pr.recomputePeak > p1.recomputePeak && pa.recomputePeak > p1.recomputePeak, `${what}: memoryPlan counts the ring's buffers`);
+        t.equal(m.memoryPlan(n, { group: g }).keptAttention, 3, `${what}: auto keeps all 3 on the CPU`);
+        throwsCode(t, () => m.memoryPlan(n, { group: g, ringAlgorithm: 'fast' as 'ring' }), 'ERR_ARG', 'memoryPlan: bad ringAlgorithm');
+        throwsCode(t, () => m.memoryPlan(n, { batch: 5 }), 'ERR_ARG', 'memoryPlan: batch must divide the tokens');
+        throwsCode(t, () => m.memoryPlan(n, { group: 7 as never }), 'ERR_ARG', 'memoryPlan: group must be a group');
+      }
+      const { err, name } = worstRel(await gradsOf(ref.models[0]), g1);
+      t.ok(err < 1e-5, `${what}: and the world-1 gradients within f32 rounding (worst ${err.toExponential(2)}, ${name})`);
+      await cleanup(ref);
+    }
+  }
+});
+
 t.test('SP: nothing leaks; a bad id on one rank fails every rank at once (no wait for the timeout)', async (t) => {
   const { memory, synchronize } = await import('../lib/tensor');
   const W = 2;
@@ -295,6 +348,14 @@ t.test('SP: nothing leaks; a bad id on one rank fails every rank at once (no wai
     }));
     await synchronize('cpu');
     t.equal(memory('cpu').allocated, base, `${layout}: allocated memory back to params + grads`);
+    for (const keepAttention of [false, 1, true]) {
+      await Promise.all(groups.map((g, r) => {
+        const sh = modelLib.shardBatch({ ids, labels }, r, W, { layout });
+        return models[r].forwardBackward(sh.ids, sh.labels, { group: g, layout, keepAttention, reduceGrads: false });
+      }));
+      await synchronize('cpu');
+      t.equal(memory('cpu').allocated, base, `${layout} keepAttention ${keepAttention}: allocated memory back to params + grads`);
+    }
   }
   const t0 = Date.now();
   await Promise.all(groups.map((g, r) => {

@@ -5,13 +5,14 @@ import t, { Test } from 'tap';
 import { promises as fsp } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { Tensor, tensor, randn, memory, synchronize } from '../lib/tensor';
+import { Tensor, tensor, randn, memory, resetPeakMemory, emptyCache, synchronize } from '../lib/tensor';
 import * as safetensors from '../lib/safetensors';
 import { configFromHF, parameterShapes } from '../lib/model/config';
 import { throwsCode, rejectsCode } from './helpers/assert';
 import { mulberry32, randomNormal, testSeed } from './helpers/rng';
 import { gpu } from './helpers/devices';
 import { RefConfig, RefParams, refLogits, refLoss } from './ref/model';
+import type { Model } from '../lib/model';
 
 const seed = testSeed();
 t.comment(`TEST_SEED=${seed}`);
@@ -432,7 +433,8 @@ t.test('model: every intermediate is freed (allocated memory returns to params +
   await synchronize('cpu');
   const base = memory('cpu').allocated;
   const ids = randIds(2, 16, 50), labels = randIds(2, 16, 50);
-  for (const o of [{ checkpoint: true }, { checkpoint: false }, { checkpoint: true, mlpChunkTokens: 5 }]) {
+  for (const o of [{ checkpoint: true }, { checkpoint: false }, { checkpoint: true, mlpChunkTokens: 5 },
+    { keepAttention: false }, { keepAttention: 1 }, { keepAttention: true }]) {
     await m.forwardBackward(ids, labels, o);
     await synchronize('cpu');
     t.equal(memory('cpu').allocated, base, `forwardBackward ${JSON.stringify(o)}`);
@@ -441,9 +443,11 @@ t.test('model: every intermediate is freed (allocated memory returns to params +
   await synchronize('cpu');
   t.equal(memory('cpu').allocated, base, 'forward');
   // an error half way (a label out of range fails the CPU loss op) leaves nothing behind either
-  await m.forwardBackward(ids, [[...labels[0].slice(0, 15), 50], labels[1]]).then(() => t.fail('bad label accepted'), (e) => t.ok(e.code === 'ERR_ARG', `bad label: ${e.code}`));
-  await synchronize('cpu').catch(() => undefined);
-  t.equal(memory('cpu').allocated, base, 'after a failed step');
+  for (const keepAttention of [true, 1, false]) {
+    await m.forwardBackward(ids, [[...labels[0].slice(0, 15), 50], labels[1]], { keepAttention }).then(() => t.fail('bad label accepted'), (e) => t.ok(e.code === 'ERR_ARG', `bad label: ${e.code}`));
+    await synchronize('cpu').catch(() => undefined);
+    t.equal(memory('cpu').allocated, base, `after a failed step (keepAttention ${keepAttention}: the kept outputs are freed too)`);
+  }
   m.dispose();
 });
 
@@ -481,6 +485,138 @@ t.test('model: argument errors', needOps, async (t) => {
   m.dispose();
 });
 
+// ---------------------------------------------------------------------------------------------
+// selective checkpointing (keepAttention): the kept attention output/lse are what the recompute would
+// produce, so every gradient must be bit-identical to the plain per-layer recompute.
+
+/** Every gradient's raw bytes (f32 here). */
+async function gradBytes(m: Model): Promise<Map<string, Buffer>> {
+  const out = new Map<string, Buffer>();
+  for (const [k, v] of m.grads()) {
+    const a = await v.toRaw();
+    out.set(k, Buffer.from(a.buffer, a.byteOffset, a.byteLength));
+  }
+  return out;
+}
+function sameBits(t: Test, a: Map<string, Buffer>, b: Map<string, Buffer>, what: string): void {
+  const diff = [...b.keys()].filter((k) => !a.get(k)!.equals(b.get(k)!));
+  t.same(diff, [], `${what}: all ${b.size} parameter gradients bit-identical`);
+}
+const lossBits = (x: number) => Buffer.from(Float32Array.from([x]).buffer).toString('hex');
+
+t.test('model: keepAttention (selective checkpointing) = plain recompute, bit for bit', needOps, async (t) => {
+  const cfg = { ...tiny, num_hidden_layers: 3 };
+  const m = modelLib.fromConfig(cfg, { seed: 31, dtype: 'f32' });
+  m.grads();
+  const B = 2, S = 16;
+  const ids = tensor(Int32Array.from(randIds(B, S, 50).flat()), { shape: [B, S], dtype: 'i32' });
+  const labArr = randIds(B, S, 50);
+  labArr[0][2] = -100;
+  const labels = tensor(Int32Array.from(labArr.flat()), { shape: [B, S], dtype: 'i32' });
+  const step = async (o: Record<string, unknown>) => {
+    m.zeroGrad();
+    const r = await m.forwardBackward(ids, labels, { mlpChunkTokens: 7, ...o });
+    return { r, g: await gradBytes(m) };
+  };
+  const ref = await step({ keepAttention: false });
+  t.equal(ref.r.keptAttention, 0, 'keepAttention: false keeps none');
+  for (const [o, kept] of [[{ keepAttention: true }, 3], [{ keepAttention: 1 }, 1], [{ keepAttention: 2 }, 2], [{}, 3],
+    [{ keepAttention: 'auto', memoryBudget: 0 }, 0], [{ keepAttention: 'auto', memoryBudget: 1e15 }, 3]] as const) {
+    const x = await step(o);
+    const what = JSON.stringify(o);
+    t.equal(x.r.keptAttention, kept, `${what}: ${kept} layer(s) kept`);
+    t.equal(lossBits(x.r.loss), lossBits(ref.r.loss), `${what}: same loss bits`);
+    t.equal(x.r.count, ref.r.count, `${what}: count`);
+    sameBits(t, x.g, ref.g, what);
+  }
+  // and within f32 rounding of the stored-activation path (checkpoint: false reports every layer as kept)
+  const nock = await step({ checkpoint: false });
+  t.equal(nock.r.keptAttention, 3, 'checkpoint: false: every layer keeps its activations');
+  t.ok(Math.abs(nock.r.loss - ref.r.loss) <= 1e-6 * ref.r.loss, 'checkpoint: false: same loss');
+  let worst = 0;
+  for (const [k, a] of nock.g) {
+    const x = new Float32Array(a.buffer, a.byteOffset, a.length / 4), y = new Float32Array(ref.g.get(k)!.buffer, ref.g.get(k)!.byteOffset, a.length / 4);
+    const mx = y.reduce((s, v) => Math.max(s, Math.abs(v)), 0) || 1;
+    for (let i = 0; i < x.length; i++) worst = Math.max(worst, Math.abs(x[i] - y[i]) / mx);
+  }
+  t.ok(worst < 1e-5, `checkpoint: false: gradients within ${worst.toExponential(2)} (relative to each tensor's max)`);
+  // layerForwardBackward: keepAttention on the checkpointed layer
+  const x0 = randn([B * S, 32], { seed: 41 }), dy = randn([B * S, 32], { seed: 42 });
+  const layer = async (o: { checkpoint: boolean; keepAttention?: boolean }) => {
+    m.zeroGrad();
+    const dx = m.layerForwardBackward(1, x0, dy.clone(), { batch: B, ...o });
+    const raw = await dx.toRaw();
+    dx.dispose();
+    return { dx: Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength), g: await gradBytes(m) };
+  };
+  const lr = await layer({ checkpoint: true }), lk = await layer({ checkpoint: true, keepAttention: true });
+  t.ok(lk.dx.equals(lr.dx), 'layerForwardBackward keepAttention: dx bit-identical');
+  sameBits(t, lk.g, lr.g, 'layerForwardBackward keepAttention');
+  x0.dispose(); dy.dispose(); ids.dispose(); labels.dispose(); m.dispose();
+});
+
+t.test('model: memoryPlan and keepAttention auto: the largest k that fits the budget', needOps, async (t) => {
+  // Mistral's proportions, small: 4 q heads / 1 kv head of 64, MLP 3.5 x hidden.
+  const cfg = { ...tiny, hidden_size: 256, intermediate_size: 896, num_hidden_layers: 4, num_attention_heads: 4, num_key_value_heads: 1,
+    head_dim: 64, vocab_size: 64, initializer_range: 0.05, max_position_embeddings: 512 };
+  const m = modelLib.fromConfig(cfg, { seed: 5, dtype: 'f32' });
+  m.grads();
+  const S = 256;
+  const ids = tensor(Int32Array.from(randIds(1, S, 64).flat()), { shape: [1, S], dtype: 'i32' });
+  const labels = tensor(Int32Array.from(randIds(1, S, 64).flat()), { shape: [1, S], dtype: 'i32' });
+  await synchronize('cpu');
+  const o = { mlpChunkTokens: 64 };
+  // The plan's base is what is allocated when it is made, and CPU ops free their tensors asynchronously
+  // (and the GC may finalize another test's leftovers): so every comparison below is made in one
+  // synchronous stretch after synchronize(), forwardBackward's own plan included (it runs before its
+  // first await at world 1).
+  const plansNow = () => [0, 1, 2, 3, 4].map((k) => m.memoryPlan(S, { ...o, keepAttention: k }));
+  const plans = plansNow();
+  t.equal(plans[0].keptBytesPerLayer, S * 256 * 4 + 4 * S * 4, 'kept bytes per layer: out + lse');
+  t.equal(plans[0].predictedPeak, plans[0].recomputePeak, 'k = 0 is the plain recompute');
+  t.ok(plans[4].predictedPeak > plans[0].predictedPeak, 'keeping costs memory');
+  for (let k = 0; k <= 4; k++) {
+    m.zeroGrad();
+    await synchronize('cpu');
+    const ps = plansNow();
+    const want = Math.max(...ps.filter((p) => p.predictedPeak <= ps[k].predictedPeak).map((p) => p.keptAttention));
+    const auto = m.memoryPlan(S, { ...o, memoryBudget: ps[k].predictedPeak });
+    // forwardBackward decides the same (same base: ids/labels are tensors already). The CPU's peak is not
+    // the plan's (its op queue holds tensors past their dispose): the CUDA test below checks the prediction.
+    const run = m.forwardBackward(ids, labels, { ...o, memoryBudget: ps[k].predictedPeak });
+    t.equal(auto.keptAttention, want, `budget = peak with ${k} kept: auto keeps ${want}`);
+    t.equal(auto.budget, ps[k].predictedPeak, 'the budget it used');
+    t.equal((await run).keptAttention, want, `forwardBackward with that budget keeps ${want}`);
+  }
+  t.equal(m.memoryPlan(S, { memoryBudget: 0 }).keptAttention, 0, 'nothing fits: none kept');
+  t.equal(m.memoryPlan(S).keptAttention, 4, 'CPU default budget (half the RAM): all kept');
+  t.equal(m.memoryPlan(S, { keepAttention: true }).keptAttention, 4, 'true: all');
+  t.equal(m.memoryPlan(S, { keepAttention: false }).keptAttention, 0, 'false: none');
+  ids.dispose(); labels.dispose(); m.dispose();
+});
+
+t.test('model: keepAttention / memoryBudget / checkpoint argument errors', needOps, async (t) => {
+  const m = modelLib.fromConfig(tiny, { seed: 3 });
+  const ids = [[1, 2, 3, 4]];
+  for (const bad of ['yes', -1, 3, 1.5, NaN, null, {}]) {
+    await rejectsCode(t, () => m.forwardBackward(ids, ids, { keepAttention: bad as never }), 'ERR_ARG', `keepAttention ${String(bad)}`);
+    throwsCode(t, () => m.memoryPlan(4, { keepAttention: bad as never }), 'ERR_ARG', `memoryPlan keepAttention ${String(bad)}`);
+  }
+  for (const bad of [-1, NaN, Infinity, '1e9', null]) {
+    await rejectsCode(t, () => m.forwardBackward(ids, ids, { memoryBudget: bad as never }), 'ERR_ARG', `memoryBudget ${String(bad)}`);
+    throwsCode(t, () => m.memoryPlan(4, { memoryBudget: bad as never }), 'ERR_ARG', `memoryPlan memoryBudget ${String(bad)}`);
+  }
+  await rejectsCode(t, () => m.forwardBackward(ids, ids, { checkpoint: 'yes' as never }), 'ERR_ARG', 'checkpoint must be a boolean');
+  for (const bad of [0, -4, 2.5, NaN, '8', undefined])
+    throwsCode(t, () => m.memoryPlan(bad as never), 'ERR_ARG', `memoryPlan tokens ${String(bad)}`);
+  throwsCode(t, () => m.memoryPlan(4, { lossChunkTokens: 0 }), 'ERR_ARG', 'memoryPlan lossChunkTokens 0');
+  await rejectsCode(t, () => m.forwardBackward(ids, ids, { lossChunkTokens: 10n as never }), 'ERR_ARG', 'forwardBackward lossChunkTokens 10n (checked before the plan uses it)');
+  throwsCode(t, () => m.memoryPlan(4, { mlpChunkTokens: 0 }), 'ERR_ARG', 'memoryPlan mlpChunkTokens 0');
+  const x = randn([4, 32], { seed: 1 }), d = randn([4, 32], { seed: 2 });
+  throwsCode(t, () => m.layerForwardBackward(0, x, d, { checkpoint: true, keepAttention: 'auto' as never }), 'ERR_ARG', 'layerForwardBackward keepAttention is a boolean');
+  x.dispose(); d.dispose(); m.dispose();
+});
+
 t.test('model: CUDA bf16 matches the CPU f32 model', { skip: opsMissing || gpu.skip }, async (t) => {
   const cfg = { ...tiny, hidden_size: 256, num_attention_heads: 4, num_key_value_heads: 2, head_dim: 64, intermediate_size: 512, initializer_range: 0.05 };
   const cpu = modelLib.fromConfig(cfg, { seed: 5, dtype: 'f32' });
@@ -500,4 +636,45 @@ t.test('model: CUDA bf16 matches the CPU f32 model', { skip: opsMissing || gpu.s
   }
   cpu.dispose(); gpuM.dispose();
   await fsp.rm(dir, { recursive: true });
+});
+
+t.test('model: CUDA memoryPlan predicts the measured peak; keepAttention gives the same gradients', { skip: opsMissing || gpu.skip }, async (t) => {
+  // Mistral-7B's proportions at a quarter width (8 q / 2 kv heads of 128, MLP 3.5 x hidden), 4 layers, 16K tokens.
+  const cfg = { ...tiny, hidden_size: 1024, intermediate_size: 3584, num_hidden_layers: 4, num_attention_heads: 8, num_key_value_heads: 2,
+    head_dim: 128, vocab_size: 4096, initializer_range: 0.02, max_position_embeddings: 32768 };
+  const m = modelLib.fromConfig(cfg, { seed: 3, dtype: 'bf16', device: 'cuda' });
+  m.grads();
+  const S = 16384;
+  const ids = tensor(Int32Array.from({ length: S }, () => Math.floor(rng() * 4096)), { shape: [1, S], dtype: 'i32', device: 'cuda' });
+  const labels = tensor(Int32Array.from({ length: S }, () => Math.floor(rng() * 4096)), { shape: [1, S], dtype: 'i32', device: 'cuda' });
+  await m.forwardBackward(ids, labels, { keepAttention: false });  // warm-up: the GEMM workspace, module loading
+  const grads: Map<string, Buffer>[] = [];
+  for (const keepAttention of [false, 4, 2]) {
+    m.zeroGrad();
+    emptyCache('cuda');
+    await synchronize('cuda');
+    const plan = m.memoryPlan(S, { keepAttention });
+    resetPeakMemory('cuda');
+    const r = await m.forwardBackward(ids, labels, { keepAttention });
+    await synchronize('cuda');
+    const peak = memory('cuda').peak, ratio = peak / plan.predictedPeak;
+    t.equal(r.keptAttention, keepAttention === false ? 0 : keepAttention, `keepAttention ${keepAttention}: kept`);
+    t.ok(ratio <= 1.05 && ratio >= 0.85, `keepAttention ${keepAttention}: measured peak ${(peak / 2 ** 30).toFixed(3)} GiB, predicted ${(plan.predictedPeak / 2 ** 30).toFixed(3)} GiB (ratio ${ratio.toFixed(3)})`);
+    grads.push(await gradBytes(m));
+  }
+  // Not bit for bit on CUDA: the attention backward (dq) and the embedding backward accumulate with atomics,
+  // so two runs of the same path differ in the last bits already. Same gradients up to that.
+  for (const [i, what] of [[1, 'keepAttention 4'], [2, 'keepAttention 2']] as const) {
+    let worst = 0, name = '';
+    for (const [k, a] of grads[i]) {
+      const b = grads[0].get(k)!;
+      const x = new Float32Array(a.buffer, a.byteOffset, a.length / 4), y = new Float32Array(b.buffer, b.byteOffset, b.length / 4);
+      let num = 0, den = 0;
+      for (let j = 0; j < x.length; j++) { num += (x[j] - y[j]) ** 2; den += y[j] ** 2; }
+      const e = Math.sqrt(num / (den || 1));
+      if (e > worst) { worst = e; name = k; }
+    }
+    t.ok(worst < 1e-2, `CUDA ${what}: gradients = plain recompute's (worst relative L2 ${worst.toExponential(2)}, ${name})`);
+  }
+  ids.dispose(); labels.dispose(); m.dispose();
 });

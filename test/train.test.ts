@@ -130,6 +130,31 @@ t.test('gradient accumulation: 2 micro-batches = one batch of the two sequences'
   t.ok(worst <= 1e-5 * scale, `gradients agree: max diff ${worst} (max |g| ${scale})`);
 });
 
+t.test('selective checkpointing through train(): keepAttention false / 1 / auto give the same parameters bit for bit (2 micro-batches, 2 steps)', async (t) => {
+  const r = rng(9);
+  const s1 = passkeySample(40, 0.3, r, { digits: 2, vocabSize: 32 }), s2 = passkeySample(40, 0.7, r, { digits: 3, vocabSize: 32 });
+  const run1 = async (forward: { keepAttention?: boolean | number | 'auto' }) => {
+    const model = fromConfig(TINY, { seed: 6 });
+    try {
+      const data = ({ micro }: { micro: number }) => (micro === 0 ? { input: s1.input, labels: s1.labels } : { input: s2.input, labels: s2.labels });
+      const res = await train({ model, data, steps: 2, microBatches: 2, optimizer: { lr: 1e-3 }, forward });
+      res.optimizer.dispose();
+      const p: string[] = [];
+      for (const x of model.parameters().values()) { const a = await x.toRaw(); p.push(Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('base64')); }
+      return { losses: res.records.map((x) => x.loss), p };
+    } finally {
+      model.dispose();
+    }
+  };
+  const ref = await run1({ keepAttention: false });
+  for (const forward of [{}, { keepAttention: 1 }, { keepAttention: 'auto' as const }]) {
+    const x = await run1(forward);
+    t.same(x.losses, ref.losses, `${JSON.stringify(forward)}: same losses`);
+    t.ok(x.p.every((v, i) => v === ref.p[i]), `${JSON.stringify(forward)}: parameters after 2 AdamW steps bit-identical`);
+  }
+  await rejectsCode(t, () => run1({ keepAttention: 'yes' as never }), 'ERR_ARG', 'a bad keepAttention is refused');
+});
+
 t.test('MFU formula and the RNG', async (t) => {
   const c = configFromHF({ ...TINY });
   const model = fromConfig(TINY, { seed: 1 });
@@ -211,6 +236,12 @@ t.test('CLI: megabeam train (resume) and plot', async (t) => {
   const bj = JSON.parse(fs.readFileSync(path.join(d, 'bench.json'), 'utf8'));
   t.same(bj.rows.map((r: { seq: number; status: string }) => [r.seq, r.status]), [[32, 'ok'], [64, 'ok']]);
   t.ok(bj.rows.every((r: { tokensPerSecond: number; peakGiB: number }) => r.tokensPerSecond > 0 && r.peakGiB > 0));
+  t.ok(bj.rows.every((r: { keepAttention: string; keptLayers: number }) => r.keepAttention === 'auto' && r.keptLayers === 2), 'auto keeps both layers on the CPU');
+  const bn = io();
+  t.equal(await benchTrain(['--device', 'cpu', '--config', cfg, '--seqs', '32', '--reps', '1', '--keep-attention', 'none', '--json'], bn.io), 0, bn.err.join('\n'));
+  t.match(bn.err.join('\n'), /attention kept in 0\/2 layers \(--keep-attention none\)/, '--keep-attention none: the plain recompute');
+  const bk = io();
+  t.equal(await benchTrain(['--keep-attention', 'auto,none'], bk.io), 2, 'one policy only');
   const bb = io();
   t.equal(await benchTrain(['--seqs', 'x'], bb.io), 2);
   t.match(bb.err[0], /^megabeam bench train: ERR_ARG: --seqs must be a size/);

@@ -1,13 +1,14 @@
 // `megabeam bench model`: one Mistral-7B decoder layer fwd+bwd (time, TFLOP/s with model FLOPs, peak
 // memory) and the whole Mistral-7B (random bf16 weights) fwd+bwd with per-layer activation
-// checkpointing (tokens/s, peak memory). PyTorch's yardstick for the layer is bench/torch_layer.py in
-// the same device run. `megabeam bench model check DIR` compares megabeam on CUDA bf16 with the
+// checkpointing (tokens/s, peak memory) under the selective-checkpointing policies of --keep-attention
+// (default auto: as many layers keep their attention output as fit; `none` is the plain recompute).
+// PyTorch's yardstick for the layer is bench/torch_layer.py in the same device run. `megabeam bench model check DIR` compares megabeam on CUDA bf16 with the
 // PyTorch reference bench/torch_model.py wrote to DIR.
 import * as fs from 'fs';
 import * as path from 'path';
 import { cuda } from '../device';
 import { MegabeamError } from '../errors';
-import { fromConfig, fromPretrained, Model } from '../model/mistral';
+import { fromConfig, fromPretrained, KeepAttention, Model } from '../model/mistral';
 import * as safetensors from '../safetensors';
 import { Tensor, emptyCache, memory, randn, resetPeakMemory, synchronize, tensor } from '../tensor';
 import { GiB, IO, median, table, timed, withProgress } from './util';
@@ -75,7 +76,22 @@ async function benchLayer(seqs: number[], reps: number, gradDtype: 'f32' | 'para
   return rows;
 }
 
-async function benchWhole(seqs: number[], gradDtype: 'f32' | 'param', mlpChunk: number | undefined, io: IO) {
+/** --keep-attention's list: auto | all | none | K (layers) -> the model's keepAttention values. */
+export function parseKeepPolicies(s: string, layers: number): { name: string; keep: KeepAttention }[] {
+  const items = s.split(',').map((x) => x.trim());
+  return items.map((x) => {
+    if (x === 'auto') return { name: 'auto', keep: 'auto' as const };
+    if (x === 'all') return { name: 'all', keep: true };
+    if (x === 'none') return { name: 'none', keep: false };
+    const k = /^\d+$/.test(x) ? Number(x) : NaN;
+    if (!(Number.isSafeInteger(k) && k <= layers))
+      throw new MegabeamError('ERR_ARG', `--keep-attention: each entry must be auto, all, none or a layer count 0..${layers}, got ${JSON.stringify(x)}`);
+    return { name: String(k), keep: k };
+  });
+}
+
+async function benchWhole(seqs: number[], gradDtype: 'f32' | 'param', mlpChunk: number | undefined, io: IO,
+    policies: { name: string; keep: KeepAttention }[] = [{ name: 'auto', keep: 'auto' }], memoryBudget?: number) {
   const rows: Record<string, unknown>[] = [];
   const m = fromConfig(MISTRAL_7B, { device: 'cuda', dtype: 'bf16', seed: 1, gradDtype });
   m.grads();
@@ -95,24 +111,32 @@ async function benchWhole(seqs: number[], gradDtype: 'f32' | 'param', mlpChunk: 
       const idT = tensor(ids, { dtype: 'i32', device: 'cuda', shape: [1, S] });
       const labT = tensor(labels, { dtype: 'i32', device: 'cuda', shape: [1, S] });
       try {
-        m.zeroGrad();
-        emptyCache('cuda');
-        await synchronize('cuda');
-        resetPeakMemory('cuda');
-        let res!: { loss: number; count: number };
-        // attention grows as S², the rest as S: about S^1.7 over these sizes, for the bar's estimate
-        const p0 = prev as { S: number; t: number } | null;
-        const expect: number = p0 ? p0.t * (S / p0.S) ** 1.7 : 0;
-        const t: number = await withProgress(`model S=${S}`, expect, () =>
-          timed('cuda', async () => { res = await m.forwardBackward(idT, labT, { checkpoint: true, mlpChunkTokens: mlpChunk }); }));
-        const peak = memory('cuda').peak / GiB;
-        prev = { S, t };
-        rows.push({ part: 'model', seq: S, seconds: t, tokens_per_s: S / t, peak_gib: peak, loss: res.loss });
-        io.err(`model S=${S}: ${t.toFixed(2)} s, ${(S / t).toFixed(0)} tokens/s, peak ${peak.toFixed(1)} GiB, loss ${res.loss.toFixed(4)}`);
-      } catch (e) {
-        if (!isOom(e)) throw e;
-        rows.push({ part: 'model', seq: S, error: 'OOM', message: (e as Error).message.slice(0, 200) });
-        io.err(`model S=${S}: out of memory (${(e as Error).message.slice(0, 200)})`);
+        for (const pol of policies) {
+          const opts = { checkpoint: true, keepAttention: pol.keep, memoryBudget, mlpChunkTokens: mlpChunk };
+          try {
+            m.zeroGrad();
+            emptyCache('cuda');
+            await synchronize('cuda');
+            const plan = m.memoryPlan(S, opts);
+            resetPeakMemory('cuda');
+            let res!: { loss: number; count: number; keptAttention: number };
+            // attention grows as S², the rest as S: about S^1.7 over these sizes, for the bar's estimate
+            const p0 = prev as { S: number; t: number } | null;
+            const expect: number = p0 ? p0.t * (S / p0.S) ** 1.7 : 0;
+            const t: number = await withProgress(`model S=${S} keep=${pol.name}`, expect, () =>
+              timed('cuda', async () => { res = await m.forwardBackward(idT, labT, opts); }));
+            const peak = memory('cuda').peak / GiB;
+            prev = { S, t };
+            rows.push({ part: 'model', seq: S, policy: pol.name, kept_layers: res.keptAttention, seconds: t, tokens_per_s: S / t,
+              peak_gib: peak, predicted_peak_gib: plan.predictedPeak / GiB, budget_gib: plan.budget / GiB, loss: res.loss });
+            io.err(`model S=${S} keep=${pol.name} (${res.keptAttention}/${m.config.numLayers} layers keep attention): ${t.toFixed(2)} s, ` +
+              `${(S / t).toFixed(0)} tokens/s, peak ${peak.toFixed(1)} GiB (predicted ${(plan.predictedPeak / GiB).toFixed(1)}), loss ${res.loss.toFixed(4)}`);
+          } catch (e) {
+            if (!isOom(e)) throw e;
+            rows.push({ part: 'model', seq: S, policy: pol.name, error: 'OOM', message: (e as Error).message.slice(0, 200) });
+            io.err(`model S=${S} keep=${pol.name}: out of memory (${(e as Error).message.slice(0, 200)})`);
+          }
+        }
       } finally {
         idT.dispose(); labT.dispose();
       }
@@ -179,7 +203,9 @@ export async function checkAgainstTorch(dir: string, io: IO, json?: string, devi
 export const command: Command = {
   usage: 'megabeam bench model [options] | megabeam bench model check DIR [--device cpu|cuda] [--out FILE]',
   description: `One Mistral-7B decoder layer fwd+bwd (time, TFLOP/s with model FLOPs, peak memory) and the whole
-Mistral-7B (random bf16 weights) fwd+bwd with per-layer activation checkpointing (tokens/s, peak memory).
+Mistral-7B (random bf16 weights) fwd+bwd with per-layer activation checkpointing (tokens/s, peak memory),
+under each --keep-attention policy (auto: the layers whose attention output fits in memory keep it and skip
+the attention recompute; none: the plain recompute; --keep-attention auto,none compares them).
 PyTorch's yardstick is bench/torch_layer.py. \`check DIR\` compares megabeam with the reference that
 bench/torch_model.py wrote to DIR (loss, logits and every gradient against float64).`,
   flags: {
@@ -188,6 +214,9 @@ bench/torch_model.py wrote to DIR (loss, logits and every gradient against float
     'model-seqs': { type: 'sizes', min: 1, help: 'tokens for the whole-model run', default: '32k,64k,128k,256k' },
     'grad-dtype': { type: 'choice', choices: ['f32', 'param'], help: 'gradient dtype', default: 'f32' },
     'mlp-chunk': { type: 'size', min: 1, help: 'tokens per MLP chunk', default: '8k' },
+    'keep-attention': { type: 'string', metavar: 'auto|all|none|K,...',
+      help: 'whole model: selective-checkpointing policies, each run at every size (none = plain recompute, K = layers)', default: 'auto' },
+    'memory-budget': { type: 'size', min: 0, help: 'whole model: bytes keep-attention auto may plan for (e.g. 120G)', default: 'device memory - max(6 GiB, 5 %)' },
     reps: { ...REPS_FLAG, default: '3' },
     device: { type: 'choice', choices: ['cpu', 'cuda'], help: 'check only: where megabeam runs', default: 'cuda' },
     out: OUT_FLAG,
@@ -210,6 +239,8 @@ async function benchModelRun(opts: FlagValues, io: CliIO, args: string[]): Promi
     return checkAgainstTorch(args[1], io as unknown as IO, opts.out === undefined ? undefined : String(opts.out), dev, dev === 'cpu' ? 'f32' : 'bf16');
   }
   if (args.length) throw new MegabeamError('ERR_ARG', `unexpected argument ${JSON.stringify(args[0])} (only \`check DIR\`)`);
+  const policies = parseKeepPolicies(String(opts['keep-attention'] ?? 'auto'), MISTRAL_7B.num_hidden_layers);
+  const memoryBudget = opts['memory-budget'] !== undefined ? Number(opts['memory-budget']) : undefined;
   if (!cuda.isAvailable()) throw new MegabeamError('ERR_NO_CUDA', `bench model needs a CUDA GPU: ${cuda.unavailableReason()}`);
   const parts = String(opts.parts ?? 'layer,model').split(',');
   const gradDtype = (opts['grad-dtype'] ?? 'f32') as 'f32' | 'param';
@@ -226,14 +257,18 @@ async function benchModelRun(opts: FlagValues, io: CliIO, args: string[]): Promi
       r.error ? [String(r.seq), String(r.error), '', ''] : [String(r.seq), (r.seconds as number) * 1e3, r.tflops as number, r.peak_gib as number])));
   }
   if (parts.includes('model')) {
-    const mr = await benchWhole(seqs('model-seqs', [32768, 65536, 131072, 262144]), gradDtype, mlpChunk, io);
+    const mr = await benchWhole(seqs('model-seqs', [32768, 65536, 131072, 262144]), gradDtype, mlpChunk, io, policies, memoryBudget);
     rows.push(...mr);
     io.out(`\nMistral-7B (random bf16 weights, ${gradDtype === 'f32' ? 'f32' : 'bf16'} grads), fwd+bwd, activation checkpointing per layer, on ${device}`);
-    io.out(table(['tokens', 'time s', 'tokens/s', 'peak GiB'], mr.map((r) =>
-      r.error ? [String(r.seq), String(r.error), '', ''] : [String(r.seq), r.seconds as number, r.tokens_per_s as number, r.peak_gib as number])));
+    io.out('keep = selective-checkpointing policy (--keep-attention); kept = layers whose attention output the forward kept (their backward skips the attention forward)');
+    io.out(table(['tokens', 'keep', 'kept', 'time s', 'tokens/s', 'peak GiB', 'predicted GiB'], mr.map((r) =>
+      r.error ? [String(r.seq), String(r.policy), String(r.error), '', '', '', '']
+        : [String(r.seq), String(r.policy), `${r.kept_layers}/${MISTRAL_7B.num_hidden_layers}`, r.seconds as number, r.tokens_per_s as number,
+          r.peak_gib as number, r.predicted_peak_gib as number])));
   }
   if (opts.out !== undefined) {
-    fs.writeFileSync(String(opts.out), JSON.stringify({ date: new Date().toISOString(), device, gradDtype, rows }, null, 2));
+    fs.writeFileSync(String(opts.out), JSON.stringify({ date: new Date().toISOString(), device, gradDtype,
+      keepAttention: policies.map((p) => p.name), memoryBudget: memoryBudget ?? null, rows }, null, 2));
   }
   return 0;
 }

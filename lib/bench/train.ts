@@ -16,7 +16,7 @@ import { fromConfig, Model } from '../model/mistral';
 import { AdamW } from '../optim';
 import { Tensor, emptyCache, memory, resetPeakMemory, synchronize, tensor } from '../tensor';
 import { adamwFor, flopsPerToken } from '../train/train';
-import { MISTRAL_7B } from './model';
+import { MISTRAL_7B, parseKeepPolicies } from './model';
 import { GiB, median, table } from './util';
 import { runCommand } from '../cli';
 import type { Command } from '../cli';
@@ -26,7 +26,7 @@ import { JSON_FLAG, OUT_FLAG, REPS_FLAG, checkOutputPath } from '../cli/common';
 const PEAK = 989e12; // H100/H200 dense bf16
 
 export const command: Command = {
-  usage: 'megabeam bench train [--seqs 16k,32k,64k,128k] [--layers 4] [--full] [--reps 3] [--json] [--out FILE]',
+  usage: 'megabeam bench train [--seqs 16k,32k,64k,128k] [--layers 4] [--full] [--keep-attention auto] [--reps 3] [--json] [--out FILE]',
   description: 'One training step (fwd+bwd with activation checkpointing, fused AdamW with f32 master weights, clip)\n' +
     'of Mistral-7B-shaped layers, bf16 on CUDA: s/step, tokens/s, MFU, peak memory. --full: the whole\n' +
     'Mistral-7B (default --seqs 16k,32k,64k). Yardstick: python3 bench/torch_train.py with the same flags.',
@@ -38,6 +38,7 @@ export const command: Command = {
     'grad-dtype': { type: 'choice', choices: ['f32', 'param'], help: 'linear-weight gradient dtype', default: 'f32 (--full: param)' },
     'mlp-chunk': { type: 'size', min: 1, help: 'tokens per MLP chunk', default: '8k' },
     master: { type: 'choice', choices: ['split', 'f32'], help: 'f32 master weights as bf16 param + 16-bit correction (split, 2 B/param) or an f32 copy (4 B/param)', default: 'split' },
+    'keep-attention': { type: 'string', metavar: 'auto|all|none|K', help: 'selective checkpointing (none = plain per-layer recompute, K = layers)', default: 'auto' },
     config: { type: 'string', metavar: 'FILE', help: 'another HF config.json instead of Mistral-7B (--layers still applies when given)' },
     device: { type: 'string', help: 'device (cpu only for smoke tests with a tiny --config)', default: 'cuda' },
     json: JSON_FLAG,
@@ -65,6 +66,9 @@ async function run(o: FlagValues, io: CliIO): Promise<number> {
   const layers = (o.layers as number | undefined) ?? (full ? 32 : 4);
   const reps = (o.reps as number | undefined) ?? 3;
   const gradDtype = (o['grad-dtype'] as 'f32' | 'param' | undefined) ?? (full ? 'param' : 'f32');
+  const keepList = parseKeepPolicies(String(o['keep-attention'] ?? 'auto'), 1024);
+  if (keepList.length !== 1) throw new ArgumentError('--keep-attention: one policy (auto, all, none or K) for bench train');
+  const keep = keepList[0];
   const device: DeviceString = parseDevice((o.device as string | undefined) ?? 'cuda').name;
   let base: Record<string, unknown> = MISTRAL_7B;
   if (o.config !== undefined) {
@@ -91,9 +95,10 @@ async function run(o: FlagValues, io: CliIO): Promise<number> {
         emptyCache(device);
         ids = randint([1, S], cfg.vocab_size, device, 2);
         labels = randint([1, S], cfg.vocab_size, device, 3);
+        let kept = 0;
         const step = async () => {
           model!.zeroGrad();
-          await model!.forwardBackward(ids!, labels!, { mlpChunkTokens: o['mlp-chunk'] as number | undefined });
+          kept = (await model!.forwardBackward(ids!, labels!, { mlpChunkTokens: o['mlp-chunk'] as number | undefined, keepAttention: keep.keep })).keptAttention;
           await opt!.step({ lr: 1e-5 });
           await synchronize(device);
         };
@@ -109,8 +114,9 @@ async function run(o: FlagValues, io: CliIO): Promise<number> {
         const tps = S / t;
         const mfu = device === 'cpu' ? NaN : (tps * flopsPerToken(model.config, S, model.numParameters)) / PEAK;
         const peak = memory(device).peak;
-        rows.push({ seq: S, layers: nLayers, secondsPerStep: t, tokensPerSecond: tps, mfu, peakGiB: peak / GiB, status: 'ok' });
-        io.err(`  ${S} tokens: ${t.toFixed(3)} s/step, ${Math.round(tps)} tokens/s${Number.isNaN(mfu) ? '' : `, MFU ${(mfu * 100).toFixed(1)}%`}, peak ${(peak / GiB).toFixed(1)} GiB`);
+        rows.push({ seq: S, layers: nLayers, keepAttention: keep.name, keptLayers: kept, secondsPerStep: t, tokensPerSecond: tps, mfu, peakGiB: peak / GiB, status: 'ok' });
+        io.err(`  ${S} tokens: ${t.toFixed(3)} s/step, ${Math.round(tps)} tokens/s${Number.isNaN(mfu) ? '' : `, MFU ${(mfu * 100).toFixed(1)}%`}, peak ${(peak / GiB).toFixed(1)} GiB, ` +
+          `attention kept in ${kept}/${nLayers} layers (--keep-attention ${keep.name})`);
       } catch (e) {
         if (!isOom(e)) throw e;
         rows.push({ seq: S, layers: nLayers, status: 'OOM', message: (e as Error).message.split('\n')[0] });

@@ -3,7 +3,7 @@
 export { fromConfig, fromPretrained } from './mistral';
 // The class as a type only: instances come from fromConfig / fromPretrained.
 export type { Model } from './mistral';
-export type { FromConfigOptions, ForwardBackwardOptions, ForwardBackwardResult } from './mistral';
+export type { FromConfigOptions, ForwardBackwardOptions, ForwardBackwardResult, KeepAttention, MemoryPlan } from './mistral';
 export { configFromHF, parameterShapes } from './config';
 export type { ModelConfig, ConfigOptions, ConfigError } from './config';
 export { attend } from './attend';

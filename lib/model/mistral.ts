@@ -8,16 +8,22 @@
 // Memory at long context: with checkpointing (the default) the forward keeps only each layer's input
 // ([tokens, hidden] in the model dtype); the backward recomputes the layer up to the MLP input and
 // runs the MLP forward+backward in token chunks, so [tokens, intermediate] tensors never exist whole.
+// Selective checkpointing (keepAttention, 'auto' by default): the forward also keeps the attention output
+// and lse of as many layers as fit in the memory budget (the last k layers: see #plan), so their backward
+// recomputes only norm, q/k/v, RoPE and o — not the attention forward, the one recomputed part whose cost
+// grows as tokens² (and, with ring attention, the one that communicates). The kept out/lse are the very
+// tensors a recompute would produce (same kernels on the same inputs), so the gradients are bit-identical.
 import { promises as fsp } from 'fs';
+import * as os from 'os';
 import * as path from 'path';
-import { Dtype, checkDtype } from '../dtype';
-import { DeviceLike, DeviceString, parseDevice } from '../device';
+import { Dtype, checkDtype, dtypeSize } from '../dtype';
+import { DeviceLike, DeviceString, cuda, deviceIndex, parseDevice } from '../device';
 import { ArgumentError, DeviceError, DtypeError, ShapeError, UnsupportedError } from '../errors';
 import { matmul, linear } from '../matmul';
 import * as nn from '../nn';
 import { rope, RopeApplyOptions } from '../rope';
 import * as safetensors from '../safetensors';
-import { Tensor, empty, randn, tensor, ones } from '../tensor';
+import { Tensor, empty, randn, tensor, ones, memory } from '../tensor';
 import { scale } from '../elementwise';
 import { fromHFConfig } from '../theta/hf';
 import { attend, AttendGroup, ringGroup, worldOf } from './attend';
@@ -42,9 +48,29 @@ export interface FromConfigOptions extends ConfigOptions {
   empty?: boolean;
 }
 
+/** Which layers keep their attention output from the forward (see ForwardBackwardOptions.keepAttention). */
+export type KeepAttention = boolean | number | 'auto';
+
 export interface ForwardBackwardOptions {
   /** Per-layer activation checkpointing (default true): keep layer inputs, recompute in the backward. */
   checkpoint?: boolean;
+  /**
+   * Selective checkpointing (with checkpoint: true): layers whose forward also keeps the attention output
+   * ([tokens, heads·headDim], model dtype) and lse (f32 [batch, heads, seq]), so their backward skips the
+   * attention forward (it recomputes only norm, q/k/v, RoPE and o). Gradients are bit-identical either way.
+   * 'auto' (default): as many layers as fit in `memoryBudget` (see Model.memoryPlan); true: every layer;
+   * false: none (plain per-layer recompute); an integer k in [0, numLayers]: k layers. The kept layers are
+   * the last k (their outputs are freed first in the backward, which lowers the peak by one layer's worth).
+   * With a group of world > 1 the ranks agree on the smallest k (one small allReduce). Ignored (but checked)
+   * with checkpoint: false, which stores every activation anyway.
+   */
+  keepAttention?: KeepAttention;
+  /**
+   * Bytes the step may hold on the model's device, for keepAttention 'auto' (default: the CUDA device's
+   * memory minus max(6 GiB, 5 %); on the CPU half the physical memory). It counts everything allocated on
+   * the device when the step starts (parameters, gradients, optimizer state), as memory().allocated does.
+   */
+  memoryBudget?: number;
   /** Tokens per MLP chunk (default 8192): [chunk, intermediate] is the largest MLP tensor (8192 x 14336 bf16 = 235 MB for Mistral-7B; big enough for full-speed GEMMs). */
   mlpChunkTokens?: number;
   /** Tokens per LM-head/cross-entropy chunk (passed to nn.lmHeadLoss). */
@@ -152,7 +178,27 @@ export interface ForwardBackwardResult {
   loss: number;
   /** Number of counted tokens. */
   count: number;
+  /** Layers whose backward did not recompute the attention forward (all of them with checkpoint: false). */
+  keptAttention: number;
 }
+
+/** What a checkpointed forwardBackward on `tokens` tokens (per rank) will hold: see Model.memoryPlan. */
+export interface MemoryPlan {
+  /** Layers that keep their attention output and lse (the last keptAttention layers). */
+  keptAttention: number;
+  /** Bytes one kept layer holds: out [tokens, heads·headDim] + lse f32 [heads, tokens], allocator-rounded. */
+  keptBytesPerLayer: number;
+  /** Bytes allocated on the device now (parameters, gradients, optimizer state, ...): the plan's base. */
+  baseBytes: number;
+  /** Predicted peak allocated bytes of the step with keptAttention layers kept (base included). */
+  predictedPeak: number;
+  /** The same with no layer kept (the plain per-layer recompute). */
+  recomputePeak: number;
+  /** The budget 'auto' fits into (memoryBudget or the device default). */
+  budget: number;
+}
+
+const GIB = 2 ** 30;
 
 type Ids = Tensor | Int32Array | number[] | number[][];
 
@@ -352,19 +398,24 @@ export class Model {
 
   // ---- one decoder layer ----------------------------------------------------------------------
 
-  /** The layer up to the MLP input (everything its backward needs besides the MLP's own tensors). */
-  *#attnPart(l: number, x: Tensor, B: number, S: number, sp: SeqPar): AttnGen<LayerActs> {
+  /**
+   * The layer up to the MLP input (everything its backward needs besides the MLP's own tensors). With
+   * `kept` (the attention output and lse its forward kept, owned from here on) the attention call is
+   * skipped: q/k/v are still recomputed, for the attention backward.
+   */
+  *#attnPart(l: number, x: Tensor, B: number, S: number, sp: SeqPar, kept?: { out: Tensor; lse: Tensor }): AttnGen<LayerActs> {
     const c = this.config, p = `model.layers.${l}.`;
     const N = B * S, D = c.headDim;
     const acts: Partial<LayerActs> = {};
     try {
+      if (kept) { acts.attn = kept.out; acts.lse = kept.lse; }
       const n1 = nn.rmsNorm(x, this.#p(`${p}input_layernorm.weight`), { eps: c.rmsNormEps });
       const y1 = acts.y1 = n1.y; acts.rstd1 = n1.rstd;
       const q = acts.q = rs(linear(y1, this.#p(`${p}self_attn.q_proj.weight`)), [B, S, c.numHeads, D]);
       const k = acts.k = rs(linear(y1, this.#p(`${p}self_attn.k_proj.weight`)), [B, S, c.numKvHeads, D]);
       const v = acts.v = rs(linear(y1, this.#p(`${p}self_attn.v_proj.weight`)), [B, S, c.numKvHeads, D]);
       rope.applyQK(q, k, this.#ropeOpts(S, sp));
-      const a = (yield { fwd: true, q, k, v }) as { out: Tensor; lse: Tensor };
+      const a = kept ?? (yield { fwd: true, q, k, v }) as { out: Tensor; lse: Tensor };
       acts.attn = a.out; acts.lse = a.lse;
       const a2 = a.out.reshape([N, c.numHeads * D]);
       let o: Tensor;
@@ -408,26 +459,30 @@ export class Model {
     }
   }
 
-  /** Layer forward: returns the layer output ([N, H], new tensor); acts kept only when asked. */
-  *#layerForward(l: number, x: Tensor, B: number, S: number, keep: boolean, chunk: number, sp: SeqPar):
-      AttnGen<{ out: Tensor; acts: LayerActs | null }> {
+  /**
+   * Layer forward: returns the layer output ([N, H], new tensor); acts kept only when asked (`keep`), else
+   * with `keepAttn` the attention output and lse (for #attnPart's `kept` in the backward).
+   */
+  *#layerForward(l: number, x: Tensor, B: number, S: number, keep: boolean, chunk: number, sp: SeqPar, keepAttn = false):
+      AttnGen<{ out: Tensor; acts: LayerActs | null; attn: { out: Tensor; lse: Tensor } | null }> {
     const acts = yield* this.#attnPart(l, x, B, S, sp);
+    const attn = !keep && keepAttn ? { out: acts.attn, lse: acts.lse } : null;
     let out: Tensor;
     if (keep) {
       out = acts.h.clone();
     } else {
       // h is needed only by the backward, which recomputes it: the MLP can accumulate into it.
       out = acts.h;
-      disposeAll(acts.y1, acts.rstd1, acts.q, acts.k, acts.v, acts.attn, acts.lse, acts.rstd2);
+      disposeAll(acts.y1, acts.rstd1, acts.q, acts.k, acts.v, acts.rstd2, ...(attn ? [] : [acts.attn, acts.lse]));
     }
     try {
       this.#mlpForward(l, acts.y2, out, chunk);
     } catch (e) {
-      disposeAll(out, ...(keep ? Object.values(acts) : [acts.y2]));
+      disposeAll(out, ...(keep ? Object.values(acts) : [acts.y2, attn?.out, attn?.lse]));
       throw e;
     }
     if (!keep) acts.y2.dispose();
-    return { out, acts: keep ? acts : null };
+    return { out, acts: keep ? acts : null, attn };
   }
 
   /**
@@ -511,10 +566,11 @@ export class Model {
   /**
    * One decoder layer forward + backward on hidden states x [batch·seq, hidden] (for benchmarks and
    * layer-level checks): the forward stores its activations (checkpoint: false, as eager PyTorch
-   * does) or keeps only x and recomputes (checkpoint: true). `dout` is consumed (overwritten) and
+   * does) or keeps only x and recomputes (checkpoint: true; keepAttention: true keeps the attention
+   * output and lse too, so the recompute skips the attention forward). `dout` is consumed (overwritten) and
    * returned as the gradient with respect to x; parameter gradients accumulate into grads().
    */
-  layerForwardBackward(l: number, x: Tensor, dout: Tensor, opts: { batch?: number; checkpoint?: boolean; mlpChunkTokens?: number; group?: AttendGroup; positionOffset?: number } = {}): Tensor {
+  layerForwardBackward(l: number, x: Tensor, dout: Tensor, opts: { batch?: number; checkpoint?: boolean; keepAttention?: boolean; mlpChunkTokens?: number; group?: AttendGroup; positionOffset?: number } = {}): Tensor {
     opts = optionsArg('model.layerForwardBackward', opts);
     if (!Number.isSafeInteger(l) || l < 0 || l >= this.config.numLayers) throw new ArgumentError(`layerForwardBackward: no layer ${l}`);
     this.#syncOnly('layerForwardBackward', opts);
@@ -526,10 +582,12 @@ export class Model {
     this.#checkSeq(S + sp.positionOffset);
     this.grads();
     const chunk = this.#mlpChunk(N, opts.mlpChunkTokens);
-    const keep = !(opts.checkpoint ?? false);
-    const r = runSync(this.#layerForward(l, x, B, S, keep, chunk, sp), sp);
+    const ckpt = opts.checkpoint ?? false, keepAttn = opts.keepAttention ?? false;
+    if (typeof ckpt !== 'boolean') throw new ArgumentError(`layerForwardBackward: checkpoint must be a boolean, got ${show(ckpt)}`);
+    if (typeof keepAttn !== 'boolean') throw new ArgumentError(`layerForwardBackward: keepAttention must be a boolean, got ${show(keepAttn)}`);
+    const r = runSync(this.#layerForward(l, x, B, S, !ckpt, chunk, sp, keepAttn), sp);
     r.out.dispose();
-    const acts = r.acts ?? runSync(this.#attnPart(l, x, B, S, sp), sp);
+    const acts = r.acts ?? runSync(this.#attnPart(l, x, B, S, sp, r.attn ?? undefined), sp);
     return runSync(this.#layerBackward(l, acts, x, dout, B, S, chunk, sp), sp);
   }
 
@@ -554,6 +612,8 @@ export class Model {
     opts = optionsArg('model.forwardBackward', opts);
     if (opts === null || typeof opts !== 'object') throw new ArgumentError('forwardBackward: options must be an object');
     const checkpoint = opts.checkpoint ?? true;
+    if (typeof checkpoint !== 'boolean') throw new ArgumentError(`forwardBackward: checkpoint must be a boolean, got ${show(checkpoint)}`);
+    this.#keepOpts('forwardBackward', opts);
     const reduce = opts.reduceGrads ?? true;
     if (typeof reduce !== 'boolean') throw new ArgumentError('forwardBackward: reduceGrads must be a boolean');
     const idT = this.#ids(ids, 'ids');
@@ -564,6 +624,7 @@ export class Model {
     const N = B * S;
     const inputs: Tensor[] = [];
     const saved: (LayerActs | null)[] = [];
+    const keptAttn: ({ out: Tensor; lse: Tensor } | null)[] = [];
     let lossT: Tensor | undefined;
     let countTensor: Tensor | undefined;
     let sp: SeqPar | undefined;
@@ -585,13 +646,22 @@ export class Model {
         globalCount = await this.#globalCount(g, idT, labT, opts.ignoreIndex ?? -100, opts.timeoutMs);
         if (divisor === undefined && globalCount > 0) divisor = globalCount;
       }
+      // Selective checkpointing: the last `kept` layers keep their attention output (see #plan). Ring
+      // attention is a collective, so every rank must skip the same recomputes: they agree on the smallest.
+      let kept = c.numLayers;
+      if (checkpoint) {
+        kept = this.#plan(N, opts, sp.world, B).keptAttention;
+        if (g) kept = await this.#agreeMin(g, kept, opts.timeoutMs);
+      }
+      const keepFrom = c.numLayers - kept;
       const run = g ? <R>(gen: AttnGen<R>) => runAsync(gen, sp!) : <R>(gen: AttnGen<R>) => runSync(gen, sp!);
       const emb = nn.embedding(idT, this.#p('model.embed_tokens.weight'));
       inputs.push(rs(emb, [N, c.hiddenSize]));
       for (let l = 0; l < c.numLayers; l++) {
-        const r = await run(this.#layerForward(l, inputs[l], B, S, !checkpoint, chunk, sp));
+        const r = await run(this.#layerForward(l, inputs[l], B, S, !checkpoint, chunk, sp, l >= keepFrom));
         inputs.push(r.out);
         saved.push(r.acts);
+        keptAttn.push(r.attn);
       }
       const xL = inputs[c.numLayers];
       const nf = nn.rmsNorm(xL, this.#p('model.norm.weight'), { eps: c.rmsNormEps });
@@ -618,7 +688,9 @@ export class Model {
       inputs.pop()!.dispose();
       for (let l = c.numLayers - 1; l >= 0; l--) {
         const x = inputs[l];
-        const acts = saved[l] ?? await run(this.#attnPart(l, x, B, S, sp));
+        const ka = keptAttn[l];
+        keptAttn[l] = null;  // owned by #attnPart from here (it disposes them on failure)
+        const acts = saved[l] ?? await run(this.#attnPart(l, x, B, S, sp, ka ?? undefined));
         saved[l] = null;
         d = await run(this.#layerBackward(l, acts, x, d, B, S, chunk, sp));
         inputs.pop()!.dispose();
@@ -639,15 +711,129 @@ export class Model {
       const loss = (await head.loss.toArray())[0];
       const count = globalCount ?? (await countT.toArray())[0];
       countT.dispose();
-      return { loss, count };
+      return { loss, count, keptAttention: kept };
     } finally {
       for (const t of inputs) t.dispose();
       for (const a of saved) if (a) disposeAll(...Object.values(a));
+      for (const a of keptAttn) if (a) disposeAll(a.out, a.lse);
       lossT?.dispose();
       countTensor?.dispose();
       sp?.positions?.dispose();
       if (own(idT, ids)) idT.dispose();
       if (own(labT, labels)) labT.dispose();
+    }
+  }
+
+  /** Validates keepAttention / memoryBudget / lossChunkTokens (coded errors; every entry point that takes them). */
+  #keepOpts(what: string, o: { keepAttention?: unknown; memoryBudget?: unknown; lossChunkTokens?: unknown }): void {
+    const lc = o.lossChunkTokens;
+    if (lc !== undefined && !(Number.isSafeInteger(lc) && (lc as number) >= 1))
+      throw new ArgumentError(`${what}: lossChunkTokens must be a positive integer, got ${show(lc)}`);
+    const k = o.keepAttention, L = this.config.numLayers;
+    if (k !== undefined && k !== 'auto' && typeof k !== 'boolean' && !(Number.isSafeInteger(k) && (k as number) >= 0 && (k as number) <= L))
+      throw new ArgumentError(`${what}: keepAttention must be 'auto', a boolean or an integer in [0, ${L}], got ${show(k)}`);
+    const b = o.memoryBudget;
+    if (b !== undefined && !(typeof b === 'number' && Number.isFinite(b) && b >= 0))
+      throw new ArgumentError(`${what}: memoryBudget must be a finite number of bytes >= 0, got ${show(b)}`);
+  }
+
+  /** Device bytes 'auto' may plan for: the CUDA device's memory less a margin; on the CPU half of RAM. */
+  #defaultBudget(): number {
+    if (this.device === 'cpu') return Math.floor(os.totalmem() / 2);
+    const idx = deviceIndex(this.device);
+    const total = cuda.devices().find((d) => d.index === idx)?.totalMemory ?? 0;
+    // The margin covers what our allocator does not count (CUDA context, library workspaces, NCCL buffers)
+    // and the error of the estimate below (it reproduces the measured Mistral-7B peaks at 32K-256K within
+    // 0.1 GiB: bench/NOTES.md).
+    return Math.max(0, total - Math.max(6 * GIB, 0.05 * total));
+  }
+
+  /**
+   * The memory plan of a checkpointed step on N tokens (this rank's) and the number of layers that keep
+   * their attention output. Peak allocated bytes = base (allocated now) + the largest of
+   *   end of forward:          (L+1) inputs + k kept + the loss (final norm out, dhidden, a logits chunk)
+   *   backward of layer L-1:   L inputs + k kept + its working set, less the kept out/lse it reuses
+   *   backward of layer L-k-1: L-k inputs + the working set of a recomputing layer
+   * (layer l's backward holds inputs 0..l; kept layers are the last k, freed as the backward passes them —
+   * which is why the last k and not the first: the top layer's kept output replaces its own recompute).
+   * The working set: the recomputed y1, q, k, v, attn, lse, h, y2, rstds plus dout, then either (MLP part)
+   * dy2 and one chunk's gate/up/act, or (attention part, h/y2 freed) dattn, dq, dk, dv and the attention
+   * backward's scratch. Sizes are rounded as the CUDA allocator rounds them (2 MiB).
+   * Ring attention (world > 1) adds to the attention part: the f32 dq accumulator, the travelling f32
+   * dK/dV accumulators (own + received), the K/V double buffers and one block's dk/dv (14 bf16 K/V shards),
+   * with batch > 1 row copies of q, dout, out; the all-gather algorithm instead the gathered K/V and f32
+   * dK/dV of the whole sequence.
+   */
+  #plan(N: number, o: { keepAttention?: KeepAttention; memoryBudget?: number; mlpChunkTokens?: number; lossChunkTokens?: number;
+      ringAlgorithm?: RingAlgorithm }, world = 1, B = 1): MemoryPlan {
+    const c = this.config, L = c.numLayers, e = dtypeSize(this.dtype);
+    const cudaDev = this.device !== 'cpu';
+    const r = (b: number) => !cudaDev ? Math.ceil(b / 64) * 64
+      : b <= 2 ** 20 ? Math.ceil(Math.max(b, 1) / 512) * 512 : Math.ceil(b / 2 ** 21) * 2 ** 21;
+    const H = c.hiddenSize, Hq = c.numHeads * c.headDim, Hkv = c.numKvHeads * c.headDim;
+    const uH = r(N * H * e), uQ = r(N * Hq * e), uKV = r(N * Hkv * e), row = r(N * 4), lse = r(N * c.numHeads * 4);
+    const A = uQ + lse;
+    const mlp = 3 * r(this.#mlpChunk(N, o.mlpChunkTokens) * c.intermediateSize * e);
+    const acts = uH + row + uQ + 2 * uKV + A + 2 * uH + row;
+    const scratch = r(Math.min(N * Hq * 4, 1.25 * GIB)) + lse;
+    let ringExtra = 0;
+    if (world > 1) {
+      const S = Math.ceil(N / B);
+      const algo = o.ringAlgorithm === 'ring' || o.ringAlgorithm === 'allgather' ? o.ringAlgorithm
+        : ring.chooseAlgorithm({ world, batch: B, shardLen: S, headsKv: c.numKvHeads, headDim: c.headDim, dtypeBytes: e });
+      ringExtra = r(N * Hq * 4) + (B > 1 ? 3 * uQ : 0)
+        + (algo === 'allgather' ? world * (uKV * 2 + r(N * Hkv * 4) * 2) + 2 * uKV : 14 * uKV);
+    }
+    const W = Math.max(acts + 2 * uH + mlp, acts - 2 * uH - row + uH + 2 * uQ + 2 * uKV + scratch + ringExtra);
+    const V = c.vocabSize, ldt = e;
+    const lossChunk = Math.min(N, o.lossChunkTokens ?? Math.max(1, Math.floor((512 * 2 ** 20) / (Math.max(V, 1) * ldt))));
+    const head = 2 * uH + r(lossChunk * V * ldt) + 2 * row;
+    const peak = (k: number) => Math.max((L + 1) * uH + k * A + head, L * uH + k * A + W - (k > 0 ? A : 0), k < L ? (L - k) * uH + W : 0);
+    const base = memory(this.device).allocated;
+    const budget = o.memoryBudget ?? this.#defaultBudget();
+    const ka = o.keepAttention ?? 'auto';
+    let k: number;
+    if (ka === 'auto') {
+      k = 0;
+      for (let j = L; j > 0; j--) if (base + peak(j) <= budget) { k = j; break; }
+    } else {
+      k = ka === true ? L : ka === false ? 0 : ka;
+    }
+    return { keptAttention: k, keptBytesPerLayer: A, baseBytes: base, predictedPeak: base + peak(k), recomputePeak: base + peak(0), budget };
+  }
+
+  /**
+   * The memory plan forwardBackward would use now for `tokens` tokens (batch·seq on this rank) with these
+   * options (keepAttention, memoryBudget, mlpChunkTokens, lossChunkTokens; with a `group` of world > 1 and
+   * its ringAlgorithm the ring attention's buffers count too, and `batch` rows (default 1) share the tokens):
+   * how many layers keep their attention output, the bytes each holds, and the predicted peak (allocated
+   * bytes, base included) with and without them. Estimates, not guarantees: they count the model's tensors
+   * as the allocator rounds them. With several ranks on one device (virtual ranks), each plans as if the
+   * device were its own: pass memoryBudget = the device's share.
+   */
+  memoryPlan(tokens: number, opts: Pick<ForwardBackwardOptions, 'keepAttention' | 'memoryBudget' | 'mlpChunkTokens' | 'lossChunkTokens'
+      | 'group' | 'ringAlgorithm'> & { batch?: number } = {}): MemoryPlan {
+    opts = optionsArg('model.memoryPlan', opts);
+    if (!Number.isSafeInteger(tokens) || tokens < 1) throw new ArgumentError(`model.memoryPlan: tokens must be a positive integer, got ${show(tokens)}`);
+    this.#keepOpts('model.memoryPlan', opts);
+    const B = opts.batch ?? 1;
+    if (!Number.isSafeInteger(B) || B < 1 || tokens % B !== 0)
+      throw new ArgumentError(`model.memoryPlan: batch must be a positive integer dividing tokens (${tokens}), got ${show(B)}`);
+    const world = worldOf(opts.group);
+    const algo = opts.ringAlgorithm;
+    if (algo !== undefined && algo !== 'ring' && algo !== 'allgather' && algo !== 'auto')
+      throw new ArgumentError(`model.memoryPlan: ringAlgorithm must be 'ring', 'allgather' or 'auto', got ${show(algo)}`);
+    return this.#plan(tokens, opts, world, B);
+  }
+
+  /** The smallest of every rank's n (small non-negative integers: exact in f32). */
+  async #agreeMin(g: Group, n: number, timeoutMs?: number): Promise<number> {
+    const t = tensor(Float32Array.from([-n]), { shape: [1], dtype: 'f32', device: this.device });
+    try {
+      await g.allReduce(t, { op: 'max', timeoutMs });
+      return 0 - (await t.toArray())[0];  // 0 - x, not -x: no -0
+    } finally {
+      t.dispose();
     }
   }
 
