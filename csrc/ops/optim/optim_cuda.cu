@@ -27,20 +27,49 @@ __global__ void adamw_kernel(AdamWParams p) {
   }
 }
 
-__global__ void sumsq_kernel(SumsqParams p) {
-  float s = 0;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < p.n; i += (int64_t)gridDim.x * blockDim.x) {
-    float x = load_as_f32(p.x, p.dtype, i);
-    s += x * x;
-  }
+// Σx² into *out, deterministically: a float atomicAdd per block would make the sum (and every clipped
+// update after it) depend on block completion order, so two runs of the same step could differ in the last
+// bit. Each block writes its partial; the last block to finish adds them in index order. The scratch is
+// per device (module globals) and launches on a device are serialised on its stream.
+constexpr int kSumsqMaxBlocks = 4096;
+__device__ float g_sumsq_part[kSumsqMaxBlocks];
+__device__ unsigned int g_sumsq_done;
+
+__device__ float block_sum(float s, float* warp_sums) {
   for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  __shared__ float warp_sums[32];
   if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
   __syncthreads();
   if (threadIdx.x < 32) {
     s = threadIdx.x < (blockDim.x >> 5) ? warp_sums[threadIdx.x] : 0.f;
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (threadIdx.x == 0) atomicAdd(p.out, s);
+  }
+  return s;  // valid in thread 0
+}
+
+__global__ void sumsq_kernel(SumsqParams p) {
+  __shared__ float warp_sums[32];
+  __shared__ bool last;
+  float s = 0;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < p.n; i += (int64_t)gridDim.x * blockDim.x) {
+    float x = load_as_f32(p.x, p.dtype, i);
+    s += x * x;
+  }
+  s = block_sum(s, warp_sums);
+  if (threadIdx.x == 0) {
+    g_sumsq_part[blockIdx.x] = s;
+    __threadfence();  // the partial is visible before the count says so
+    last = atomicAdd(&g_sumsq_done, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  float t = 0;
+  for (unsigned b = threadIdx.x; b < gridDim.x; b += blockDim.x) t += ((volatile float*)g_sumsq_part)[b];
+  __syncthreads();  // warp_sums is reused
+  t = block_sum(t, warp_sums);
+  if (threadIdx.x == 0) {
+    *p.out += t;
+    g_sumsq_done = 0;  // ready for the next launch on this device
   }
 }
 
@@ -65,7 +94,7 @@ void adamw_cuda(const AdamWParams& p, cudaStream_t s) {
 
 void sumsq_cuda(const SumsqParams& p, cudaStream_t s) {
   if (p.n == 0) return;
-  sumsq_kernel<<<grid_for(p.n, 256, 4096), 256, 0, s>>>(p);  // few blocks: few atomics
+  sumsq_kernel<<<grid_for(p.n, 256, kSumsqMaxBlocks), 256, 0, s>>>(p);
   check_launch("sumsq");
 }
 
