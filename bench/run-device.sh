@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device run, from the repo root on a GPU machine (after `source .gpu/env.sh` there, or on any
 # machine with Node, a GPU, and python3 + PyTorch for the yardstick):
-#   bash bench/run-device.sh tests|rope|check|attention|attnrope|torch|gemm|nn|modelcheck|model|modelkeep|torchlayer|demo|ring|train|trainfull|passkey ...
+#   bash bench/run-device.sh tests|rope|check|attention|attnrope|torch|gemm|nn|modelcheck|model|modelkeep|capacity|attnd64|torchlayer|demo|ring|train|trainfull|passkey ...
 #   (default: tests rope check attention torch gemm demo)
 # Writes logs and JSON under $OUT (default bench/out).
 set -uo pipefail
@@ -27,6 +27,8 @@ for p in "${parts[@]}"; do
     modelcheck) run modelcheck bash -c "python3 bench/torch_model.py make /tmp/mb-model-check && node bin/megabeam.js bench model check /tmp/mb-model-check --out '$OUT/model_check.json'" ;;
     model) run model node bin/megabeam.js bench model --out "$OUT/model.json" ;;
     # selective checkpointing (keepAttention auto) against the plain recompute, same process, 32K-128K (~3 min)
+    capacity) run capacity node bin/megabeam.js bench attention --seqs 2m --reps 1 --out "$OUT/attention_2m.json" ;;
+    attnd64) run attnd64 bash -c "node bin/megabeam.js bench attention --seqs 64k,128k,512k --head-dim 64 --out '$OUT/attention_d64.json' && python3 bench/torch_attention.py time --seqs 65536,131072,524288 --head-dim 64 --json '$OUT/torch_attention_d64.json'" ;;
     modelkeep) run modelkeep node bin/megabeam.js bench model --parts model --model-seqs 32k,64k,128k --keep-attention auto,none --out "$OUT/model_keep.json" ;;
     torchlayer) run torchlayer python3 bench/torch_layer.py --json "$OUT/torch_layer.json" ;;
     train) run train-tests bash -c "node_modules/.bin/tap test/train.test.ts > '$OUT/train-tests.log' 2>&1; rc=\$?; grep -E '^\s*not ok|# \\{' '$OUT/train-tests.log' | tail -20; exit \$rc"
