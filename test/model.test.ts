@@ -638,6 +638,42 @@ t.test('model: CUDA bf16 matches the CPU f32 model', { skip: opsMissing || gpu.s
   await fsp.rm(dir, { recursive: true });
 });
 
+// The passkey example's shape (issue 9), which the test above does not cover: batch > 1, head_dim 128, a GQA
+// group of 3 (not a power of two), RoPE theta 1e6 and sparse labels (5 answer digits per sequence, the rest
+// -100), with the example's lossDivisor (the labelled count of the step). A CUDA-only error in any of these
+// would make the H200 run learn worse than the CPU experiments predict.
+t.test('model: CUDA bf16 matches the CPU f32 model at the passkey example shape (batch 4, 3 q heads per kv head of 128, sparse labels)', { skip: opsMissing || gpu.skip }, async (t) => {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { passkeySample } = require('../lib/train/passkey') as typeof import('../lib/train/passkey');
+  const cfg = { ...tiny, hidden_size: 384, num_attention_heads: 3, num_key_value_heads: 1, head_dim: 128, intermediate_size: 1024,
+    vocab_size: 64, rope_theta: 1e6, max_position_embeddings: 256, initializer_range: 0.05 };
+  const cpu = modelLib.fromConfig(cfg, { seed: 9, dtype: 'f32' });
+  const gpuM = modelLib.fromConfig(cfg, { seed: 9, dtype: 'bf16', device: 'cuda' });
+  const dir = await tmpdir();
+  await cpu.save(path.join(dir, 'w.safetensors'));
+  await gpuM.load(path.join(dir, 'w.safetensors'));
+  const seed = testSeed();
+  t.comment(`TEST_SEED=${seed}`);
+  const r = mulberry32(seed);
+  const ids: number[][] = [], labels: number[][] = [];
+  for (let b = 0; b < 4; b++) {
+    const s = passkeySample(256, r(), r, { digits: 5, vocabSize: 64 });
+    ids.push(Array.from(s.input)); labels.push(Array.from(s.labels));
+  }
+  const a = await cpu.forwardBackward(ids, labels, { lossDivisor: 20 });
+  const b = await gpuM.forwardBackward(ids, labels, { lossDivisor: 20 });
+  t.equal(b.count, 20, '20 labelled tokens counted on CUDA');
+  t.ok(Math.abs(a.loss - b.loss) < 0.02 * a.loss, `loss cpu f32 ${a.loss} vs cuda bf16 ${b.loss}`);
+  for (const [k, gc] of cpu.grads()) {
+    const x = await gc.toArray(), y = await gpuM.grads().get(k)!.toArray();
+    let num = 0, den = 0;
+    for (let i = 0; i < x.length; i++) { num += (x[i] - y[i]) ** 2; den += x[i] ** 2; }
+    t.ok(Math.sqrt(num / (den || 1)) < 0.05, `${k}: relative L2 error ${Math.sqrt(num / (den || 1)).toExponential(2)}`);
+  }
+  cpu.dispose(); gpuM.dispose();
+  await fsp.rm(dir, { recursive: true });
+});
+
 t.test('model: CUDA memoryPlan predicts the measured peak; keepAttention gives the same gradients', { skip: opsMissing || gpu.skip }, async (t) => {
   // Mistral-7B's proportions at a quarter width (8 q / 2 kv heads of 128, MLP 3.5 x hidden), 4 layers, 16K tokens.
   const cfg = { ...tiny, hidden_size: 1024, intermediate_size: 3584, num_hidden_layers: 4, num_attention_heads: 8, num_key_value_heads: 2,
