@@ -429,6 +429,11 @@ t.test('errors: arguments checked in TypeScript with their codes', async (tt) =>
   for (const qOffset of [0.5, NaN, Infinity, 2 ** 53, '3', null])
     throwsCode(tt, f(q, k, v, { causal: true, qOffset }), 'ERR_ARG', `qOffset ${String(qOffset)}`);
   throwsCode(tt, f(q, k, v, { kOffset: -(2 ** 60) }), 'ERR_ARG', 'kOffset beyond safe integers');
+  // The kernel choice is read (and refused) on every device, the CPU included.
+  for (const kernel of ['wgmma', 'mma-small', '', 1, null])
+    throwsCode(tt, f(q, k, v, { kernel }), 'ERR_ARG', `forward kernel ${JSON.stringify(kernel)}`);
+  tt.doesNotThrow(() => { const r = attention.forward(q, k, v, { kernel: 'mma' }); r.out.dispose(); r.lse.dispose(); },
+    "forward kernel 'mma' accepted");
 
   // backward
   const { out, lse } = attention.forward(q, k, v);
@@ -451,6 +456,8 @@ t.test('errors: arguments checked in TypeScript with their codes', async (tt) =>
   throwsCode(tt, b({ k: mk([1, 6, 3, 16]), v: mk([1, 6, 3, 16]) }), 'ERR_SHAPE', 'headsQ not a multiple of headsKv');
   throwsCode(tt, b({}, { scale: -1 }), 'ERR_ARG', 'backward scale');
   throwsCode(tt, b({}, { qOffset: 1.25 }), 'ERR_ARG', 'backward qOffset');
+  for (const kernel of ['wgmma', 'small', 2, null])
+    throwsCode(tt, b({}, { kernel }), 'ERR_ARG', `backward kernel ${JSON.stringify(kernel)}`);
   const deadOut = mk([1, 8, 4, 16]);
   deadOut.dispose();
   throwsCode(tt, b({ out: deadOut }), 'ERR_DISPOSED', 'disposed out');
