@@ -56,21 +56,8 @@ __global__ void __launch_bounds__(128, 2) attn_fwd_kernel(const FwdArgs a) {
   float* gL = p.lse + ((int64_t)b * p.heads_q + h) * sq;
 
   const int q_valid = min(BR, sq - m0);
-  // Keys visible to the last valid row of this block bound the key range.
-  int n_end = sk;
-  if (p.causal) {
-    int64_t lim = (int64_t)m0 + q_valid - 1 + a.delta + 1;
-    n_end = (int)max((int64_t)0, min((int64_t)sk, lim));
-  }
-  const int n_blocks = (n_end + BC - 1) / BC;
-  // Blocks [0, n_unmasked) are fully visible to every row of the block and lie inside sk.
-  int n_unmasked = sk / BC;
-  if (p.causal) {
-    int64_t t = (int64_t)m0 + a.delta + 1;  // key block nb is unmasked iff (nb+1)*BC <= m0 + delta + 1
-    int64_t u = t <= 0 ? 0 : t / BC;
-    n_unmasked = (int)min((int64_t)n_unmasked, u);
-  }
-  n_unmasked = min(n_unmasked, n_blocks);
+  const FwdKeyRange kr = fwd_key_range(m0, q_valid, sk, p.causal, a.delta, BC);
+  const int n_blocks = kr.n_blocks, n_unmasked = kr.n_unmasked;
 
   if (n_blocks == 0) {  // no key visible to any row: out = 0, lse = -inf
     constexpr int CH = D / 8;

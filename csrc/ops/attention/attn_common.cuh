@@ -111,6 +111,29 @@ __device__ __forceinline__ void load_tile(uint32_t s, const uint16_t* g, int64_t
   }
 }
 
+// The key blocks (BC keys each) a forward CTA visits for query rows [m0, m0 + q_valid): blocks
+// [0, n_blocks) hold every key visible to some row (causal: up to the last valid row's diagonal), and
+// blocks [0, n_unmasked) are visible to every row and lie inside sk, so they need no mask. Shared by the
+// mma.sync and the wgmma forward.
+struct FwdKeyRange {
+  int n_blocks, n_unmasked;
+};
+__host__ __device__ inline FwdKeyRange fwd_key_range(int m0, int q_valid, int sk, bool causal, int delta, int bc) {
+  int n_end = sk;
+  if (causal) {
+    const int64_t lim = (int64_t)m0 + q_valid - 1 + delta + 1;
+    n_end = (int)(lim < 0 ? 0 : lim > sk ? sk : lim);
+  }
+  const int n_blocks = (n_end + bc - 1) / bc;
+  int n_unmasked = sk / bc;
+  if (causal) {
+    const int64_t t = (int64_t)m0 + delta + 1;  // key block nb is unmasked iff (nb+1)*bc <= m0 + delta + 1
+    const int64_t u = t <= 0 ? 0 : t / bc;
+    if (u < n_unmasked) n_unmasked = (int)u;
+  }
+  return {n_blocks, n_unmasked < n_blocks ? n_unmasked : n_blocks};
+}
+
 // q_offset - k_offset clamped so it fits an int without changing any mask decision for valid rows:
 // delta >= sk masks nothing, delta <= -sq masks every valid row.
 inline int clamp_delta(int64_t q_offset, int64_t k_offset, int sq, int sk) {
