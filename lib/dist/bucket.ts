@@ -102,6 +102,59 @@ function pieceBounds(n: number, W: number, r: number): { per: number; start: num
   return { per, start, len: Math.min(n, start + per) - start };
 }
 
+/** Copies `len` elements of the 1-D `src` from `so` into the 1-D `dst` at `dOff` (views disposed after). */
+function copyRange(src: Tensor, so: number, dst: Tensor, dOff: number, len: number): void {
+  if (len <= 0) return;
+  const s = src.narrow(0, so, len), d = dst.narrow(0, dOff, len);
+  copy(s, d);
+  s.dispose(); d.dispose();
+}
+
+/** A bucket of sharded tensors laid out rank-major ([rank][item][per_i]): `row` elements per rank. */
+interface ShardLayout { dtype: Tensor['dtype']; device: Tensor['device']; pers: number[]; row: number; direct: boolean }
+function shardLayout(b: readonly ShardedTensor[], W: number): ShardLayout {
+  const pers = b.map((x) => Math.ceil(x.full.numel / W));
+  return {
+    dtype: b[0].full.dtype, device: b[0].full.device, pers, row: pers.reduce((a, p) => a + p, 0),
+    // One item whose length divides by W is the rank-major buffer itself: no copy.
+    direct: b.length === 1 && pers[0] * W === b[0].full.numel,
+  };
+}
+
+/** Every rank's piece of every item: f(flat item, item start, buffer offset, len) for the rank-major buffer. */
+function eachRankPiece(b: readonly ShardedTensor[], W: number, L: ShardLayout,
+    f: (flat: Tensor, start: number, off: number, len: number) => void): void {
+  const flats = b.map((x) => x.full.reshape([x.full.numel]));
+  try {
+    for (let q = 0; q < W; q++) {
+      let off = q * L.row;
+      b.forEach((x, i) => {
+        const { start, len } = pieceBounds(x.full.numel, W, q);
+        f(flats[i], start, off, len);
+        off += L.pers[i];
+      });
+    }
+  } finally {
+    for (const fl of flats) fl.dispose();
+  }
+}
+
+/** This rank's piece of every item: f(piece as 1-D, offset in the rank's row, len), sizes checked. */
+function eachOwnPiece(who: string, b: readonly ShardedTensor[], W: number, r: number, L: ShardLayout,
+    f: (piece: Tensor, off: number, len: number) => void): void {
+  let off = 0;
+  b.forEach((x, i) => {
+    const { len } = pieceBounds(x.full.numel, W, r);
+    if (x.piece.numel !== len) throw new ArgumentError(`${who}: piece ${i} has ${x.piece.numel} elements, this rank's piece is ${len}`);
+    if (len > 0) {
+      const piece = x.piece.reshape([len]);
+      f(piece, off, len);
+      piece.dispose();
+    }
+    off += L.pers[i];
+  });
+}
+
 /**
  * reduceScatter over many tensors: `piece` of each item receives the reduction of every rank's
  * [r·per, r·per+len) slice of `full`. A bucket is laid out rank-major ([rank][item][per_i], zero padded),
@@ -113,42 +166,13 @@ export async function reduceScatterBucketed(group: Group, items: readonly Sharde
   const W = group.worldSize, r = group.rank;
   const sz = (x: ShardedTensor) => Math.ceil(x.full.numel / W) * W * dtypeSize(x.full.dtype);
   for (const b of planBuckets(items, sz, (x) => x.full.dtype, cap)) {
-    const dtype = b[0].full.dtype, device = b[0].full.device;
-    const pers = b.map((x) => Math.ceil(x.full.numel / W));
-    const row = pers.reduce((a, p) => a + p, 0);
-    // One item whose length divides by W needs no copy on the way in.
-    const direct = b.length === 1 && pers[0] * W === b[0].full.numel;
-    const input = direct ? b[0].full.reshape([b[0].full.numel]) : zeros([row * W], { dtype, device });
-    const out = empty([row], { dtype, device });
+    const L = shardLayout(b, W);
+    const input = L.direct ? b[0].full.reshape([b[0].full.numel]) : zeros([L.row * W], { dtype: L.dtype, device: L.device });
+    const out = empty([L.row], { dtype: L.dtype, device: L.device });
     try {
-      if (!direct) {
-        const flats = b.map((x) => x.full.reshape([x.full.numel]));
-        for (let q = 0; q < W; q++) {
-          let off = q * row;
-          b.forEach((x, i) => {
-            const { start, len } = pieceBounds(x.full.numel, W, q);
-            if (len > 0) {
-              const src = flats[i].narrow(0, start, len), dst = input.narrow(0, off, len);
-              copy(src, dst);
-              src.dispose(); dst.dispose();
-            }
-            off += pers[i];
-          });
-        }
-        for (const f of flats) f.dispose();
-      }
+      if (!L.direct) eachRankPiece(b, W, L, (flat, start, off, len) => copyRange(flat, start, input, off, len));
       await group.reduceScatter(out, input, { op, timeoutMs: opts.timeoutMs });
-      let off = 0;
-      b.forEach((x, i) => {
-        const { len } = pieceBounds(x.full.numel, W, r);
-        if (x.piece.numel !== len) throw new ArgumentError(`reduceScatterBucketed: piece ${i} has ${x.piece.numel} elements, this rank's piece is ${len}`);
-        if (len > 0) {
-          const src = out.narrow(0, off, len), dst = x.piece.reshape([len]);
-          copy(src, dst);
-          src.dispose(); dst.dispose();
-        }
-        off += pers[i];
-      });
+      eachOwnPiece('reduceScatterBucketed', b, W, r, L, (piece, off, len) => copyRange(out, off, piece, 0, len));
     } finally {
       input.dispose();
       out.dispose();
@@ -162,41 +186,13 @@ export async function allGatherBucketed(group: Group, items: readonly ShardedTen
   const W = group.worldSize, r = group.rank;
   const sz = (x: ShardedTensor) => Math.ceil(x.full.numel / W) * W * dtypeSize(x.full.dtype);
   for (const b of planBuckets(items, sz, (x) => x.full.dtype, cap)) {
-    const dtype = b[0].full.dtype, device = b[0].full.device;
-    const pers = b.map((x) => Math.ceil(x.full.numel / W));
-    const row = pers.reduce((a, p) => a + p, 0);
-    const direct = b.length === 1 && pers[0] * W === b[0].full.numel;
-    const out = direct ? b[0].full.reshape([b[0].full.numel]) : empty([row * W], { dtype, device });
-    const mine = zeros([row], { dtype, device });
+    const L = shardLayout(b, W);
+    const out = L.direct ? b[0].full.reshape([b[0].full.numel]) : empty([L.row * W], { dtype: L.dtype, device: L.device });
+    const mine = zeros([L.row], { dtype: L.dtype, device: L.device });
     try {
-      let off = 0;
-      b.forEach((x, i) => {
-        const { len } = pieceBounds(x.full.numel, W, r);
-        if (x.piece.numel !== len) throw new ArgumentError(`allGatherBucketed: piece ${i} has ${x.piece.numel} elements, this rank's piece is ${len}`);
-        if (len > 0) {
-          const src = x.piece.reshape([len]), dst = mine.narrow(0, off, len);
-          copy(src, dst);
-          src.dispose(); dst.dispose();
-        }
-        off += pers[i];
-      });
+      eachOwnPiece('allGatherBucketed', b, W, r, L, (piece, off, len) => copyRange(piece, 0, mine, off, len));
       await group.allGather(out, mine, { timeoutMs: opts.timeoutMs });
-      if (!direct) {
-        const flats = b.map((x) => x.full.reshape([x.full.numel]));
-        for (let q = 0; q < W; q++) {
-          let o = q * row;
-          b.forEach((x, i) => {
-            const { start, len } = pieceBounds(x.full.numel, W, q);
-            if (len > 0) {
-              const src = out.narrow(0, o, len), dst = flats[i].narrow(0, start, len);
-              copy(src, dst);
-              src.dispose(); dst.dispose();
-            }
-            o += pers[i];
-          });
-        }
-        for (const f of flats) f.dispose();
-      }
+      if (!L.direct) eachRankPiece(b, W, L, (flat, start, off, len) => copyRange(out, off, flat, start, len));
     } finally {
       out.dispose();
       mine.dispose();
