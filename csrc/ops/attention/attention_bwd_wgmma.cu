@@ -365,19 +365,9 @@ static void launch(const AttnBwdParams& p, cudaStream_t stream) {
   const int group = p.heads_q / p.heads_kv;
 
   auto kern = attn_bwd_wgmma_kernel<BF16, D>;
-  int dev = 0, major = 0, minor = 0, optin = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  cudaFuncAttributes fa;
-  if (cudaFuncGetAttributes(&fa, kern) != cudaSuccess) attn::check_cuda("attention_bwd_wgmma: cudaFuncGetAttributes");
-  if (major != 9 || minor != 0 || fa.binaryVersion != 90)
-    throw Error("ERR_UNSUPPORTED", "attention_bwd_cuda_wgmma: needs an sm_90 GPU and sm_90a SASS (device " + std::to_string(major) +
-                                       "." + std::to_string(minor) + ", binary " + std::to_string(fa.binaryVersion) + ")");
-  if (C::SMEM > optin)
-    throw Error("ERR_UNSUPPORTED", "attention_bwd_cuda_wgmma: needs " + std::to_string(C::SMEM) + " bytes of shared memory, GPU allows " +
-                                       std::to_string(optin));
+  if (!wgmma_runs_here((const void*)kern, C::SMEM))
+    throw Error("ERR_UNSUPPORTED", "attention_bwd_cuda_wgmma: needs an sm_90 GPU, sm_90a SASS in the binary and " +
+                                       std::to_string(C::SMEM) + " bytes of shared memory per block");
   cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
   attn::check_cuda("attention_bwd_wgmma: cudaFuncSetAttribute");
 
