@@ -19,7 +19,7 @@
 #include <string>
 
 #include "../ops/attention/attention.h"
-#include "baton.h"
+#include "nn_args.h"
 
 namespace mb {
 namespace {
@@ -37,13 +37,8 @@ void check_4d(const Baton& b, const TensorImpl* t, const char* name) {
 }
 
 void check_like(const Baton& b, const TensorImpl* t, const std::vector<int64_t>& shape, Dtype dt, const char* name) {
-  if (t->shape != shape) {
-    std::string s;
-    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-    std::string g;
-    for (size_t i = 0; i < t->shape.size(); ++i) g += (i ? ", " : "") + std::to_string(t->shape[i]);
-    b.fail("ERR_SHAPE", std::string(name) + " must have shape [" + s + "], got [" + g + "]");
-  }
+  if (t->shape != shape)
+    b.fail("ERR_SHAPE", std::string(name) + " must have shape " + nnb::shape_str(shape) + ", got " + nnb::shape_str(t->shape));
   if (t->dtype != dt)
     b.fail("ERR_DTYPE", std::string(name) + " is " + dtype_name(t->dtype) + ", expected " + dtype_name(dt));
 }
@@ -164,17 +159,10 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   fill_fwd(p, d, q, k, v, out, lse, s);
   attention_fwd_check(p, dev != kCpu);  // the one validity check, before anything is queued
 
-  run_on_device(dev, {q->storage, k->storage, v->storage}, {out->storage, lse->storage}, [p, kernel](void* stream) {
-#if defined(MEGABEAM_CUDA)
-    if (stream) {
-      attention_fwd_cuda(p, (cudaStream_t)stream, kernel);
-      return;
-    }
-#endif
-    (void)stream;
-    (void)kernel;
-    attention_fwd_cpu(p);
-  });
+  // Not the (params, launcher) form: the CUDA launcher also takes the kernel choice.
+  (void)kernel;  // unused in CPU-only builds
+  launch_op(dev, {q, k, v}, {out, lse}, [p] { attention_fwd_cpu(p); },
+            MB_CUDA_FN([p, kernel](cudaStream_t stream) { attention_fwd_cuda(p, stream, kernel); }));
   o.keep = true;
   return result(info.Env(), {{"out", o.handles[0]}, {"lse", o.handles[1]}});
 }
@@ -219,25 +207,15 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   p.workspace = nullptr;  // the CPU allocates its own scratch; CUDA's is allocated with the launch
   attention_bwd_check(p, dev != kCpu, kernel);  // the one validity check, before anything is queued
 
-  run_on_device(dev, {dout->storage, q->storage, k->storage, v->storage, out->storage, lse->storage},
-                {dq->storage, dk->storage, dv->storage},
-                [p, dev, kernel](void* stream) mutable {
-#if defined(MEGABEAM_CUDA)
-                  if (stream) {
-                    // Dropped right after the launch: the block goes back to the cache and later
-                    // work on this stream is ordered after the kernels that use it.
-                    const size_t bytes = attention_bwd_workspace_bytes(p, kernel);
-                    StoragePtr ws = bytes ? alloc_storage(dev, bytes) : nullptr;
-                    p.workspace = ws ? ws->ptr : nullptr;
-                    attention_bwd_cuda(p, (cudaStream_t)stream, kernel);
-                    return;
-                  }
-#endif
-                  (void)stream;
-                  (void)dev;
-                  (void)kernel;
-                  attention_bwd_cpu(p);
-                });
+  launch_op(dev, {dout, q, k, v, out, lse}, {dq, dk, dv}, [p] { attention_bwd_cpu(p); },
+            MB_CUDA_FN([p, dev, kernel](cudaStream_t stream) mutable {
+              // Dropped right after the launch: the block goes back to the cache and later
+              // work on this stream is ordered after the kernels that use it.
+              const size_t bytes = attention_bwd_workspace_bytes(p, kernel);
+              StoragePtr ws = bytes ? alloc_storage(dev, bytes) : nullptr;
+              p.workspace = ws ? ws->ptr : nullptr;
+              attention_bwd_cuda(p, stream, kernel);
+            }));
   o.keep = true;
   return result(info.Env(), {{"dq", o.handles[0]}, {"dk", o.handles[1]}, {"dv", o.handles[2]}});
 }

@@ -142,6 +142,23 @@ bool same_memory(const TensorImpl* a, const TensorImpl* b) {
   return a->data() == b->data() && a->nbytes() == b->nbytes();
 }
 
+void no_partial_overlap(const Baton& b, const TensorImpl* out, const char* name,
+                        std::initializer_list<const TensorImpl*> ins) {
+  for (const TensorImpl* in : ins)
+    if (in && overlaps(out, in) && !same_memory(out, in)) b.fail("ERR_ARG", std::string(name) + " partially overlaps an input");
+}
+
+Output new_output(Napi::Env env, const std::vector<int64_t>& shape, Dtype dt, int device) {
+  Napi::Object h = TensorImpl::Create(env, shape, dt, device);
+  return {h, TensorImpl::Unwrap(h)};
+}
+
+Output out_or_new(Baton& b, const char* key, TensorImpl* given, const std::vector<int64_t>& shape, Dtype dt,
+                  int device) {
+  if (given) return {b.raw(key), given};
+  return new_output(b.env(), shape, dt, device);
+}
+
 Napi::Object result(Napi::Env env, std::initializer_list<std::pair<const char*, Napi::Value>> kv) {
   Napi::Object o = Napi::Object::New(env);
   for (auto& [k, v] : kv) o.Set(k, v);

@@ -6,7 +6,7 @@
 // Validity is decided in one place: the op's `*_check(const FooParams&)` next to its kernels (it needs no
 // GPU, throws mb::Error with a code). TypeScript only coerces (defaults, friendly messages) and the
 // launchers trust what the check passed. A binding is therefore: read the baton -> fill the params ->
-// foo_check(p) -> allocate outputs -> run_on_device.
+// foo_check(p) -> allocate outputs (out_or_new) -> launch_op (binding.h).
 //
 //   Napi::Value Foo(const Napi::CallbackInfo& info) {
 //     Baton b(info, "foo");
@@ -70,6 +70,23 @@ class Baton {
 // says in-place is fine (then only an exact alias is allowed).
 bool overlaps(const TensorImpl* a, const TensorImpl* b);
 bool same_memory(const TensorImpl* a, const TensorImpl* b);
+
+// An output must not partially overlap an input: it may be exactly one of them (in place) or
+// disjoint from all. Absent (null) inputs are skipped. ERR_ARG "<name> partially overlaps an input".
+void no_partial_overlap(const Baton& b, const TensorImpl* out, const char* name,
+                        std::initializer_list<const TensorImpl*> ins);
+
+// An output tensor and the handle the op returns for it.
+struct Output {
+  Napi::Value handle;
+  TensorImpl* t = nullptr;
+};
+// A new tensor.
+Output new_output(Napi::Env env, const std::vector<int64_t>& shape, Dtype dt, int device);
+// The tensor given as `key` (`given`: read with tensor_or_null and checked by the caller) or, when
+// absent, a new one.
+Output out_or_new(Baton& b, const char* key, TensorImpl* given, const std::vector<int64_t>& shape, Dtype dt,
+                  int device);
 
 // {key: handle, ...} result object for ops that return several tensors.
 Napi::Object result(Napi::Env env, std::initializer_list<std::pair<const char*, Napi::Value>> kv);

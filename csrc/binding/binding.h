@@ -5,6 +5,7 @@
 #include <napi.h>
 
 #include <memory>
+#include <cstddef>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -110,6 +111,65 @@ void check_same_device(const std::vector<const TensorImpl*>& ts, const char* op)
 void check_shape(const TensorImpl* t, const std::vector<int64_t>& shape, const char* name);
 
 Napi::Error to_js_error(Napi::Env env, const std::string& code, const std::string& msg);
+
+// ---- Queuing an op -----------------------------------------------------------
+// Every op binding ends the same way: queue the op on its device (run_on_device), the CPU reference on
+// the CPU queue or the CUDA launcher on the device's stream. launch_op is that tail:
+//
+//   launch_op(dev, {x, w}, {y}, p, foo_cpu, MB_CUDA_FN(foo_cuda));        // foo_cpu(p) / foo_cuda(p, stream)
+//   launch_op(dev, {x}, {y}, [p] { foo_cpu(p); },                          // anything else: two callables
+//             MB_CUDA_FN([p, k](cudaStream_t s) { foo_cuda(p, s, k); }));
+//
+// The tensor lists are what the op reads and what it writes (null entries, absent optional tensors, are
+// skipped): run_on_device's per-task semantics, a CPU failure marks only the outputs and a failed input
+// skips the op. Launchers never synchronise: CPU errors surface at the next sync point with their code,
+// CUDA launch errors as ERR_CUDA from the call. The CUDA launchers are declared only in CUDA builds, so
+// they are named through MB_CUDA_FN, which is nullptr in CPU-only builds (there run_on_device refuses a
+// CUDA device with ERR_NO_CUDA before anything is called). A callable's captures go with the task: on
+// the CPU until it ran, on CUDA until the launch returned (temporaries may be dropped right after it).
+#if defined(MEGABEAM_CUDA)
+#define MB_CUDA_FN(...) __VA_ARGS__
+template <class P>
+using CudaLauncher = void (*)(const P&, cudaStream_t);
+#else
+#define MB_CUDA_FN(...) nullptr
+template <class P>
+using CudaLauncher = std::nullptr_t;
+#endif
+
+using TensorList = std::vector<const TensorImpl*>;
+inline std::vector<StoragePtr> storages_of(const TensorList& ts) {
+  std::vector<StoragePtr> r;
+  r.reserve(ts.size());
+  for (const TensorImpl* t : ts)
+    if (t) r.push_back(t->storage);
+  return r;
+}
+
+// cpu() on the CPU queue, cuda(stream) on the device's stream.
+template <class Cpu, class Cuda>
+void launch_op(int device, const TensorList& inputs, const TensorList& outputs, Cpu cpu, Cuda cuda) {
+  run_on_device(device, storages_of(inputs), storages_of(outputs),
+                [cpu = std::move(cpu), cuda = std::move(cuda)](void* stream) mutable {
+#if defined(MEGABEAM_CUDA)
+                  if (stream) {
+                    cuda((cudaStream_t)stream);
+                    return;
+                  }
+#endif
+                  (void)stream;
+                  (void)cuda;
+                  cpu();
+                });
+}
+
+// cpu(p) / cuda(p, stream) with a copy of the checked params p.
+template <class P>
+void launch_op(int device, const TensorList& inputs, const TensorList& outputs, const P& p,
+               void (*cpu)(const P&), CudaLauncher<P> cuda) {
+  (void)cuda;  // nullptr in CPU-only builds
+  launch_op(device, inputs, outputs, [p, cpu] { cpu(p); }, MB_CUDA_FN([p, cuda](cudaStream_t s) { cuda(p, s); }));
+}
 
 using OpFn = Napi::Value (*)(const Napi::CallbackInfo&);
 struct OpRegistrar {

@@ -44,18 +44,14 @@ Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
   }
   if (dl && !grad) b.fail("ERR_ARG", "dlogits needs gradScale");
   if (dl) {
-    need_shape(b, dl, x->shape, "dlogits");
-    need_dtype(b, dl, x->dtype, "dlogits");
+    need_like(b, dl, x, "dlogits");
     no_overlap(b, dl, "dlogits", {x, labels, count}, x);
   }
   if (count) {
     need_dtype(b, count, Dtype::I32, "count");
     need_shape(b, count, {1}, "count");
   }
-  if (bad) {
-    need_dtype(b, bad, Dtype::I32, "bad");
-    if (bad->numel() < 1) b.fail("ERR_SHAPE", "bad must hold at least one element");
-  }
+  need_bad(b, bad);
   same_device(b, {x, labels, losses, dl, count, bad});
   CrossEntropyParams p;
   p.logits = x->data(); p.dtype = x->dtype; p.rows = R; p.vocab = V;
@@ -69,27 +65,12 @@ Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
   cross_entropy_check(p);
 
   Napi::Env env = info.Env();
-  Napi::Value lv = losses ? b.raw("losses") : TensorImpl::Create(env, {R}, Dtype::F32, x->device);
-  TensorImpl* li = losses ? losses : TensorImpl::Unwrap(lv.As<Napi::Object>());
-  Napi::Value dv = env.Undefined();
-  TensorImpl* di = nullptr;
-  if (grad) {
-    dv = dl ? b.raw("dlogits") : TensorImpl::Create(env, x->shape, x->dtype, x->device);
-    di = dl ? dl : TensorImpl::Unwrap(dv.As<Napi::Object>());
-  }
-  p.losses = static_cast<float*>(li->data());
-  p.dlogits = di ? di->data() : nullptr;
-  std::vector<StoragePtr> ins, outs;
-  keep_all(ins, {x, labels});
-  keep_all(outs, {li, di, count, bad});
-  run_on_device(x->device, std::move(ins), std::move(outs), [p](void* s) {
-#if defined(MEGABEAM_CUDA)
-    if (s) { cross_entropy_cuda(p, (cudaStream_t)s); return; }
-#endif
-    (void)s;
-    cross_entropy_cpu(p);
-  });
-  return result(env, {{"losses", lv}, {"dlogits", dv}});
+  Output lo = out_or_new(b, "losses", losses, {R}, Dtype::F32, x->device);
+  Output dlo = grad ? out_or_new(b, "dlogits", dl, x->shape, x->dtype, x->device) : Output{env.Undefined()};
+  p.losses = static_cast<float*>(lo.t->data());
+  p.dlogits = dlo.t ? dlo.t->data() : nullptr;
+  launch_op(x->device, {x, labels}, {lo.t, dlo.t, count, bad}, p, cross_entropy_cpu, MB_CUDA_FN(cross_entropy_cuda));
+  return result(env, {{"losses", lo.handle}, {"dlogits", dlo.handle}});
 }
 MB_EXPORT("crossEntropy", CrossEntropy);
 
@@ -109,13 +90,7 @@ Napi::Value LossCount(const Napi::CallbackInfo& info) {
   p.ignore_index = ignore;
   p.n = labels->numel();
   p.count_out = static_cast<int32_t*>(out->data());
-  run_on_device(out->device, {labels->storage}, {out->storage}, [p](void* s) {
-#if defined(MEGABEAM_CUDA)
-    if (s) { loss_count_cuda(p, (cudaStream_t)s); return; }
-#endif
-    (void)s;
-    loss_count_cpu(p);
-  });
+  launch_op(out->device, {labels}, {out}, p, loss_count_cpu, MB_CUDA_FN(loss_count_cuda));
   return info.Env().Undefined();
 }
 MB_EXPORT("lossCount", LossCount);
@@ -143,15 +118,7 @@ Napi::Value LossMean(const Napi::CallbackInfo& info) {
   p.count = count ? static_cast<const int32_t*>(count->data()) : nullptr;
   p.divisor = divisor;
   p.mean_out = static_cast<float*>(out->data());
-  std::vector<StoragePtr> ins;
-  keep_all(ins, {losses, count});
-  run_on_device(out->device, std::move(ins), {out->storage}, [p](void* s) {
-#if defined(MEGABEAM_CUDA)
-    if (s) { loss_mean_cuda(p, (cudaStream_t)s); return; }
-#endif
-    (void)s;
-    loss_mean_cpu(p);
-  });
+  launch_op(out->device, {losses, count}, {out}, p, loss_mean_cpu, MB_CUDA_FN(loss_mean_cuda));
   return info.Env().Undefined();
 }
 MB_EXPORT("lossMean", LossMean);

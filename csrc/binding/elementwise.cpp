@@ -26,8 +26,7 @@ Napi::Value Axpby(const Napi::CallbackInfo& info) {
   if (y) all.push_back(y);
   if (out) {
     all.push_back(out);
-    for (const TensorImpl* in : {a, y})
-      if (in && overlaps(out, in) && !same_memory(out, in)) b.fail("ERR_ARG", "out partially overlaps an input");
+    no_partial_overlap(b, out, "out", {a, y});
   }
   check_same_device(all, "axpby");
   p.a = a->data(); p.a_dtype = a->dtype;
@@ -36,19 +35,10 @@ Napi::Value Axpby(const Napi::CallbackInfo& info) {
   p.n = a->numel();
   axpby_check(p);
 
-  Napi::Value result = out ? b.raw("out") : TensorImpl::Create(info.Env(), a->shape, dt, a->device);
-  TensorImpl* o = out ? out : TensorImpl::Unwrap(result.As<Napi::Object>());
-  p.out = o->data();
-  std::vector<StoragePtr> inputs{a->storage};
-  if (y) inputs.push_back(y->storage);
-  run_on_device(a->device, std::move(inputs), {o->storage}, [p](void* s) {
-#if defined(MEGABEAM_CUDA)
-    if (s) { axpby_cuda(p, (cudaStream_t)s); return; }
-#endif
-    (void)s;
-    axpby_cpu(p);
-  });
-  return result;
+  Output o = out_or_new(b, "out", out, a->shape, dt, a->device);
+  p.out = o.t->data();
+  launch_op(a->device, {a, y}, {o.t}, p, axpby_cpu, MB_CUDA_FN(axpby_cuda));
+  return o.handle;
 }
 MB_EXPORT("axpby", Axpby);
 

@@ -10,10 +10,7 @@ using namespace nnb;
 
 TensorImpl* bad_arg(Baton& b) {
   TensorImpl* bad = b.tensor_or_null("bad");
-  if (bad) {
-    need_dtype(b, bad, Dtype::I32, "bad");
-    if (bad->numel() < 1) b.fail("ERR_SHAPE", "bad must hold at least one element");
-  }
+  need_bad(b, bad);
   return bad;
 }
 
@@ -38,20 +35,10 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
   embedding_check(p, false);
   std::vector<int64_t> oshape = ids->shape;
   oshape.push_back(p.hidden);
-  Napi::Object out = TensorImpl::Create(info.Env(), oshape, odt, w->device);
-  TensorImpl* o = TensorImpl::Unwrap(out);
-  p.out = o->data();
-  std::vector<StoragePtr> ins, outs;
-  keep_all(ins, {ids, w});
-  keep_all(outs, {bad, o});
-  run_on_device(w->device, std::move(ins), std::move(outs), [p](void* s) {
-#if defined(MEGABEAM_CUDA)
-    if (s) { embedding_cuda(p, (cudaStream_t)s); return; }
-#endif
-    (void)s;
-    embedding_cpu(p);
-  });
-  return out;
+  Output out = new_output(info.Env(), oshape, odt, w->device);
+  p.out = out.t->data();
+  launch_op(w->device, {ids, w}, {bad, out.t}, p, embedding_cpu, MB_CUDA_FN(embedding_cuda));
+  return out.handle;
 }
 MB_EXPORT("embedding", Embedding);
 
@@ -77,16 +64,7 @@ Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
   p.dy = dy->data(); p.dy_dtype = dy->dtype; p.dweight = static_cast<float*>(dw->data());
   p.bad = bad ? static_cast<int32_t*>(bad->data()) : nullptr;
   embedding_check(p, true);
-  std::vector<StoragePtr> ins, outs;
-  keep_all(ins, {dy, ids});
-  keep_all(outs, {dw, bad});
-  run_on_device(dw->device, std::move(ins), std::move(outs), [p](void* s) {
-#if defined(MEGABEAM_CUDA)
-    if (s) { embedding_bwd_cuda(p, (cudaStream_t)s); return; }
-#endif
-    (void)s;
-    embedding_bwd_cpu(p);
-  });
+  launch_op(dw->device, {dy, ids}, {dw, bad}, p, embedding_bwd_cpu, MB_CUDA_FN(embedding_bwd_cuda));
   return info.Env().Undefined();
 }
 MB_EXPORT("embeddingBackward", EmbeddingBackward);

@@ -76,17 +76,10 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   p.device = a->device;
   gemm_check(p, /*out_allocated=*/out != nullptr);  // before allocating a new output
 
-  Napi::Value result = out ? bt.raw("out") : TensorImpl::Create(info.Env(), oshape, p.out_dtype, a->device);
-  TensorImpl* o = out ? out : TensorImpl::Unwrap(result.As<Napi::Object>());
-  p.out = o->data();
-  run_on_device(a->device, {a->storage, b->storage}, {o->storage}, [p](void* s) {
-#if defined(MEGABEAM_CUDA)
-    if (s) { gemm_cuda(p, (cudaStream_t)s); return; }
-#endif
-    (void)s;
-    gemm_cpu(p);
-  });
-  return result;
+  Output o = out_or_new(bt, "out", out, oshape, p.out_dtype, a->device);
+  p.out = o.t->data();
+  launch_op(a->device, {a, b}, {o.t}, p, gemm_cpu, MB_CUDA_FN(gemm_cuda));
+  return o.handle;
 }
 MB_EXPORT("gemm", Gemm);
 

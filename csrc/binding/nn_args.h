@@ -1,4 +1,4 @@
-// Argument helpers shared by the layer-op bindings (rmsnorm, swiglu, embedding, cross_entropy).
+// Argument helpers shared by the layer-op bindings (rmsnorm, swiglu, embedding, cross_entropy, attention).
 #pragma once
 #include <string>
 #include <vector>
@@ -27,6 +27,20 @@ inline void need_dtype(Baton& b, const TensorImpl* t, Dtype d, const char* name)
 inline void need_shape(Baton& b, const TensorImpl* t, const std::vector<int64_t>& s, const char* name) {
   if (t->shape != s) b.fail("ERR_SHAPE", std::string(name) + " must have shape " + shape_str(s) + ", got " + shape_str(t->shape));
 }
+// Shape, then dtype (the order of the checks decides the code when both are wrong).
+inline void need_like(Baton& b, const TensorImpl* t, const std::vector<int64_t>& s, Dtype d, const char* name) {
+  need_shape(b, t, s, name);
+  need_dtype(b, t, d, name);
+}
+inline void need_like(Baton& b, const TensorImpl* t, const TensorImpl* ref, const char* name) {
+  need_like(b, t, ref->shape, ref->dtype, name);
+}
+// The optional `bad` tensor (embedding.cpp): i32, at least one element.
+inline void need_bad(Baton& b, const TensorImpl* bad) {
+  if (!bad) return;
+  need_dtype(b, bad, Dtype::I32, "bad");
+  if (bad->numel() < 1) b.fail("ERR_SHAPE", "bad must hold at least one element");
+}
 inline void same_device(Baton& b, const std::vector<const TensorImpl*>& ts) {
   for (auto* t : ts)
     if (t && t->device != ts[0]->device) b.fail("ERR_DEVICE", "tensors are on different devices");
@@ -44,10 +58,6 @@ inline int64_t rows_of(const std::vector<int64_t>& s) {
   int64_t r = 1;
   for (size_t i = 0; i + 1 < s.size(); ++i) r *= s[i];
   return r;
-}
-inline void keep_all(std::vector<StoragePtr>& keep, const std::vector<const TensorImpl*>& ts) {
-  for (auto* t : ts)
-    if (t) keep.push_back(t->storage);
 }
 
 }  // namespace nnb

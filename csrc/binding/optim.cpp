@@ -69,17 +69,7 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
   p.sumsq = sumsq ? static_cast<const float*>(sumsq->data()) : nullptr;
   p.n = param->numel();
   adamw_check(p);
-  std::vector<StoragePtr> in{grad->storage}, out{param->storage, m->storage, v->storage};
-  if (sumsq) in.push_back(sumsq->storage);
-  if (master) out.push_back(master->storage);
-  if (masterLo) out.push_back(masterLo->storage);
-  run_on_device(param->device, std::move(in), std::move(out), [p](void* s) {
-#if defined(MEGABEAM_CUDA)
-    if (s) { adamw_cuda(p, (cudaStream_t)s); return; }
-#endif
-    (void)s;
-    adamw_cpu(p);
-  });
+  launch_op(param->device, {grad, sumsq}, {param, m, v, master, masterLo}, p, adamw_cpu, MB_CUDA_FN(adamw_cuda));
   return info.Env().Undefined();
 }
 MB_EXPORT("adamw", AdamW);
@@ -94,13 +84,7 @@ Napi::Value Sumsq(const Napi::CallbackInfo& info) {
   check_same_device({x, out}, "sumsq");
   SumsqParams p{x->data(), x->dtype, x->numel(), static_cast<float*>(out->data())};
   sumsq_check(p);
-  run_on_device(x->device, {x->storage}, {out->storage}, [p](void* s) {
-#if defined(MEGABEAM_CUDA)
-    if (s) { sumsq_cuda(p, (cudaStream_t)s); return; }
-#endif
-    (void)s;
-    sumsq_cpu(p);
-  });
+  launch_op(x->device, {x}, {out}, p, sumsq_cpu, MB_CUDA_FN(sumsq_cuda));
   return info.Env().Undefined();
 }
 MB_EXPORT("sumsq", Sumsq);

@@ -34,13 +34,7 @@ Napi::Value RingMerge(const Napi::CallbackInfo& info) {
   p.out_dtype = ob->dtype;
   p.lse_blk = static_cast<const float*>(lb->data());
   ring_merge_check(p);
-  run_on_device(oa->device, {ob->storage, lb->storage}, {oa->storage, la->storage}, [p](void* s) {
-#if defined(MEGABEAM_CUDA)
-    if (s) { ring_merge_cuda(p, (cudaStream_t)s); return; }
-#endif
-    (void)s;
-    ring_merge_cpu(p);
-  });
+  launch_op(oa->device, {ob, lb}, {oa, la}, p, ring_merge_cpu, MB_CUDA_FN(ring_merge_cuda));
   return info.Env().Undefined();
 }
 MB_EXPORT("ringMerge", RingMerge);
@@ -65,13 +59,7 @@ Napi::Value RowCopy(const Napi::CallbackInfo& info) {
   if (p.outer * p.dst_rows * p.inner != dst->numel()) b.fail("ERR_SHAPE", "outer·dstRows·inner must be dst's element count");
   check_same_device({src, dst}, "rowCopy");
   if (overlaps(src, dst)) b.fail("ERR_ARG", "src and dst overlap");
-  run_on_device(dst->device, {src->storage}, {dst->storage}, [p](void* s) {
-#if defined(MEGABEAM_CUDA)
-    if (s) { row_copy_cuda(p, (cudaStream_t)s); return; }
-#endif
-    (void)s;
-    row_copy_cpu(p);
-  });
+  launch_op(dst->device, {src}, {dst}, p, row_copy_cpu, MB_CUDA_FN(row_copy_cuda));
   return info.Env().Undefined();
 }
 MB_EXPORT("rowCopy", RowCopy);
@@ -84,21 +72,14 @@ Napi::Value Maximum(const Napi::CallbackInfo& info) {
   b.finish();
   if (y->numel() != a->numel() || out->numel() != a->numel()) b.fail("ERR_SHAPE", "a, b and out have different element counts");
   check_same_device({a, y, out}, "maximum");
-  for (const TensorImpl* in : {a, y})
-    if (overlaps(out, in) && !same_memory(out, in)) b.fail("ERR_ARG", "out partially overlaps an input");
+  no_partial_overlap(b, out, "out", {a, y});
   MaximumParams p;
   p.a = a->data(); p.a_dtype = a->dtype;
   p.b = y->data(); p.b_dtype = y->dtype;
   p.out = out->data(); p.out_dtype = out->dtype;
   p.n = a->numel();
   maximum_check(p);
-  run_on_device(a->device, {a->storage, y->storage}, {out->storage}, [p](void* s) {
-#if defined(MEGABEAM_CUDA)
-    if (s) { maximum_cuda(p, (cudaStream_t)s); return; }
-#endif
-    (void)s;
-    maximum_cpu(p);
-  });
+  launch_op(a->device, {a, y}, {out}, p, maximum_cpu, MB_CUDA_FN(maximum_cuda));
   return info.Env().Undefined();
 }
 MB_EXPORT("maximum", Maximum);

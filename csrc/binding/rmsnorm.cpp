@@ -20,10 +20,7 @@ Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
   if (x->shape.empty()) b.fail("ERR_SHAPE", "x must have at least one dimension");
   const int64_t H = x->shape.back();
   need_shape(b, w, {H}, "weight");
-  if (res) {
-    need_shape(b, res, x->shape, "residual");
-    need_dtype(b, res, x->dtype, "residual");
-  }
+  if (res) need_like(b, res, x, "residual");
   same_device(b, {x, w, res});
   RmsNormParams p;
   p.x = x->data(); p.weight = w->data(); p.residual = res ? res->data() : nullptr;
@@ -36,29 +33,12 @@ Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
 
   Napi::Env env = info.Env();
   std::vector<int64_t> rshape(x->shape.begin(), x->shape.end() - 1);
-  Napi::Object y = TensorImpl::Create(env, x->shape, x->dtype, x->device);
-  Napi::Object rstd = TensorImpl::Create(env, rshape, Dtype::F32, x->device);
-  Napi::Value h = env.Undefined();
-  TensorImpl* yi = TensorImpl::Unwrap(y);
-  TensorImpl* ri = TensorImpl::Unwrap(rstd);
-  TensorImpl* hi = nullptr;
-  if (res) {
-    Napi::Object ho = TensorImpl::Create(env, x->shape, x->dtype, x->device);
-    hi = TensorImpl::Unwrap(ho);
-    h = ho;
-  }
-  p.y = yi->data(); p.rstd = static_cast<float*>(ri->data()); p.h = hi ? hi->data() : nullptr;
-  std::vector<StoragePtr> ins, outs;
-  keep_all(ins, {x, w, res});
-  keep_all(outs, {yi, ri, hi});
-  run_on_device(x->device, std::move(ins), std::move(outs), [p](void* s) {
-#if defined(MEGABEAM_CUDA)
-    if (s) { rmsnorm_cuda(p, (cudaStream_t)s); return; }
-#endif
-    (void)s;
-    rmsnorm_cpu(p);
-  });
-  return result(env, {{"y", y}, {"rstd", rstd}, {"h", h}});
+  Output y = new_output(env, x->shape, x->dtype, x->device);
+  Output rstd = new_output(env, rshape, Dtype::F32, x->device);
+  Output h = res ? new_output(env, x->shape, x->dtype, x->device) : Output{env.Undefined()};
+  p.y = y.t->data(); p.rstd = static_cast<float*>(rstd.t->data()); p.h = h.t ? h.t->data() : nullptr;
+  launch_op(x->device, {x, w, res}, {y.t, rstd.t, h.t}, p, rmsnorm_cpu, MB_CUDA_FN(rmsnorm_cuda));
+  return result(env, {{"y", y.handle}, {"rstd", rstd.handle}, {"h", h.handle}});
 }
 MB_EXPORT("rmsNorm", RmsNorm);
 
@@ -75,14 +55,11 @@ Napi::Value RmsNormBackward(const Napi::CallbackInfo& info) {
   need_float(b, w, "weight");
   if (x->shape.empty()) b.fail("ERR_SHAPE", "x must have at least one dimension");
   const int64_t H = x->shape.back();
-  need_shape(b, dy, x->shape, "dy");
-  need_dtype(b, dy, x->dtype, "dy");
+  need_like(b, dy, x, "dy");
   need_shape(b, w, {H}, "weight");
   std::vector<int64_t> rshape(x->shape.begin(), x->shape.end() - 1);
-  need_shape(b, rstd, rshape, "rstd");
-  need_dtype(b, rstd, Dtype::F32, "rstd");
-  need_shape(b, dw, {H}, "dweight");
-  need_dtype(b, dw, Dtype::F32, "dweight");
+  need_like(b, rstd, rshape, Dtype::F32, "rstd");
+  need_like(b, dw, {H}, Dtype::F32, "dweight");
   if (dx) {
     need_shape(b, dx, x->shape, "dx");
     need_float(b, dx, "dx");
@@ -101,26 +78,17 @@ Napi::Value RmsNormBackward(const Napi::CallbackInfo& info) {
   p.dx = reinterpret_cast<void*>(1);
   rmsnorm_bwd_check(p);
 
-  Napi::Env env = info.Env();
-  Napi::Value dxv = dx ? b.raw("dx") : TensorImpl::Create(env, x->shape, x->dtype, x->device);
-  TensorImpl* dxi = dx ? dx : TensorImpl::Unwrap(dxv.As<Napi::Object>());
-  p.dx = dxi->data();
-  std::vector<StoragePtr> ins, outs;
-  keep_all(ins, {dy, x, w, rstd});
-  keep_all(outs, {dw, dxi});
+  Output dxo = out_or_new(b, "dx", dx, x->shape, x->dtype, x->device);
+  p.dx = dxo.t->data();
+  // CUDA's per-block partial sums: held until the launch returns (this function's end); later work on
+  // the stream is ordered after the kernels that use the block.
   StoragePtr ws;
   if (x->device != kCpu && p.rows > 0) {
     ws = alloc_storage(x->device, (size_t)(rmsnorm_bwd_blocks(p.rows, true) * H) * sizeof(float));
     p.partial = static_cast<float*>(ws->ptr);
   }
-  run_on_device(x->device, std::move(ins), std::move(outs), [p, ws](void* s) {
-#if defined(MEGABEAM_CUDA)
-    if (s) { rmsnorm_bwd_cuda(p, (cudaStream_t)s); return; }
-#endif
-    (void)s;
-    rmsnorm_bwd_cpu(p);
-  });
-  return result(env, {{"dx", dxv}});
+  launch_op(x->device, {dy, x, w, rstd}, {dw, dxo.t}, p, rmsnorm_bwd_cpu, MB_CUDA_FN(rmsnorm_bwd_cuda));
+  return result(info.Env(), {{"dx", dxo.handle}});
 }
 MB_EXPORT("rmsNormBackward", RmsNormBackward);
 

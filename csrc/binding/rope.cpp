@@ -166,32 +166,23 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   Napi::Object res = result(env, {{"x", hx}});
   if (k) res.Set("k", hk);
 
-  // Storages read and written (in place, x's storage is both): a failure marks only the outputs.
-  std::vector<StoragePtr> inputs, outputs{ox->storage};
-  if (ok) outputs.push_back(ok->storage);
-  for (const TensorImpl* t : all) inputs.push_back(t->storage);
   const bool work = (int64_t)B * S * (x->shape[2] + (k ? k->shape[2] : 0)) > 0;
   if (!work) return res;
-  if (dev == kCpu) {
-    run_on_device(dev, std::move(inputs), std::move(outputs), [p, inv](void*) { rope_cpu(p); });
-    return res;
-  }
-#if defined(MEGABEAM_CUDA)
-  // The frequencies go up with the launch, on the same stream; the block can be dropped after the
-  // launch (later work on the stream is ordered after this kernel). From pageable memory the copy
-  // returns once `inv` is staged.
-  StoragePtr dinv = alloc_storage(dev, inv->size() * sizeof(double));
-  run_on_device(dev, std::move(inputs), std::move(outputs), [p, inv, dinv](void* s) mutable {
-    cudaStream_t stream = (cudaStream_t)s;
-    cuda_check(cudaMemcpyAsync(dinv->ptr, inv->data(), inv->size() * sizeof(double), cudaMemcpyHostToDevice, stream),
-               "rope invFreq upload");
-    p.inv_freq = static_cast<const double*>(dinv->ptr);
-    rope_cuda(p, stream);
-  });
+  // Read: x, k, positions; written: the outputs (in place, x's storage is both): a failure marks only
+  // the outputs. `inv` goes with the task (the CPU reads it when the task runs).
+  launch_op(dev, all, {ox, ok}, [p, inv] { rope_cpu(p); },
+            MB_CUDA_FN([p, inv, dev](cudaStream_t stream) mutable {
+              // The frequencies go up with the launch, on the same stream; the block is dropped after
+              // the launch (later work on the stream is ordered after this kernel). From pageable
+              // memory the copy returns once `inv` is staged.
+              StoragePtr dinv = alloc_storage(dev, inv->size() * sizeof(double));
+              cuda_check(cudaMemcpyAsync(dinv->ptr, inv->data(), inv->size() * sizeof(double),
+                                         cudaMemcpyHostToDevice, stream),
+                         "rope invFreq upload");
+              p.inv_freq = static_cast<const double*>(dinv->ptr);
+              rope_cuda(p, stream);
+            }));
   return res;
-#else
-  throw Error("ERR_NO_CUDA", cuda_unavailable_reason());
-#endif
 }
 MB_EXPORT("rope", Rope);
 

@@ -15,33 +15,20 @@ Napi::Value Swiglu(const Napi::CallbackInfo& info) {
   TensorImpl* out = b.tensor_or_null("out");
   b.finish();
   need_float(b, g, "gate");
-  need_shape(b, u, g->shape, "up");
-  need_dtype(b, u, g->dtype, "up");
+  need_like(b, u, g, "up");
   if (out) {
-    need_shape(b, out, g->shape, "out");
-    need_dtype(b, out, g->dtype, "out");
-    for (auto* in : {g, u})
-      if (overlaps(out, in) && !same_memory(out, in)) b.fail("ERR_ARG", "out partially overlaps an input");
+    need_like(b, out, g, "out");
+    no_partial_overlap(b, out, "out", {g, u});
   }
   same_device(b, {g, u, out});
   SwigluParams p;
   p.gate = g->data(); p.up = u->data(); p.dtype = g->dtype; p.n = g->numel();
   p.y = reinterpret_cast<void*>(1);
   swiglu_check(p, false);
-  Napi::Value yv = out ? b.raw("out") : TensorImpl::Create(info.Env(), g->shape, g->dtype, g->device);
-  TensorImpl* y = out ? out : TensorImpl::Unwrap(yv.As<Napi::Object>());
-  p.y = y->data();
-  std::vector<StoragePtr> ins, outs;
-  keep_all(ins, {g, u});
-  keep_all(outs, {y});
-  run_on_device(g->device, std::move(ins), std::move(outs), [p](void* s) {
-#if defined(MEGABEAM_CUDA)
-    if (s) { swiglu_cuda(p, (cudaStream_t)s); return; }
-#endif
-    (void)s;
-    swiglu_cpu(p);
-  });
-  return yv;
+  Output y = out_or_new(b, "out", out, g->shape, g->dtype, g->device);
+  p.y = y.t->data();
+  launch_op(g->device, {g, u}, {y.t}, p, swiglu_cpu, MB_CUDA_FN(swiglu_cuda));
+  return y.handle;
 }
 MB_EXPORT("swiglu", Swiglu);
 
@@ -54,16 +41,12 @@ Napi::Value SwigluBackward(const Napi::CallbackInfo& info) {
   TensorImpl* du = b.tensor_or_null("dup");
   b.finish();
   need_float(b, g, "gate");
-  need_shape(b, u, g->shape, "up");
-  need_dtype(b, u, g->dtype, "up");
-  need_shape(b, dy, g->shape, "dy");
-  need_dtype(b, dy, g->dtype, "dy");
+  need_like(b, u, g, "up");
+  need_like(b, dy, g, "dy");
   for (auto [t, name] : {std::pair<TensorImpl*, const char*>{dg, "dgate"}, {du, "dup"}}) {
     if (!t) continue;
-    need_shape(b, t, g->shape, name);
-    need_dtype(b, t, g->dtype, name);
-    for (auto* in : {dy, g, u})
-      if (overlaps(t, in) && !same_memory(t, in)) b.fail("ERR_ARG", std::string(name) + " partially overlaps an input");
+    need_like(b, t, g, name);
+    no_partial_overlap(b, t, name, {dy, g, u});
   }
   if (dg && du && overlaps(dg, du)) b.fail("ERR_ARG", "dgate and dup overlap");
   same_device(b, {dy, g, u, dg, du});
@@ -71,23 +54,11 @@ Napi::Value SwigluBackward(const Napi::CallbackInfo& info) {
   p.gate = g->data(); p.up = u->data(); p.dy = dy->data(); p.dtype = g->dtype; p.n = g->numel();
   p.dgate = p.dup = reinterpret_cast<void*>(1);
   swiglu_check(p, true);
-  Napi::Env env = info.Env();
-  Napi::Value dgv = dg ? b.raw("dgate") : TensorImpl::Create(env, g->shape, g->dtype, g->device);
-  Napi::Value duv = du ? b.raw("dup") : TensorImpl::Create(env, g->shape, g->dtype, g->device);
-  TensorImpl* dgi = dg ? dg : TensorImpl::Unwrap(dgv.As<Napi::Object>());
-  TensorImpl* dui = du ? du : TensorImpl::Unwrap(duv.As<Napi::Object>());
-  p.dgate = dgi->data(); p.dup = dui->data();
-  std::vector<StoragePtr> ins, outs;
-  keep_all(ins, {dy, g, u});
-  keep_all(outs, {dgi, dui});
-  run_on_device(g->device, std::move(ins), std::move(outs), [p](void* s) {
-#if defined(MEGABEAM_CUDA)
-    if (s) { swiglu_bwd_cuda(p, (cudaStream_t)s); return; }
-#endif
-    (void)s;
-    swiglu_bwd_cpu(p);
-  });
-  return result(env, {{"dgate", dgv}, {"dup", duv}});
+  Output dgo = out_or_new(b, "dgate", dg, g->shape, g->dtype, g->device);
+  Output duo = out_or_new(b, "dup", du, g->shape, g->dtype, g->device);
+  p.dgate = dgo.t->data(); p.dup = duo.t->data();
+  launch_op(g->device, {dy, g, u}, {dgo.t, duo.t}, p, swiglu_bwd_cpu, MB_CUDA_FN(swiglu_bwd_cuda));
+  return result(info.Env(), {{"dgate", dgo.handle}, {"dup", duo.handle}});
 }
 MB_EXPORT("swigluBackward", SwigluBackward);
 

@@ -207,13 +207,7 @@ Napi::Value Fill(const Napi::CallbackInfo& info) {
   if (t->dtype == Dtype::I32 && !(v == std::floor(v) && v >= -2147483648.0 && v <= 2147483647.0))
     throw Error("ERR_ARG", "fill: an i32 tensor needs an int32 value, got " + std::to_string(v));
   FillParams p{t->data(), t->dtype, t->numel(), v};
-  run_on_device(t->device, {}, {t->storage}, [p](void* s) {
-#if defined(MEGABEAM_CUDA)
-    if (s) { fill_cuda(p, (cudaStream_t)s); return; }
-#endif
-    (void)s;
-    fill_cpu(p);
-  });
+  launch_op(t->device, {}, {t}, p, fill_cpu, MB_CUDA_FN(fill_cuda));
   return info.Env().Undefined();
 }
 MB_EXPORT("fill", Fill);
@@ -239,13 +233,7 @@ Napi::Value Random(const Napi::CallbackInfo& info) {
   }
   RandParams p{t->data(), t->dtype, t->numel(), ((uint64_t)hi << 32) | (uint64_t)lo,
                kind == 0 ? RandKind::Normal : RandKind::Uniform, (float)a, (float)b};
-  run_on_device(t->device, {}, {t->storage}, [p](void* s) {
-#if defined(MEGABEAM_CUDA)
-    if (s) { rand_cuda(p, (cudaStream_t)s); return; }
-#endif
-    (void)s;
-    rand_cpu(p);
-  });
+  launch_op(t->device, {}, {t}, p, rand_cpu, MB_CUDA_FN(rand_cuda));
   return info.Env().Undefined();
 }
 MB_EXPORT("random", Random);
@@ -259,13 +247,7 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
   if (dst->numel() != src->numel()) throw Error("ERR_SHAPE", "copy: element counts differ");
   if (dst->device == src->device) {
     CastParams p{src->data(), src->dtype, dst->data(), dst->dtype, src->numel()};
-    run_on_device(dst->device, {src->storage}, {dst->storage}, [p](void* s) {
-#if defined(MEGABEAM_CUDA)
-      if (s) { cast_cuda(p, (cudaStream_t)s); return; }
-#endif
-      (void)s;
-      cast_cpu(p);
-    });
+    launch_op(dst->device, {src}, {dst}, p, cast_cpu, MB_CUDA_FN(cast_cuda));
     return info.Env().Undefined();
   }
   if (dst->dtype != src->dtype) throw Error("ERR_DTYPE", "copy across devices needs equal dtypes");
