@@ -331,7 +331,10 @@ static size_t bwd_workspace(const AttnBwdParams& p) {
 }
 static void bwd_run(const AttnBwdParams& p, cudaStream_t s) {
 #if defined(MB_ATTN_WGMMA)
-  if (g_wgmma) { attention_bwd_cuda_wgmma(p, s); return; }
+  if (g_wgmma) {
+    if (!attention_bwd_cuda_wgmma(p, s)) { fprintf(stderr, "wgmma backward: no TMA descriptors for this case\n"); exit(1); }
+    return;
+  }
 #endif
   attention_bwd_cuda(p, s, g_kernel);
 }
@@ -689,7 +692,7 @@ static void bench(const std::vector<int>& lens) {
 #if defined(MB_ATTN_WGMMA)
       if (g_wgmma) {
         CK(cudaEventRecord(e0));
-        attention_bwd_cuda_wgmma(p2, 0);
+        if (!attention_bwd_cuda_wgmma(p2, 0)) { fprintf(stderr, "wgmma backward: no TMA descriptors\n"); exit(1); }
         CK(cudaEventRecord(e1));
         CK(cudaEventSynchronize(e1));
         CK(cudaGetLastError());

@@ -431,7 +431,8 @@ static int bwd_smem() {
   return fa.binaryVersion >= 90 ? C::SMEM_BULK : C::SMEM;
 }
 
-// The wgmma kernel (attention_bwd_wgmma.cu) is the default where it runs (sm_90a, head_dim 128);
+// The wgmma kernel (attention_bwd_wgmma.cu) is the default where it runs (sm_90a, head_dim 64/128, tensors
+// TMA can describe);
 // AttnBwdKernel::Mma / MmaSmall keep the mma.sync kernels, for comparison and tests.
 static bool bwd_use_wgmma(const AttnBwdParams& p, AttnBwdKernel kernel) {
   if (kernel != AttnBwdKernel::Auto) return false;
@@ -531,10 +532,7 @@ void attention_bwd_cuda(const AttnBwdParams& p, cudaStream_t stream, AttnBwdKern
   // attention_bwd_check(p, true, kernel) passed in the binding (or the dev harness's own checks).
   const char* who = "attention_bwd_cuda";
   if (p.batch == 0) return;
-  if (bwd_use_wgmma(p, kernel)) {
-    attention_bwd_cuda_wgmma(p, stream);
-    return;
-  }
+  if (bwd_use_wgmma(p, kernel) && attention_bwd_cuda_wgmma(p, stream)) return;
   if (!aligned16(p.workspace)) throw Error("ERR_UNSUPPORTED", std::string(who) + ": workspace must be 16-byte aligned");
   if (p.seqlen_q == 0 && p.seqlen_k == 0) return;
   const bool bf16 = p.dtype == Dtype::BF16;

@@ -79,41 +79,6 @@ struct FwdTmaArgs {
   int perm_q[3], perm_k[3];      // tensor-map dims 1..3 -> logical coordinate (0 row, 1 head, 2 batch)
 };
 
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred P1;\nWAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
-      "@P1 bra DONE;\nbra WAIT;\nDONE:\n}\n" ::"r"(bar), "r"(parity) : "memory");
-}
-__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1, int c2, int c3) {
-  asm volatile(
-      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
-      "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
-      : "memory");
-}
-__device__ __forceinline__ void named_sync(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
-__device__ __forceinline__ void named_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
-
-// A ROWS x D tile at logical (row, head, batch) -> the swizzled layout: one TMA box per 64 columns.
-template <int ROWS, int D>
-__device__ __forceinline__ void tma_tile(uint32_t dst, const CUtensorMap* map, const int (&perm)[3], uint32_t bar, int row, int head,
-                                         int batch) {
-  const int lg[3] = {row, head, batch};
-  const int c1 = lg[perm[0]], c2 = lg[perm[1]], c3 = lg[perm[2]];
-#pragma unroll
-  for (int hcol = 0; hcol < D / 64; ++hcol) tma_load_4d(dst + hcol * ROWS * 128, map, bar, hcol * 64, c1, c2, c3);
-}
-
-
 template <bool BF16, int D>
 __global__ void __launch_bounds__(384, 1) attn_fwd_wgmma_kernel(const __grid_constant__ FwdTmaArgs A) {
 #if MB_WG_ENABLED
@@ -330,48 +295,6 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_wgmma_kernel(const __grid_con
 #else
   __trap();
 #endif
-}
-
-// ---------------------------------------------------------------------------------------------
-// Host: TMA descriptors. cuTensorMapEncodeTiled is a driver function; the runtime hands out its entry
-// point (the addon links the runtime statically and never links libcuda itself).
-typedef CUresult (*EncodeTiledFn)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
-                                  const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
-                                  CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-static EncodeTiledFn encode_fn() {
-  static EncodeTiledFn fn = nullptr;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) == cudaSuccess &&
-        q == cudaDriverEntryPointSuccess)
-      fn = (EncodeTiledFn)f;
-    cudaGetLastError();
-  });
-  return fn;
-}
-
-// [rows, heads, batch] with element strides -> a rank-4 map (columns, then the three in increasing
-// stride order, as TMA wants), box = 64 columns x box_rows rows, 128-byte swizzle, zero fill outside.
-static bool make_map(CUtensorMap* m, int (&perm)[3], const void* ptr, bool bf16, int d, int rows, int heads, int batch, int64_t rs,
-                     int64_t hs, int64_t bs, int box_rows) {
-  EncodeTiledFn enc = encode_fn();
-  if (!enc || rows <= 0) return false;
-  const int64_t size[3] = {rows, heads, batch}, stride[3] = {rs, hs, bs};
-  int idx[3] = {0, 1, 2};
-  std::stable_sort(idx, idx + 3, [&](int x, int y) { return stride[x] < stride[y]; });
-  cuuint64_t gdim[4] = {(cuuint64_t)d, 0, 0, 0}, gstride[3];
-  cuuint32_t box[4] = {64, 1, 1, 1}, estride[4] = {1, 1, 1, 1};
-  for (int i = 0; i < 3; ++i) {
-    perm[i] = idx[i];
-    gdim[1 + i] = (cuuint64_t)size[idx[i]];
-    gstride[i] = (cuuint64_t)stride[idx[i]] * 2;
-    if (idx[i] == 0) box[1 + i] = (cuuint32_t)box_rows;
-  }
-  return enc(m, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, const_cast<void*>(ptr), gdim, gstride, box,
-             estride, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 template <bool BF16, int D>

@@ -77,16 +77,17 @@ __global__ void attn_bwd_dq_kernel(const AttnBwdParams p, const float* __restric
   }
 }
 
-// Workspace plan: Dsum, then dq_acc for `units` (batch, kv head) units at a time.
+// Workspace plan: the preprocess arrays (Dsum [b, hq, sq] for the mma.sync kernels; the wgmma kernel asks
+// for more: pre_bytes), then dq_acc for `units` (batch, kv head) units at a time.
 struct BwdPlan {
   size_t dsum_bytes, unit_bytes, total;
   int units_total, units_per_chunk;
 };
 inline constexpr size_t kWorkspaceCap = (size_t)1288490188;  // 1.2 GiB
 
-inline BwdPlan plan_bwd(const AttnBwdParams& p) {
+inline BwdPlan plan_bwd(const AttnBwdParams& p, size_t pre_bytes) {
   BwdPlan pl;
-  pl.dsum_bytes = (((size_t)p.batch * p.heads_q * p.seqlen_q * 4) + 255) & ~(size_t)255;
+  pl.dsum_bytes = (pre_bytes + 255) & ~(size_t)255;
   pl.unit_bytes = (size_t)p.seqlen_q * (p.heads_q / p.heads_kv) * p.head_dim * 4;
   pl.units_total = p.batch * p.heads_kv;
   size_t room = kWorkspaceCap > pl.dsum_bytes ? kWorkspaceCap - pl.dsum_bytes : 0;
@@ -98,6 +99,7 @@ inline BwdPlan plan_bwd(const AttnBwdParams& p) {
   pl.total = pl.dsum_bytes + n * pl.unit_bytes;
   return pl;
 }
+inline BwdPlan plan_bwd(const AttnBwdParams& p) { return plan_bwd(p, (size_t)p.batch * p.heads_q * p.seqlen_q * 4); }
 
 }  // namespace attn
 }  // namespace mb

@@ -1,13 +1,17 @@
 // Hopper (sm_90a) plumbing shared by the wgmma attention kernels (attention_fwd_wgmma.cu,
 // attention_bwd_wgmma.cu): wgmma fence/commit/wait, shared-memory matrix descriptors for the 128-byte
-// swizzle, the swizzled tile layout and its cp.async loader, and bulk reductions. The wgmma wrappers
-// themselves are generated (attn_wgmma_ops.cuh, scripts/gen-wgmma.py).
+// swizzle, the swizzled tile layout, mbarriers, TMA tile loads and their host-side
+// descriptors, named barriers and bulk reductions. The wgmma wrappers themselves are generated
+// (attn_wgmma_ops.cuh, scripts/gen-wgmma.py).
 //
 // Tile layout: a tile of R rows x D 16-bit columns is stored as D/64 blocks [R][64] (128 bytes per row),
 // 16-byte chunk index ^= row & 7, 1024-byte atoms of 8 rows: the canonical SW128 layout wgmma reads
 // K-major (rows = M or N, columns = K) or MN-major (rows = K, columns = M or N).
 #pragma once
+#include <cuda.h>  // CUtensorMap and its enums only: the encoder comes from the runtime's driver entry point
+#include <algorithm>
 #include <cstdint>
+#include <mutex>
 #include "ops/attention/attn_common.cuh"
 #include "ops/attention/attn_wgmma_ops.cuh"
 
@@ -59,24 +63,49 @@ __device__ __forceinline__ uint32_t sw_off(int r, int c) {
   return (uint32_t)((c >> 6) * ROWS * 128 + r * 128 + ((((c >> 3) & 7) ^ (r & 7)) << 4));
 }
 
-// Copy a ROWS x D tile (rows row_stride elements apart) into the swizzled layout with cp.async issued by
-// NT threads; rows >= valid are zero-filled (padding never injects NaN/Inf into the matmuls).
-template <int ROWS, int D, int NT>
-__device__ __forceinline__ void load_tile(uint32_t s, const uint16_t* g, int64_t row_stride, int valid, int tid) {
-  constexpr int CH = D / 8;
-  constexpr int RSTEP = NT / CH;
-  static_assert(NT % CH == 0 && RSTEP % 8 == 0 && ROWS % RSTEP == 0, "bad tile shape");
-  const int r0 = tid / CH, c = (tid % CH) * 8;
-  const uint16_t* src = g + (int64_t)r0 * row_stride + c;
-  const uint32_t dst = s + sw_off<ROWS>(r0, c);  // (r & 7) is the same for r0 + i * RSTEP
+// mbarriers, TMA tile loads and named barriers (the warp-specialised kernels: a producer warp issues TMA
+// into stages guarded by full/empty mbarriers).
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred P1;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+      "@P1 bra DONE;\nbra WAIT;\nDONE:\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1, int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+      "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void named_sync(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+__device__ __forceinline__ void named_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+
+// A ROWS x D tile at logical (row, head, batch) -> the swizzled layout: one TMA box per 64 columns.
+template <int ROWS, int D>
+__device__ __forceinline__ void tma_tile(uint32_t dst, const CUtensorMap* map, const int (&perm)[3], uint32_t bar, int row, int head,
+                                         int batch) {
+  const int lg[3] = {row, head, batch};
+  const int c1 = lg[perm[0]], c2 = lg[perm[1]], c3 = lg[perm[2]];
 #pragma unroll
-  for (int i = 0; i < ROWS / RSTEP; ++i) {
-    const bool ok = r0 + i * RSTEP < valid;
-    attn::cp_async16(dst + i * RSTEP * 128, ok ? src : g, ok);
-    src += (int64_t)RSTEP * row_stride;
-  }
+  for (int hcol = 0; hcol < D / 64; ++hcol) tma_load_4d(dst + hcol * ROWS * 128, map, bar, hcol * 64, c1, c2, c3);
 }
 
+
+// 1-D bulk copy global -> shared (16-byte aligned addresses, bytes a multiple of 16), completing on `bar`.
+__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst), "l"(src),
+               "r"(bytes), "r"(bar)
+               : "memory");
+}
 __device__ __forceinline__ void bulk_red_add_f32(float* g, uint32_t s, uint32_t bytes) {
   asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(g), "r"(s), "r"(bytes)
                : "memory");
@@ -102,6 +131,47 @@ inline bool wgmma_runs_here(const void* kern, int smem) {
   cudaFuncAttributes fa;
   if (cudaFuncGetAttributes(&fa, kern) != cudaSuccess) { cudaGetLastError(); return false; }
   return fa.binaryVersion == 90;
+}
+
+// Host: TMA descriptors. cuTensorMapEncodeTiled is a driver function; the runtime hands out its entry
+// point (the addon links the runtime statically and never links libcuda itself).
+typedef CUresult (*EncodeTiledFn)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
+                                  const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                  CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+inline EncodeTiledFn encode_fn() {
+  static EncodeTiledFn fn = nullptr;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) == cudaSuccess &&
+        q == cudaDriverEntryPointSuccess)
+      fn = (EncodeTiledFn)f;
+    cudaGetLastError();
+  });
+  return fn;
+}
+
+// [rows, heads, batch] with element strides -> a rank-4 map (columns, then the three in increasing
+// stride order, as TMA wants), box = 64 columns x box_rows rows, 128-byte swizzle, zero fill outside.
+inline bool make_map(CUtensorMap* m, int (&perm)[3], const void* ptr, bool bf16, int d, int rows, int heads, int batch, int64_t rs,
+                     int64_t hs, int64_t bs, int box_rows) {
+  EncodeTiledFn enc = encode_fn();
+  if (!enc || rows <= 0) return false;
+  const int64_t size[3] = {rows, heads, batch}, stride[3] = {rs, hs, bs};
+  int idx[3] = {0, 1, 2};
+  std::stable_sort(idx, idx + 3, [&](int x, int y) { return stride[x] < stride[y]; });
+  cuuint64_t gdim[4] = {(cuuint64_t)d, 0, 0, 0}, gstride[3];
+  cuuint32_t box[4] = {64, 1, 1, 1}, estride[4] = {1, 1, 1, 1};
+  for (int i = 0; i < 3; ++i) {
+    perm[i] = idx[i];
+    gdim[1 + i] = (cuuint64_t)size[idx[i]];
+    gstride[i] = (cuuint64_t)stride[idx[i]] * 2;
+    if (idx[i] == 0) box[1 + i] = (cuuint32_t)box_rows;
+  }
+  return enc(m, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, const_cast<void*>(ptr), gdim, gstride, box,
+             estride, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 }  // namespace attn_wg
 }  // namespace mb
