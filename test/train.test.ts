@@ -303,6 +303,43 @@ t.test('sequence parallel: train() at world 2 (localGroups, ZeRO-1) = world 1; c
   }
 });
 
+t.test('sequence parallel: train() at worlds 3 and 4 (localGroups, ZeRO-1, zigzag) = world 1: losses, gradient norms, parameters', async (t) => {
+  // 48 tokens: a multiple of 2W for W = 3 and 4 (zigzag halves). ZeRO-1 shards of unequal size at W = 3.
+  const opts = { steps: 4, microBatches: 2, seed: 11, optimizer: { lr: 2e-3, weightDecay: 0.1 }, maxGradNorm: 0.5, data: passkeyBatch(48, 3) };
+  const ref = fromConfig(TINY, { seed: 7 });
+  const r1 = await train({ model: ref, ...opts });
+  r1.optimizer.dispose();
+  const refParams = await Promise.all([...ref.parameters().values()].map((p) => p.toArray()));
+  ref.dispose();
+  for (const W of [3, 4]) {
+    const groups = localGroups(W, { timeoutMs: 20000 });
+    const models = groups.map(() => fromConfig(TINY, { seed: 7 }));
+    try {
+      const rs = await Promise.all(groups.map((group, i) => train({ model: models[i], group, ...opts })));
+      for (const r of rs) r.optimizer.dispose();
+      for (const [rank, r] of rs.entries()) {
+        const err = Math.max(...r.records.map((x, i) => Math.abs(x.loss - r1.records[i].loss)));
+        t.ok(err < 1e-4, `W=${W} rank ${rank}: losses match world 1 (max diff ${err})`);
+        const gn = Math.max(...r.records.map((x, i) => Math.abs(x.gradNorm - r1.records[i].gradNorm) / r1.records[i].gradNorm));
+        t.ok(gn < 1e-4, `W=${W} rank ${rank}: gradient norms match (max rel diff ${gn})`);
+        t.equal(r.records[0].tokens, 96, 'global tokens (2 micro-batches of 48)');
+      }
+      let worst = 0;
+      for (const m of models) {
+        const ps = [...m.parameters().values()];
+        for (let i = 0; i < ps.length; i++) {
+          const a = await ps[i].toArray();
+          for (let j = 0; j < a.length; j++) worst = Math.max(worst, Math.abs(a[j] - refParams[i][j]));
+        }
+      }
+      t.ok(worst < 1e-4, `W=${W}: parameters after 4 steps match world 1 on every rank (max diff ${worst})`);
+    } finally {
+      for (const m of models) m.dispose();
+      await Promise.all(groups.map((g) => g.destroy()));
+    }
+  }
+});
+
 t.test('examples/passkey.js --tiny runs end to end (short curriculum): loss falls, heat map + grid written', async (t) => {
   const out = path.join(tmp, 'example');
   const args = ['--import', 'tsx', '-r', path.join(__dirname, 'helpers', 'megabeam-alias.cjs'),
