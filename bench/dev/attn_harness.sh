@@ -24,21 +24,26 @@ if [ -n "$WGMMA" ]; then HFLAGS="-DMB_ATTN_WGMMA"; fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv 2>&1 | tee "$OUTDIR/gpu.txt"
 
 # Translation units compiled in parallel: the main build, plus one kernel build per flag in VARIANTS
-# (e.g. VARIANTS="-DMY_FLAG") for A/B timing in the same call. The shipped kernels have no variant macros
-# (MB_ATTN_NO_* were removed): a variant is an edited copy of the .cu built here.
+# (e.g. VARIANTS="-DMY_FLAG") and one per folder in VARIANT_DIRS (e.g. bench/dev/variants/bwd-own-keys: its
+# .cu files replace the kernels of the same name) for A/B timing in the same call. The shipped kernels have no
+# variant macros: a variant is an edited copy of the .cu, kept under bench/dev/variants/.
 t0=$(date +%s)
 pids=()
 VARIANTS=${VARIANTS:-}
-build_kernels() {  # $1 = output dir, $2 = extra flags
+build_kernels() {  # $1 = output dir, $2 = extra flags, $3 = a folder of replacement .cu files (optional)
   mkdir -p "$1"
   for f in attention_fwd attention_fwd_wgmma attention_bwd attention_bwd_wgmma; do
-    nvcc $FLAGS $2 -c csrc/ops/attention/$f.cu -o "$1/$f.o" >"$1/$f.log" 2>&1 &
+    src=csrc/ops/attention/$f.cu
+    [ -n "${3:-}" ] && [ -f "$3/$f.cu" ] && src="$3/$f.cu"
+    nvcc $FLAGS $2 -c "$src" -o "$1/$f.o" >"$1/$f.log" 2>&1 &
     pids+=($!)
   done
 }
 build_kernels "$BUILD/main" ""
 i=0
 for v in $VARIANTS; do i=$((i + 1)); build_kernels "$BUILD/var$i" "${v//,/ }"; done  # commas join flags of one variant
+VARIANT_DIRS=${VARIANT_DIRS:-}
+for v in $VARIANT_DIRS; do i=$((i + 1)); build_kernels "$BUILD/var$i" "" "$v"; done
 nvcc $FLAGS $HFLAGS -c bench/dev/attn_harness.cu -o "$BUILD/harness.o" >"$BUILD/harness.log" 2>&1 &
 pids+=($!)
 fail=0
@@ -97,9 +102,10 @@ if [ "$MODE" = all ] || [ "$MODE" = bench ] || [ "$MODE" = wgmma ]; then
   fi
 fi
 i=0
-for v in $VARIANTS; do
+for v in $VARIANTS $VARIANT_DIRS; do
   i=$((i + 1))
   echo "== variant $i: $v"
+  grep -E -A3 "Compiling entry.*wgmma_kernel" "$BUILD/var$i/attention_bwd_wgmma.log" | grep -E "spill|C75" | sort | uniq -c
   if [ -n "${VARIANT_CHECK:-}" ]; then
     "$BUILD/var$i/attn_harness" check >"$OUTDIR/check_var$i.log" 2>&1 || rc=1
     tail -1 "$OUTDIR/check_var$i.log"

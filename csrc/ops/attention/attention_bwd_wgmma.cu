@@ -41,7 +41,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
-#include "attention_wgmma.h"
+#include "ops/attention/attention_wgmma.h"
 #include "ops/attention/attn_bwd_common.cuh"
 #include "ops/attention/attn_wgmma.cuh"
 

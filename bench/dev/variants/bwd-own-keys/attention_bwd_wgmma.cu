@@ -1,0 +1,526 @@
+// EXPERIMENTAL VARIANT (bench/dev/variants/bwd-own-keys; built by bench/dev/attn_harness.sh with
+// VARIANT_DIRS=bench/dev/variants/bwd-own-keys in place of csrc/ops/attention/attention_bwd_wgmma.cu), not in the
+// product. One change against the product kernel: at head_dim 128 too, each consumer computes dQ over its own 64
+// keys only (m64n128, 4 k-steps) into its own fp32 tile, as the d = 64 path already does, so the consumers never
+// wait for each other (a warpgroup barrier instead of the CTA's consumer barrier per step; dS^T single-buffered,
+// each consumer reads only its own rows). Cost: dQ registers 32 -> 64 (so dV and dK must finish before the dQ
+// GEMM is issued) and twice the dq_acc reduction bytes.
+// Prediction and outcome: bench/NOTES.md ("Backward step 2").
+// Flash attention backward with Hopper wgmma and TMA (sm_90a): the default backward on sm_90 GPUs for head_dim
+// 64 and 128 (attention_bwd_cuda dispatches here; the backward option kernel: 'mma' | 'mma-small' selects the
+// mma.sync kernels instead, and so does a problem TMA cannot describe). Checked on an H200 against the naive GPU
+// reference over the harness's whole matrix. bench/NOTES.md has the design notes and numbers.
+//
+// Same interface and semantics as attention_bwd_cuda (csrc/ops/attention/attention_bwd.cu): dq/dk/dv,
+// GQA sums, causal with q/k offsets, any lengths, fully masked rows -> zero grads, fp32 dq accumulation in
+// the workspace, workspace <= ~1.2 GiB (same plan: Dsum + dq_acc for a chunk of (batch, kv head) units).
+// Restricted to head_dim 64/128, bf16/f16, a device of compute capability 9.0 running the sm_90a SASS.
+//
+// Design (FA3's backward, warp-specialised like the forward):
+//   A preprocess kernel writes Dsum = rowsum(dO * O) and lse * log2(e) (+inf for a row that saw no key)
+//   into the workspace, rows padded to a multiple of 64 with zeros, so that a step's rows are one aligned
+//   1-D bulk copy each.
+//   CTA = 3 warpgroups per (kv block of BC=128 keys, (batch, kv head) unit). Warpgroup 0 is the producer
+//   (setmaxnreg 24): one thread issues TMA loads of K and V once, and per step of Q and dO (tiles) and of
+//   the lse and Dsum rows (1-D bulk copies) into two stages guarded by full/empty mbarriers. Warpgroups 1-2
+//   are consumers (setmaxnreg 240); consumer w owns keys 64w..64w+63. The CTA walks the group's q heads x
+//   q blocks of BR=64 rows. Per step, consumer w:
+//     1. S^T  = K_w Q^T   (wgmma m64n64k16, A = K smem K-major, B = Q smem K-major, D/16 k-steps)
+//        dP^T = V_w dO^T  (same, separate commit group so exp2 of S^T overlaps it)
+//     2. P^T = exp2(S^T*scale*log2e - lse*log2e) (masked where needed), dS^T = P^T (dP^T - Dsum), in registers
+//        (fp32 accumulator layout == 16-bit A-fragment layout after packing pairs, as in FA3's P).
+//     3. dV_w += P^T dO   (wgmma m64n{D}k16, A = registers, B = dO smem N-major (trans-b), 4 k-steps)
+//        dK_w += dS^T Q   (same with Q)
+//     4. dS^T -> smem [key][q] (16-bit, swizzled; two buffers, so the next step's stores never wait for
+//        the other consumer's dQ reads of this one), then a consumer barrier (d=128: both warpgroups,
+//        dQ reads all 128 keys; d=64: this warpgroup only).
+//     5. d=128: dQ[:, 64w..64w+63] = dS K (wgmma m64n64k16, A = dS^T smem read M-major (trans-a), B = K half
+//        w read N-major (trans-b), 8 k-steps over the 128 keys). d=64: dQ_w = dS[:, keys of w] K_w into
+//        this warpgroup's own tile (both tiles are added into dq_acc).
+//     6. the stage is released (empty mbarrier); dQ (fp32) -> padded smem tile. Each warp owns 16 rows x 64
+//        columns of it, so each warp adds its own part into dq_acc (cp.reduce.async.bulk, 16 lanes, 256 B
+//        each) and waits only for its own copies before overwriting it a step later: no CTA-wide sync.
+//   Accumulators per consumer thread: dV D/2 + dK D/2 fp32 (persistent), S^T 32 + dP^T 32, dQ 32.
+//   Shared memory (d=128): K 32K + V 32K + Q 2x16K + dO 2x16K + dS^T 2x16K + lse/Dsum 1K + dQ tile 34K.
+//   A producer with more than one thread (lse/Dsum by plain loads, a dQ-writer warp) spilled at setmaxnreg 24,
+//   and 40/232 made ptxas serialise the d=128 consumers' wgmma (C7512).
+//   The previous version (2 warpgroups, cp.async issued by all threads, two CTA barriers per step) measured
+//   367-392 TF/s at d=128 and 245 at d=64 on an H200 (bench/NOTES.md).
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include "ops/attention/attention_wgmma.h"
+#include "ops/attention/attn_bwd_common.cuh"
+#include "ops/attention/attn_wgmma.cuh"
+
+namespace mb {
+namespace attn_wg {
+
+using attn::ex2;
+using attn::kLog2e;
+using attn::pack2;
+using attn::smem_u32;
+
+struct Args {
+  AttnBwdParams p;
+  const float* dsum;  // [b, hq, sq_pad]: Dsum, rows sq.. zero
+  const float* lse2;  // [b, hq, sq_pad]: lse * log2(e), +inf where lse = -inf, rows sq.. zero
+  float* dq_acc;      // [units in chunk][group][sq][d]
+  int sq_pad;         // seqlen_q rounded up to BR
+  int unit0;
+  int delta;
+  int group;
+  float scale_log2;
+};
+
+struct BwdTmaArgs {
+  CUtensorMap tm_q, tm_do, tm_k, tm_v;  // 64-byte aligned (CUtensorMap is declared so)
+  Args a;
+  int perm_q[3], perm_do[3], perm_k[3], perm_v[3];  // tensor-map dims 1..3 -> logical (0 row, 1 head, 2 batch)
+};
+
+template <int D>
+struct Cfg {
+  static constexpr int NT = 384;     // producer warpgroup + 2 consumer warpgroups
+  static constexpr int BC = 128;     // keys per CTA (64 per consumer)
+  static constexpr int BR = 64;      // q rows per step
+  static constexpr int KV_TILE = BC * D * 2;
+  static constexpr int Q_TILE = BR * D * 2;
+  static constexpr int S_TILE = BC * BR * 2;
+  static constexpr int OFF_K = 0;
+  static constexpr int OFF_V = OFF_K + KV_TILE;
+  static constexpr int OFF_Q = OFF_V + KV_TILE;      // [2] stages
+  static constexpr int OFF_O = OFF_Q + 2 * Q_TILE;   // [2] stages
+  static constexpr int OFF_S = OFF_O + 2 * Q_TILE;   // dS^T [BC][BR] 16-bit, 128-B rows
+  static constexpr int OFF_L = OFF_S + S_TILE;       // lse [2][BR] then Dsum [2][BR]
+  static constexpr int OFF_DQ = OFF_L + 4 * BR * 4;  // fp32 dQ tile(s) [BR][QP bytes]
+  static constexpr int QP = D * 4 + 32;              // padded: fragment stores take 2 wavefronts
+  // d=128: one dQ tile, the consumers split its columns (each reads all 128 keys of dS^T);
+  // d=64: one tile per consumer over its own 64 keys (N=32 column halves would not be whole 128-byte
+  // swizzle atoms), both added into dq_acc.
+  static constexpr int DQ_TILES = 2;
+  static constexpr int OFF_BAR = OFF_DQ + DQ_TILES * BR * QP;  // barKV, full[2], empty[2]
+  static constexpr int SMEM = OFF_BAR + 64 + 1024;             // + slack to align the base to 1024 B
+  static_assert(OFF_Q % 1024 == 0 && OFF_O % 1024 == 0 && OFF_S % 1024 == 0 && S_TILE % 1024 == 0 && Q_TILE % 1024 == 0,
+                "swizzle atoms need 1024-B alignment");
+  static_assert(OFF_BAR % 8 == 0, "mbarriers need 8-byte alignment");
+};
+
+// ---------------------------------------------------------------------------------------------
+template <bool BF16, int D>
+__global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_constant__ BwdTmaArgs A) {
+#if MB_WG_ENABLED
+  using C = Cfg<D>;
+  constexpr int BC = C::BC, BR = C::BR, QP = C::QP;
+  static_assert(D == 128 || D == 64, "wgmma backward: head_dim 64 or 128");
+  const Args& a = A.a;
+  const AttnBwdParams& p = a.p;
+
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  const uint32_t raw = smem_u32(smem_raw);
+  const uint32_t base = (raw + 1023u) & ~1023u;
+  uint8_t* const gbase = smem_raw + (base - raw);
+  const uint32_t sK = base + C::OFF_K, sV = base + C::OFF_V, sQ0 = base + C::OFF_Q, sO0 = base + C::OFF_O;
+  const uint32_t sS0 = base + C::OFF_S, sDQ = base + C::OFF_DQ;
+  uint8_t* const sSp0 = gbase + C::OFF_S;
+  uint8_t* const sDQp = gbase + C::OFF_DQ;
+  const uint32_t sL = base + C::OFF_L;
+  float* const sLse = (float*)(gbase + C::OFF_L);  // [2][BR]
+  float* const sDs = sLse + 2 * BR;                // [2][BR]
+  const uint32_t barKV = base + C::OFF_BAR, full0 = barKV + 8, empty0 = barKV + 24;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int wg = warp >> 2;
+  const int n_block = blockIdx.x;
+  const int unit = a.unit0 + (int)blockIdx.y;
+  const int b = unit / p.heads_kv, kvh = unit % p.heads_kv;
+  const int sq = p.seqlen_q, sk = p.seqlen_k, group = a.group;
+  const int n0 = n_block * BC;
+
+  int m_begin = 0;
+  if (p.causal) {
+    const int64_t first = (int64_t)n0 - a.delta;
+    m_begin = first <= 0 ? 0 : first >= sq ? (sq + BR - 1) / BR : (int)(first / BR);
+  }
+  const int m_end = (sq + BR - 1) / BR;
+  const int nm = max(0, m_end - m_begin);
+  const int total = group * nm;
+
+  if (tid == 0) {
+    mbar_init(barKV, 1);
+    for (int i = 0; i < 2; ++i) {
+      mbar_init(full0 + 8 * i, 1);   // the TMA thread's expect_tx arrival
+      mbar_init(empty0 + 8 * i, 8);  // lane 0 of each consumer warp
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // ---- producer warpgroup: one thread
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
+    // total == 0: nothing to load (and no TMA may be left in flight when the CTA exits)
+    if (tid == 0 && total > 0) {
+      mbar_expect_tx(barKV, 2 * C::KV_TILE);
+      tma_tile<BC, D>(sK, &A.tm_k, A.perm_k, barKV, n0, kvh, b);
+      tma_tile<BC, D>(sV, &A.tm_v, A.perm_v, barKV, n0, kvh, b);
+      for (int t = 0; t < total; ++t) {
+        const int st = t & 1;
+        const int h = kvh * group + t / nm, r0 = (m_begin + t % nm) * BR;
+        const int64_t row = ((int64_t)b * p.heads_q + h) * a.sq_pad + r0;
+        const uint32_t full = full0 + 8 * st;
+        mbar_wait(empty0 + 8 * st, ((t >> 1) & 1) ^ 1);  // a fresh barrier passes the "previous phase" wait
+        mbar_expect_tx(full, 2 * C::Q_TILE + 2 * BR * 4);
+        tma_tile<BR, D>(sQ0 + st * C::Q_TILE, &A.tm_q, A.perm_q, full, r0, h, b);
+        tma_tile<BR, D>(sO0 + st * C::Q_TILE, &A.tm_do, A.perm_do, full, r0, h, b);
+        bulk_load(sL + st * BR * 4, a.lse2 + row, BR * 4, full);
+        bulk_load(sL + (2 + st) * BR * 4, a.dsum + row, BR * 4, full);
+      }
+    }
+    return;
+  }
+
+  // ---- consumers
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n");
+  const int c = wg - 1;             // keys 64c ..
+  const int wi = warp & 3;          // warp in warpgroup: accumulator rows 16*wi ..
+  const int lr = lane >> 2;         // accumulator row within the warp's 16 (and +8)
+  const int lc = (lane & 3) * 2;    // accumulator column pair within an n8 block
+  const bool ragged_k = n0 + BC > sk;
+  const int64_t mask_before = (int64_t)n0 + BC - 1 - a.delta;
+
+  float dv[D / 2], dk[D / 2];  // 64 keys x D per consumer: n8 block j -> regs 4j..4j+3
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dv[i] = dk[i] = 0.f;
+
+  const uint32_t kw = (uint32_t)c * 64 * 128;  // byte offset of this consumer's 64 key rows in a K/V half
+  // This consumer's 64 dQ columns: d=128, columns 64c.. of the one tile; d=64, the whole of its own tile.
+  const int dq_col = C::DQ_TILES == 1 ? c * 64 : 0;
+  const uint32_t dq_off = C::DQ_TILES == 1 ? (uint32_t)c * 64 * 4 : (uint32_t)c * BR * QP;
+  float* const acc_unit = a.dq_acc + (int64_t)blockIdx.y * group * sq * D;
+  if (total > 0) mbar_wait(barKV, 0);
+
+  for (int t = 0; t < total; ++t) {
+    const int st = t & 1;
+    const int r0 = (m_begin + t % nm) * BR;
+    mbar_wait(full0 + 8 * st, (t >> 1) & 1);  // Q, dO, lse, Dsum of step t landed
+    const uint32_t sQ = sQ0 + st * C::Q_TILE, sO = sO0 + st * C::Q_TILE, sS = sS0;
+    uint8_t* const sSp = sSp0;
+
+    // ---- 1. S^T = K_w Q^T, dP^T = V_w dO^T (64 keys x 64 q per consumer)
+    float st_[32], dpt[32];
+    fence_regs(st_);
+    fence_regs(dpt);
+    wg_fence();
+#pragma unroll
+    for (int k = 0; k < D / 16; ++k) {
+      const uint32_t ko = (uint32_t)(k >> 2) * (BC * 128) + kw + (k & 3) * 32;
+      const uint32_t qo = (uint32_t)(k >> 2) * (BR * 128) + (k & 3) * 32;
+      wgmma_ss_n64<BF16, 0, 0>(st_, make_desc(sK + ko, 16, 1024), make_desc(sQ + qo, 16, 1024), k > 0);
+    }
+    wg_commit();
+#pragma unroll
+    for (int k = 0; k < D / 16; ++k) {
+      const uint32_t ko = (uint32_t)(k >> 2) * (BC * 128) + kw + (k & 3) * 32;
+      const uint32_t qo = (uint32_t)(k >> 2) * (BR * 128) + (k & 3) * 32;
+      wgmma_ss_n64<BF16, 0, 0>(dpt, make_desc(sV + ko, 16, 1024), make_desc(sO + qo, 16, 1024), k > 0);
+    }
+    wg_commit();
+
+    // ---- 2a. P^T (while dP^T is still running)
+    const float* lse_b = sLse + st * BR;
+    const float* ds_b = sDs + st * BR;
+    const bool masked = ragged_k || (p.causal && (int64_t)r0 < mask_before);
+    const int krow = c * 64 + wi * 16 + lr;  // local key of accumulator rows (e >> 1 == 0); +8 for the others
+    wg_wait<1>();
+    fence_regs(st_);
+    uint32_t pf[4][4];  // A fragments of P^T for k-steps over q (16 each)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int ql = j * 8 + lc;
+      // lse * log2(e); +inf for a row that saw no key, so its P is 0 (never exp2(+inf)).
+      const float2 L = *(const float2*)(lse_b + ql);
+      const float l0 = L.x, l1 = L.y;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float pv = ex2(st_[j * 4 + e] * a.scale_log2 - ((e & 1) ? l1 : l0));
+        if (masked) {
+          const int key = n0 + krow + (e >> 1) * 8, q = r0 + ql + (e & 1);
+          if (key >= sk || (p.causal && key - q > a.delta)) pv = 0.f;
+        }
+        st_[j * 4 + e] = pv;
+      }
+    }
+#pragma unroll
+    for (int kq = 0; kq < 4; ++kq)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) pf[kq][i] = pack2<BF16>(st_[kq * 8 + 2 * i], st_[kq * 8 + 2 * i + 1]);
+
+    // ---- 3a. dV += P^T dO (A from registers, B = dO [q][d] read N-major)
+    fence_regs(pf);
+    fence_regs(dv);
+    wg_fence();
+#pragma unroll
+    for (int kq = 0; kq < 4; ++kq)
+      if constexpr (D == 128) wgmma_rs_n128<BF16, 1>(dv, pf[kq], make_desc(sO + kq * 16 * 128, BR * 128, 1024), 1);
+      else wgmma_rs_n64<BF16, 1>(dv, pf[kq], make_desc(sO + kq * 16 * 128, BR * 128, 1024), 1);
+    wg_commit();
+
+    // ---- 2b. dS^T = P^T (dP^T - Dsum)
+    wg_wait<1>();  // dP^T done (dV group may still run)
+    fence_regs(dpt);
+    uint32_t sf[4][4];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float2 Dd = *(const float2*)(ds_b + j * 8 + lc);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dpt[j * 4 + e] = st_[j * 4 + e] * (dpt[j * 4 + e] - ((e & 1) ? Dd.y : Dd.x));
+    }
+#pragma unroll
+    for (int kq = 0; kq < 4; ++kq)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) sf[kq][i] = pack2<BF16>(dpt[kq * 8 + 2 * i], dpt[kq * 8 + 2 * i + 1]);
+
+    // ---- 3b. dK += dS^T Q
+    fence_regs(sf);
+    fence_regs(dk);
+    wg_fence();
+#pragma unroll
+    for (int kq = 0; kq < 4; ++kq)
+      if constexpr (D == 128) wgmma_rs_n128<BF16, 1>(dk, sf[kq], make_desc(sQ + kq * 16 * 128, BR * 128, 1024), 1);
+      else wgmma_rs_n64<BF16, 1>(dk, sf[kq], make_desc(sQ + kq * 16 * 128, BR * 128, 1024), 1);
+    wg_commit();
+
+    // ---- 4. dS^T -> smem [key][q]: A fragment reg i of k-step kq holds rows krow (+8 for odd i),
+    //         columns kq*16 + (i >> 1)*8 + lc. Buffer st was last read by the dQ GEMMs of step t-2, which
+    //         both consumers finished before the barrier of step t-1.
+#pragma unroll
+    for (int kq = 0; kq < 4; ++kq)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = krow + (i & 1) * 8;
+        const int ch = kq * 2 + (i >> 1);
+        *(uint32_t*)(sSp + r * 128 + ((ch ^ (r & 7)) << 4) + lc * 2) = sf[kq][i];
+      }
+    fence_proxy_async();  // generic stores -> wgmma reads
+    float dq[D / 2];
+    // This consumer's dS^T rows (its own dQ GEMM of the previous step read them and has completed) and its
+    // own dQ tile only: a warpgroup barrier (ids 2, 3; 128 threads).
+    named_sync(2 + c, 128);
+    // dV and dK done first: their A fragments (pf, sf) die before the 64 dQ accumulators are live (with all
+    // of them at once ptxas serialises the wgmma, C7512). The other consumer keeps the tensor cores busy.
+    wg_wait<0>();
+    fence_regs(dv);
+    fence_regs(dk);
+    fence_regs(pf);
+    fence_regs(sf);
+    // ---- 5. dQ_c = dS[:, keys of c] K_c (64 q x D over this consumer's 64 keys)
+    fence_regs(dq);
+    wg_fence();
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const uint64_t da = make_desc(sS + (c * 64 + k * 16) * 128, BC * BR * 2, 1024);
+      const uint64_t db = make_desc(sK + (c * 64 + k * 16) * 128, BC * 128, 1024);
+      if constexpr (D == 128) wgmma_ss_n128<BF16, 1, 1>(dq, da, db, k > 0);
+      else wgmma_ss_n64<BF16, 1, 1>(dq, da, db, k > 0);
+    }
+    wg_commit();
+    wg_wait<0>();  // dV, dK and dQ of this step
+    fence_regs(dq);
+    fence_regs(dv);
+    fence_regs(dk);
+    fence_regs(pf);
+    fence_regs(sf);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty0 + 8 * st);  // Q, dO (wgmma) and lse, Dsum (this warp's loads) done
+
+    // ---- 6. dQ -> this warp's 16 rows of its consumer's padded fp32 tile, once this warp's copies of the
+    //         previous step have read them; then its lanes 0-15 add one row each into dq_acc.
+    if (t > 0) {
+      bulk_wait_read();
+      __syncwarp();
+    }
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = wi * 16 + lr + h * 8;
+        *(float2*)(sDQp + dq_off + row * QP + (j * 8 + lc) * 4) = make_float2(dq[j * 4 + 2 * h], dq[j * 4 + 2 * h + 1]);
+      }
+    fence_proxy_async();  // generic writes -> the bulk copy reads
+    __syncwarp();
+    if (lane < 16 && r0 + wi * 16 + lane < sq) {
+      const int row = wi * 16 + lane;
+      bulk_red_add_f32(acc_unit + ((int64_t)(t / nm) * sq + r0 + row) * D + dq_col, sDQ + dq_off + row * QP, D * 4);
+    }
+  }
+  bulk_wait_all();
+
+  // dK = scale * dS^T Q, dV = P^T dO: consumer rows = keys 64c + 16wi + lr (+8), columns 8j + lc.
+  uint16_t* gdK = (uint16_t*)p.dk + b * p.dk_batch_stride + kvh * p.dk_head_stride + lc;
+  uint16_t* gdV = (uint16_t*)p.dv + b * p.dv_batch_stride + kvh * p.dv_head_stride + lc;
+  const float scale = p.scale;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int key = n0 + c * 64 + wi * 16 + lr + h * 8;
+    if (key < sk) {
+      uint16_t* rk = gdK + (int64_t)key * p.dk_row_stride;
+      uint16_t* rv = gdV + (int64_t)key * p.dv_row_stride;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        *(uint32_t*)(rk + j * 8) = pack2<BF16>(dk[j * 4 + 2 * h] * scale, dk[j * 4 + 2 * h + 1] * scale);
+        *(uint32_t*)(rv + j * 8) = pack2<BF16>(dv[j * 4 + 2 * h], dv[j * 4 + 2 * h + 1]);
+      }
+    }
+  }
+#else
+  __trap();  // not sm_90a SASS: the launcher refuses this case before launching
+#endif
+}
+
+// Dsum = rowsum(dO * O) and lse * log2(e) (+inf where lse = -inf) into [b, hq, sq_pad], rows sq.. zero
+// (their Q and dO tiles are zero-filled by TMA, so they add nothing): one warp per row.
+template <bool BF16, int D>
+__global__ void attn_bwd_wgmma_pre_kernel(const AttnBwdParams p, float* dsum, float* lse2, int sq_pad) {
+  const int lane = threadIdx.x & 31;
+  const int64_t rows = (int64_t)p.batch * p.heads_q * sq_pad;
+  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  for (int64_t w = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); w < rows; w += warps) {
+    const int i = (int)(w % sq_pad);
+    const int64_t bh = w / sq_pad;
+    const int h = (int)(bh % p.heads_q), b = (int)(bh / p.heads_q);
+    float acc = 0.f, l2 = 0.f;
+    if (i < p.seqlen_q) {
+      const uint16_t* o = (const uint16_t*)p.out + b * p.o_batch_stride + (int64_t)i * p.o_row_stride + h * p.o_head_stride;
+      const uint16_t* d = (const uint16_t*)p.dout + b * p.do_batch_stride + (int64_t)i * p.do_row_stride + h * p.do_head_stride;
+#pragma unroll
+      for (int c = lane * 2; c < D; c += 64) {
+        const float2 x = attn::unpack2<BF16>(*(const uint32_t*)(o + c));
+        const float2 y = attn::unpack2<BF16>(*(const uint32_t*)(d + c));
+        acc += x.x * y.x + x.y * y.y;
+      }
+#pragma unroll
+      for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
+      const float x = p.lse[bh * p.seqlen_q + i];
+      l2 = x == -INFINITY ? INFINITY : x * kLog2e;
+    }
+    if (lane == 0) {
+      dsum[w] = acc;
+      lse2[w] = l2;
+    }
+  }
+}
+
+// Workspace: Dsum and lse2 [b, hq, sq_pad] each, then dq_acc (attn::plan_bwd).
+template <int D>
+static int sq_padded(const AttnBwdParams& p) { return (p.seqlen_q + Cfg<D>::BR - 1) / Cfg<D>::BR * Cfg<D>::BR; }
+static attn::BwdPlan wg_plan(const AttnBwdParams& p) {
+  const int sq_pad = p.head_dim == 64 ? sq_padded<64>(p) : sq_padded<128>(p);
+  return attn::plan_bwd(p, 2 * (size_t)p.batch * p.heads_q * sq_pad * 4);
+}
+
+static void check_supported(const AttnBwdParams& p, const char* who) {
+  attn::check_common(p, who);
+  if (p.head_dim != 128 && p.head_dim != 64)
+    throw Error("ERR_UNSUPPORTED", std::string(who) + ": the wgmma backward supports head_dim 64 and 128, got " +
+                                       std::to_string(p.head_dim));
+}
+
+// false: TMA descriptors cannot be made for these tensors (nothing launched).
+template <bool BF16, int D>
+static bool launch(const AttnBwdParams& p, cudaStream_t stream) {
+  using C = Cfg<D>;
+  const attn::BwdPlan pl = wg_plan(p);
+  const int sq_pad = sq_padded<D>(p);
+  float* dsum = (float*)p.workspace;
+  float* lse2 = dsum + (size_t)p.batch * p.heads_q * sq_pad;
+  float* dq_acc = (float*)((char*)p.workspace + pl.dsum_bytes);
+  const int group = p.heads_q / p.heads_kv;
+
+  auto kern = attn_bwd_wgmma_kernel<BF16, D>;
+  if (!wgmma_runs_here((const void*)kern, C::SMEM))
+    throw Error("ERR_UNSUPPORTED", "attention_bwd_cuda_wgmma: needs an sm_90 GPU, sm_90a SASS in the binary and " +
+                                       std::to_string(C::SMEM) + " bytes of shared memory per block");
+  BwdTmaArgs A;
+  Args& a = A.a;
+  if (p.seqlen_q > 0 && p.seqlen_k > 0 &&
+      (!make_map(&A.tm_q, A.perm_q, p.q, BF16, D, p.seqlen_q, p.heads_q, p.batch, p.q_row_stride, p.q_head_stride, p.q_batch_stride, C::BR) ||
+       !make_map(&A.tm_do, A.perm_do, p.dout, BF16, D, p.seqlen_q, p.heads_q, p.batch, p.do_row_stride, p.do_head_stride, p.do_batch_stride,
+                 C::BR) ||
+       !make_map(&A.tm_k, A.perm_k, p.k, BF16, D, p.seqlen_k, p.heads_kv, p.batch, p.k_row_stride, p.k_head_stride, p.k_batch_stride, C::BC) ||
+       !make_map(&A.tm_v, A.perm_v, p.v, BF16, D, p.seqlen_k, p.heads_kv, p.batch, p.v_row_stride, p.v_head_stride, p.v_batch_stride, C::BC)))
+    return false;
+  cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
+  attn::check_cuda("attention_bwd_wgmma: cudaFuncSetAttribute");
+
+  if (p.seqlen_q > 0) {
+    const int64_t rows = (int64_t)p.batch * p.heads_q * sq_pad;
+    const int64_t blocks = std::min<int64_t>((rows + 7) / 8, attn::sm_count() * 64);
+    attn_bwd_wgmma_pre_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dsum, lse2, sq_pad);
+    attn::check_cuda("attention_bwd_wgmma preprocess launch");
+  }
+  a.p = p;
+  a.dsum = dsum;
+  a.lse2 = lse2;
+  a.sq_pad = sq_pad;
+  a.dq_acc = dq_acc;
+  a.delta = attn::clamp_delta(p.q_offset, p.k_offset, p.seqlen_q, p.seqlen_k);
+  a.group = group;
+  a.scale_log2 = p.scale * kLog2e;
+  // No q rows: the kernel still runs (dk = dv = 0) but loads nothing, so the maps are never read.
+  const unsigned n_kblocks = (unsigned)((p.seqlen_k + C::BC - 1) / C::BC);
+  for (int u0 = 0; u0 < pl.units_total; u0 += pl.units_per_chunk) {
+    const int nu = std::min(pl.units_per_chunk, pl.units_total - u0);
+    const size_t acc_bytes = (size_t)nu * pl.unit_bytes;
+    if (acc_bytes && cudaMemsetAsync(dq_acc, 0, acc_bytes, stream) != cudaSuccess) attn::check_cuda("attention_bwd_wgmma memset");
+    if (n_kblocks > 0) {
+      a.unit0 = u0;
+      kern<<<dim3(n_kblocks, (unsigned)nu, 1), C::NT, C::SMEM, stream>>>(A);
+      attn::check_cuda("attention_bwd_wgmma kernel launch");
+    }
+    if (acc_bytes) {
+      const int64_t total4 = (int64_t)nu * p.seqlen_q * group * (D / 4);
+      const int64_t blocks = std::min<int64_t>((total4 + 255) / 256, attn::sm_count() * 32);
+      attn::attn_bwd_dq_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dq_acc, u0, nu, group);
+      attn::check_cuda("attention_bwd_wgmma dq convert launch");
+    }
+  }
+  return true;
+}
+
+}  // namespace attn_wg
+
+bool attention_bwd_wgmma_usable(const AttnBwdParams& p) {
+  if (p.dtype != Dtype::BF16 && p.dtype != Dtype::F16) return false;
+  if (p.head_dim == 128) return attn_wg::wgmma_runs_here((const void*)attn_wg::attn_bwd_wgmma_kernel<true, 128>, attn_wg::Cfg<128>::SMEM);
+  if (p.head_dim == 64) return attn_wg::wgmma_runs_here((const void*)attn_wg::attn_bwd_wgmma_kernel<true, 64>, attn_wg::Cfg<64>::SMEM);
+  return false;
+}
+
+size_t attention_bwd_wgmma_workspace_bytes(const AttnBwdParams& p) {
+  attn_wg::check_supported(p, "attention_bwd_wgmma_workspace_bytes");
+  // Also enough for the mma.sync backward, which runs in this workspace when TMA cannot describe the tensors.
+  return std::max(attn_wg::wg_plan(p).total, attn::plan_bwd(p).total);
+}
+
+bool attention_bwd_cuda_wgmma(const AttnBwdParams& p, cudaStream_t stream) {
+  using namespace attn;
+  const char* who = "attention_bwd_cuda_wgmma";
+  attn_wg::check_supported(p, who);
+  if (p.batch == 0) return true;
+  check_rows(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride, who, "q");
+  check_rows(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, who, "k");
+  check_rows(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, who, "v");
+  check_rows(p.out, p.o_batch_stride, p.o_row_stride, p.o_head_stride, who, "out");
+  check_rows(p.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride, who, "dout");
+  if (((uintptr_t)p.dq & 7) || ((uintptr_t)p.dk & 3) || ((uintptr_t)p.dv & 3) || p.dq_row_stride % 4 ||
+      p.dq_head_stride % 4 || p.dq_batch_stride % 4 || p.dk_row_stride % 2 || p.dk_head_stride % 2 ||
+      p.dk_batch_stride % 2 || p.dv_row_stride % 2 || p.dv_head_stride % 2 || p.dv_batch_stride % 2)
+    throw Error("ERR_UNSUPPORTED", std::string(who) + ": dq/dk/dv strides or pointers misaligned");
+  if (!aligned16(p.workspace)) throw Error("ERR_UNSUPPORTED", std::string(who) + ": workspace must be 16-byte aligned");
+  if (p.seqlen_q == 0 && p.seqlen_k == 0) return true;
+  const bool bf16 = p.dtype == Dtype::BF16;
+  if (p.head_dim == 128) return bf16 ? attn_wg::launch<true, 128>(p, stream) : attn_wg::launch<false, 128>(p, stream);
+  return bf16 ? attn_wg::launch<true, 64>(p, stream) : attn_wg::launch<false, 64>(p, stream);
+}
+
+}  // namespace mb
