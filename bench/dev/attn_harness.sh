@@ -24,9 +24,10 @@ if [ -n "$WGMMA" ]; then HFLAGS="-DMB_ATTN_WGMMA"; fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv 2>&1 | tee "$OUTDIR/gpu.txt"
 
 # Translation units compiled in parallel: the main build, plus one kernel build per flag in VARIANTS
-# (e.g. VARIANTS="-DMY_FLAG") and one per folder in VARIANT_DIRS (e.g. bench/dev/variants/bwd-own-keys: its
-# .cu files replace the kernels of the same name) for A/B timing in the same call. The shipped kernels have no
-# variant macros: a variant is an edited copy of the .cu, kept under bench/dev/variants/.
+# (e.g. VARIANTS="-DMY_FLAG") and one per script in VARIANT_SCRIPTS (e.g. bench/dev/variants/bwd_own_keys.py:
+# it writes edited copies of product kernels into a folder, which replace the kernels of the same name) for A/B
+# timing in the same call. The shipped kernels have no variant macros: a variant is a set of edits of the .cu,
+# kept under bench/dev/variants/.
 t0=$(date +%s)
 pids=()
 VARIANTS=${VARIANTS:-}
@@ -42,8 +43,12 @@ build_kernels() {  # $1 = output dir, $2 = extra flags, $3 = a folder of replace
 build_kernels "$BUILD/main" ""
 i=0
 for v in $VARIANTS; do i=$((i + 1)); build_kernels "$BUILD/var$i" "${v//,/ }"; done  # commas join flags of one variant
-VARIANT_DIRS=${VARIANT_DIRS:-}
-for v in $VARIANT_DIRS; do i=$((i + 1)); build_kernels "$BUILD/var$i" "" "$v"; done
+VARIANT_SCRIPTS=${VARIANT_SCRIPTS:-}
+for v in $VARIANT_SCRIPTS; do
+  i=$((i + 1))
+  python3 "$v" "$BUILD/var$i/src" || { echo "VARIANT $v FAILED"; exit 1; }
+  build_kernels "$BUILD/var$i" "" "$BUILD/var$i/src"
+done
 nvcc $FLAGS $HFLAGS -c bench/dev/attn_harness.cu -o "$BUILD/harness.o" >"$BUILD/harness.log" 2>&1 &
 pids+=($!)
 fail=0
@@ -102,7 +107,7 @@ if [ "$MODE" = all ] || [ "$MODE" = bench ] || [ "$MODE" = wgmma ]; then
   fi
 fi
 i=0
-for v in $VARIANTS $VARIANT_DIRS; do
+for v in $VARIANTS $VARIANT_SCRIPTS; do
   i=$((i + 1))
   echo "== variant $i: $v"
   grep -E -A3 "Compiling entry.*wgmma_kernel" "$BUILD/var$i/attention_bwd_wgmma.log" | grep -E "spill|C75" | sort | uniq -c
