@@ -115,6 +115,7 @@ void fill_fwd(AttnFwdParams& p, const Dims& d, const TensorImpl* q, const Tensor
 // The outputs: given ones (checked against the expected shape and dtype) or new handles, which are
 // disposed again if the call is refused.
 struct Outputs {
+  explicit Outputs(Baton& baton) : b(baton) {}
   Baton& b;
   std::vector<Napi::Value> handles;
   std::vector<TensorImpl*> impls, created;
@@ -148,7 +149,7 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   const bool given = b.has("out") || b.has("lse");
   const Dims d = dims_of(b, q, k, v);
   const int dev = q->device;
-  Outputs o{b};
+  Outputs o(b);
   TensorImpl* out = o.get("out", q->shape, q->dtype, dev, "out (like q)");
   TensorImpl* lse = o.get("lse", {d.b, d.hq, d.sq}, Dtype::F32, dev, "lse ([batch, headsQ, seqQ], f32)");
   b.finish();
@@ -184,7 +185,7 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   check_like(b, out, q->shape, q->dtype, "out (like q)");
   check_like(b, lse, {d.b, d.hq, d.sq}, Dtype::F32, "lse ([batch, headsQ, seqQ], f32)");
   const int dev = q->device;
-  Outputs o{b};
+  Outputs o(b);
   TensorImpl* dq = o.get("dq", q->shape, q->dtype, dev, "dq (like q)");
   TensorImpl* dk = o.get("dk", k->shape, q->dtype, dev, "dk (like k)");
   TensorImpl* dv = o.get("dv", v->shape, q->dtype, dev, "dv (like v)");

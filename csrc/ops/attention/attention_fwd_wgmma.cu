@@ -331,8 +331,7 @@ bool attention_fwd_wgmma_usable(const AttnFwdParams& p) {
 }
 
 // Checked by attention_fwd_check (the same row/alignment rules as the mma.sync forward) and
-// attention_fwd_wgmma_usable before this is called.
-// Checked by attention_fwd_check before this is called. Returns false (nothing launched) when TMA
+// attention_fwd_wgmma_usable before this is called. Returns false (nothing launched) when TMA
 // descriptors cannot be made for these tensors (no encoder in the driver, an empty key range, strides TMA
 // does not take); the caller then runs the mma.sync forward.
 bool attention_fwd_cuda_wgmma(const AttnFwdParams& p, cudaStream_t stream) {

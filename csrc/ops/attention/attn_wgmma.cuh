@@ -57,12 +57,6 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t saddr, uint32_t lbo, uint
          ((uint64_t)((sbo >> 4) & 0x3FFFu) << 32) | (1ull << 62);
 }
 
-// Byte offset of element (r, c) (c a multiple of 8: the 16-byte chunk) of a ROWS x D tile.
-template <int ROWS>
-__device__ __forceinline__ uint32_t sw_off(int r, int c) {
-  return (uint32_t)((c >> 6) * ROWS * 128 + r * 128 + ((((c >> 3) & 7) ^ (r & 7)) << 4));
-}
-
 // mbarriers, TMA tile loads and named barriers (the warp-specialised kernels: a producer warp issues TMA
 // into stages guarded by full/empty mbarriers).
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
