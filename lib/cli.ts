@@ -56,6 +56,7 @@ const commands: Entry[] = [
   { name: 'bench rope', summary: 'RoPE bandwidth against a device copy', load: () => import('./bench/rope') },
   { name: 'bench gemm', summary: 'matmul TFLOP/s at the Mistral-7B projection shapes (cuBLASLt, builtin, torch)', load: () => import('./bench/gemm') },
   { name: 'bench ring', summary: 'ring attention per-rank compute on virtual ranks; --model: the scaling model', load: () => import('./bench/ring') },
+  { name: 'bench ring-dist', summary: 'ring attention across launched ranks (NCCL GPUs or TCP CPUs): time, TFLOP/s and memory per GPU, hidden communication, check', load: () => import('./bench/ringdist') },
   { name: 'bench model', summary: 'Mistral-7B decoder layer and whole-model fwd+bwd (time, TFLOP/s, tokens/s, peak memory); check DIR vs PyTorch', load: () => import('./bench/model') },
   { name: 'launch', summary: 'start the ranks of a distributed job (rank/world variables, prefixed output, all end when one fails)', load: () => import('./cli/launch') },
   { name: 'train', summary: 'train a Mistral/Llama model on token files: AdamW, checkpoints (--resume), JSONL log, progress', load: () => import('./cli/train') },

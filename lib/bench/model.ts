@@ -11,7 +11,7 @@ import { MegabeamError } from '../errors';
 import { fromConfig, fromPretrained, KeepAttention, Model } from '../model/mistral';
 import * as safetensors from '../safetensors';
 import { Tensor, emptyCache, memory, randn, resetPeakMemory, synchronize, tensor } from '../tensor';
-import { GiB, IO, median, table, timed, withProgress } from './util';
+import { GiB, IO, median, relL2, table, timed, withProgress } from './util';
 import type { Command } from '../cli';
 import { CliIO, FlagValues } from '../cli/args';
 import { OUT_FLAG, REPS_FLAG, checkOutputPath } from '../cli/common';
@@ -145,12 +145,6 @@ async function benchWhole(seqs: number[], gradDtype: 'f32' | 'param', mlpChunk: 
     m.dispose();
   }
   return rows;
-}
-
-function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < a.length; i++) { num += (a[i] - b[i]) ** 2; den += b[i] ** 2; }
-  return Math.sqrt(num / (den || 1e-300));
 }
 
 /** megabeam CUDA bf16 vs bench/torch_model.py's float64 truth, next to PyTorch bf16's own error. */

@@ -55,6 +55,13 @@ export function fmt(x: number): string {
 
 export const GiB = 2 ** 30;
 
+/** ||a - b|| / ||b|| (b the reference). */
+export function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) { num += (a[i] - b[i]) ** 2; den += b[i] ** 2; }
+  return Math.sqrt(num / (den || 1e-300));
+}
+
 /**
  * A progress bar on stderr for work that takes seconds: the event loop stays free while the device
  * works, so a timer redraws the bar against the expected duration.
