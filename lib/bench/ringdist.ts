@@ -173,6 +173,9 @@ async function run(o: FlagValues, io: CliIO): Promise<number> {
     const mk = (h: number, s: number) => { const t = randn([B, Sl, h, d], { dtype, device: dev, seed: s }); owned.push(t); return t; };
     const q = mk(hq, seed), k = mk(hkv, seed + 1), v = mk(hkv, seed + 2), dout = mk(hq, seed + 3);
     const fl = attentionFlops(S, S, hq, d, B, causal);
+    // Peak memory per GPU = the inputs a rank of a real job holds + the pass's working memory above what was
+    // allocated before it (so results kept for the check and earlier algorithms do not count).
+    const inputGiB = [q, k, v, dout].reduce((s, x) => s + x.nbytes, 0) / GiB;
     say(`bench ring-dist: ${W} rank(s) on ${dev}${group ? ` over ${group.backend}` : ''}, S=${S} (${Sl} per rank, ${layout}), ` +
       `${hq}/${hkv} heads, d=${d}, ${dtype}, ${causal ? 'causal' : 'full'}`);
 
@@ -188,8 +191,8 @@ async function run(o: FlagValues, io: CliIO): Promise<number> {
       if (warm) { const { f, g } = await once(); for (const x of [f.out, f.lse, g.dq, g.dk, g.dv]) x.dispose(); }
       await synchronize(dev);
       resetPeakMemory(dev);
+      const before = memory(dev).allocated / GiB;
       const ft: number[] = [], bt: number[] = [];
-      let last: { out: Tensor; lse: Tensor; dq: Tensor } | undefined;
       for (let r = 0; r < reps; r++) {
         let f!: { out: Tensor; lse: Tensor };
         ft.push(await timedPass(dev, group, async () => { f = await ring.forward(group, q, k, v, ro); }));
@@ -197,11 +200,10 @@ async function run(o: FlagValues, io: CliIO): Promise<number> {
         bt.push(await timedPass(dev, group, async () => { g = await ring.backward(group, dout, q, k, v, f.out, f.lse, ro); }));
         g.dk.dispose();
         g.dv.dispose();
-        if (last) for (const x of [last.out, last.lse, last.dq]) x.dispose();
-        last = { out: f.out, lse: f.lse, dq: g.dq };
+        if (r === reps - 1) kept.push({ algo: algorithm, out: f.out, lse: f.lse, dq: g.dq });  // for the check
+        else for (const x of [f.out, f.lse, g.dq]) x.dispose();
       }
-      kept.push({ algo: algorithm, ...last! });
-      const peaks = (await gatherNumbers(group, dev, [memory(dev).peak / GiB])).map((x) => x[0]);
+      const peaks = (await gatherNumbers(group, dev, [inputGiB + memory(dev).peak / GiB - before])).map((x) => x[0]);
       const fwd = median(ft), bwd = median(bt);
       rows.push({ algorithm, fwd_s: fwd, bwd_s: bwd, fwd_tflops_per_gpu: fl / fwd / W / 1e12, bwd_tflops_per_gpu: 2.5 * fl / bwd / W / 1e12,
         peak_gib_max: Math.max(...peaks), peak_gib_per_rank: peaks });
