@@ -10,6 +10,7 @@ import { rope } from '../lib/rope';
 import { Tensor, memory, randn, synchronize, tensor } from '../lib/tensor';
 import { throwsCode } from './helpers/assert';
 import { gpu } from './helpers/devices';
+import { directionalChecks, dot } from './helpers/fd';
 import { mulberry32, randomNormal, testSeed } from './helpers/rng';
 import { AttnDims, attentionBackwardRef, attentionForwardRef } from './ref/attention';
 import { RefStyle, invFreqFromBase, ropeRef } from './ref/rope';
@@ -232,11 +233,6 @@ const fdCases: Case[] = [
     attentionFactor: 1.1 }),
   mkCase({ seqQ: 6, seqK: 8, headsQ: 2, headsKv: 2, headDim: 8, rotaryDim: 8, causal: true, positions: 'own' }),
 ];
-const dot = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
-  return s;
-};
 for (const c of fdCases) {
   t.test(`finite differences f32 ${describe(c)}`, async (tt) => {
     const s = await setup(c, 'cpu');
@@ -246,37 +242,23 @@ for (const c of fdCases) {
     const g = attention.backward(w.x, s.q.x, s.k.x, s.v.x, out, lse, opts);
     const grads = { q: await values(g.dq), k: await values(g.dk), v: await values(g.dv) };
     for (const which of ['q', 'k', 'v'] as const) {
-      const x0 = s[which].v;
-      const dir = randomNormal(x0.length, rnd);
-      const refLoss = (h: number): number => {
-        const x = Float64Array.from(x0, (a, i) => a + h * dir[i]);
-        const a = { q: s.q.v, k: s.k.v, v: s.v.v, [which]: x };
-        return dot(reference(c, a.q, a.k, a.v, null, s.qPos, s.kPos).out, w.v);
-      };
-      const h = 1e-6;
-      const exact = (refLoss(h) - refLoss(-h)) / (2 * h);
-      const mag = Math.max(Math.abs(exact), 1e-3);
-      const kernel = dot(grads[which], dir);
-      tt.ok(Math.abs(exact) > 1e-3, `d${which}: the directional derivative is not trivially 0`);
-      tt.ok(Math.abs(kernel - exact) <= 1e-4 * mag,
-        `d${which}: op <grad, dir> ${kernel.toExponential(6)} vs reference central difference ${exact.toExponential(6)}`);
-
-      const eps = 2e-3;
-      const plus = Float32Array.from(x0, (a, i) => a + eps * dir[i]);
-      const minus = Float32Array.from(x0, (a, i) => a - eps * dir[i]);
-      const step = Float64Array.from(plus, (a, i) => (a - minus[i]) / 2);
-      const run = async (vals: Float32Array): Promise<number> => {
-        const x = tensor(vals, { shape: [...s[which].x.shape] });
-        const a = { q: s.q.x, k: s.k.x, v: s.v.x, [which]: x };
-        const r = attention.forward(a.q, a.k, a.v, opts);
-        const l = dot(await values(r.out), w.v);
-        r.out.dispose(); r.lse.dispose(); x.dispose();
-        return l;
-      };
-      const fd = ((await run(plus)) - (await run(minus))) / 2;
-      const predicted = dot(grads[which], step);
-      tt.ok(Math.abs(predicted - fd) <= 1e-2 * Math.max(Math.abs(predicted), 1e-6),
-        `d${which}: op <grad, step> ${predicted.toExponential(4)} vs the op's f32 difference ${fd.toExponential(4)}`);
+      const x0 = s[which].v, dir = randomNormal(x0.length, rnd);
+      await directionalChecks(tt, {
+        name: `d${which}`, x0, dir, grad: grads[which],
+        refLoss: (h) => {
+          const x = Float64Array.from(x0, (a, i) => a + h * dir[i]);
+          const a = { q: s.q.v, k: s.k.v, v: s.v.v, [which]: x };
+          return dot(reference(c, a.q, a.k, a.v, null, s.qPos, s.kPos).out, w.v);
+        },
+        f32Loss: async (vals) => {
+          const x = tensor(vals, { shape: [...s[which].x.shape] });
+          const a = { q: s.q.x, k: s.k.x, v: s.v.x, [which]: x };
+          const r = attention.forward(a.q, a.k, a.v, opts);
+          const l = dot(await values(r.out), w.v);
+          r.out.dispose(); r.lse.dispose(); x.dispose();
+          return l;
+        },
+      });
     }
     for (const x of [out, lse, g.dq, g.dk, g.dv]) x.dispose();
     s.dispose();

@@ -8,6 +8,7 @@ import { AttentionBackwardKernel, AttentionForwardKernel, native } from '../lib/
 import { Tensor, full, randn, synchronize, tensor } from '../lib/tensor';
 import { throwsCode } from './helpers/assert';
 import { gpu } from './helpers/devices';
+import { directionalChecks } from './helpers/fd';
 import { mulberry32, randomNormal, testSeed } from './helpers/rng';
 import { AttnDims, attentionBackwardRef, attentionForwardRef } from './ref/attention';
 
@@ -341,49 +342,24 @@ for (const c of fdCases) {
       return s;
     };
     for (const which of ['q', 'k', 'v'] as const) {
-      const x0 = inp[which].v;
-      const dir = randomNormal(x0.length, rnd);
-      const refGrad = which === 'q' ? refGrads.dq : which === 'k' ? refGrads.dk : refGrads.dv;
-      const dot = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
-        let s = 0;
-        for (let i = 0; i < a.length; i++) s += a[i] * b[i];
-        return s;
-      };
-      // Directional derivative of the float64 reference forward, step 1e-6 in float64: accurate to
-      // ~1e-9 relative, so it judges both the kernel's and the reference's backward.
-      const refLoss = (h: number): number => {
-        const x = Float64Array.from(x0, (a, i) => a + h * dir[i]);
-        const args = { q: inp.q.v, k: inp.k.v, v: inp.v.v, [which]: x };
-        return loss(attentionForwardRef(args.q, args.k, args.v, dims, o).out);
-      };
-      const h = 1e-6;
-      const exact = (refLoss(h) - refLoss(-h)) / (2 * h);
-      const mag = Math.max(Math.abs(exact), 1e-3);
-      const kernel = dot(grads[which], dir), reference = dot(refGrad, dir);
-      tt.ok(Math.abs(kernel - exact) <= 1e-4 * mag,
-        `d${which}: kernel <grad, dir> ${kernel.toExponential(6)} vs central difference ${exact.toExponential(6)}`);
-      tt.ok(Math.abs(reference - exact) <= 1e-6 * mag,
-        `d${which}: reference <grad, dir> ${reference.toExponential(6)} (validates the reference)`);
-      tt.ok(Math.abs(exact) > 1e-3, `d${which}: the directional derivative is not trivially 0`);
-
-      // Self-consistency with the kernel's own f32 forward: steps of 2e-3 on the stored f32 values,
-      // compared with <grad, actual rounded step>.
-      const eps = 2e-3;
-      const plus = Float32Array.from(x0, (a, i) => a + eps * dir[i]);
-      const minus = Float32Array.from(x0, (a, i) => a - eps * dir[i]);
-      const step = Float64Array.from(plus, (a, i) => (a - minus[i]) / 2);
-      const run = async (vals: Float32Array): Promise<number> => {
-        const x = tensor(vals, { shape: [...inp[which].x.shape] });
-        const args = { q: inp.q.x, k: inp.k.x, v: inp.v.x, [which]: x };
-        const r = attention.forward(args.q, args.k, args.v, o);
-        const l = loss(await values(r.out));
-        r.out.dispose(); r.lse.dispose(); x.dispose();
-        return l;
-      };
-      const fd = ((await run(plus)) - (await run(minus))) / 2;
-      const predicted = dot(grads[which], step);
-      tt.ok(Math.abs(predicted - fd) <= 1e-2 * Math.max(Math.abs(predicted), 1e-6),
-        `d${which}: kernel <grad, step> ${predicted.toExponential(4)} vs kernel f32 difference ${fd.toExponential(4)}`);
+      const x0 = inp[which].v, dir = randomNormal(x0.length, rnd);
+      await directionalChecks(tt, {
+        name: `d${which}`, x0, dir, grad: grads[which],
+        refGrad: which === 'q' ? refGrads.dq : which === 'k' ? refGrads.dk : refGrads.dv,
+        refLoss: (h) => {
+          const x = Float64Array.from(x0, (a, i) => a + h * dir[i]);
+          const args = { q: inp.q.v, k: inp.k.v, v: inp.v.v, [which]: x };
+          return loss(attentionForwardRef(args.q, args.k, args.v, dims, o).out);
+        },
+        f32Loss: async (vals) => {
+          const x = tensor(vals, { shape: [...inp[which].x.shape] });
+          const args = { q: inp.q.x, k: inp.k.x, v: inp.v.x, [which]: x };
+          const r = attention.forward(args.q, args.k, args.v, o);
+          const l = loss(await values(r.out));
+          r.out.dispose(); r.lse.dispose(); x.dispose();
+          return l;
+        },
+      });
     }
     for (const x of [out, lse, g.dq, g.dk, g.dv]) x.dispose();
     inp.dispose();
