@@ -2,30 +2,17 @@
 // over TCP it runs ring and all-gather, passes its own check, reports per-rank memory, hidden communication and
 // the 1-device speedup; its windowed check catches a wrong result; bad flags give one coded line.
 import t from 'tap';
-import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { attention } from '../lib/attention';
 import { windowErrors } from '../lib/bench/ringdist';
 import { randn, scale } from '../lib';
+import { cli, cliEntry } from './helpers/spawn-ts';
 
-const root = path.join(__dirname, '..');
-const cliEntry = path.join(__dirname, 'helpers', 'cli-entry.ts');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-ringdist-'));
 t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-interface Run { code: number | null; out: string; err: string }
-function cli(args: string[], timeoutMs = 120000): Promise<Run> {
-  return new Promise((resolve) => {
-    const cp = spawn(process.execPath, ['--import', 'tsx', cliEntry, ...args], { cwd: root, env: process.env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '', err = '';
-    cp.stdout.on('data', (d) => (out += d));
-    cp.stderr.on('data', (d) => (err += d));
-    const timer = setTimeout(() => cp.kill('SIGKILL'), timeoutMs);
-    cp.on('exit', (code) => { clearTimeout(timer); resolve({ code, out, err }); });
-  });
-}
 
 const small = ['--device', 'cpu', '--seq', '384', '--heads', '4', '--kv-heads', '2', '--head-dim', '16', '--reps', '1'];
 

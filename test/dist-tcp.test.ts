@@ -13,24 +13,11 @@ import { tensor } from '../lib/tensor';
 import { MegabeamError } from '../lib/errors';
 import { gpu, gpu2 } from './helpers/devices';
 import { mulberry32, randomNormal, testSeed } from './helpers/rng';
+import { Run, cliEntry, root, runTs } from './helpers/spawn-ts';
 
-const root = path.join(__dirname, '..');
-const cliEntry = path.join(__dirname, 'helpers', 'cli-entry.ts');
 const worker = path.join(__dirname, 'dist', 'worker.ts');
 
-interface Run { code: number | null; out: string; err: string; ms: number }
-
-function run(args: string[], env: Record<string, string> = {}, timeoutMs = 60000): Promise<Run> {
-  return new Promise((resolve) => {
-    const t0 = Date.now();
-    const cp = spawn(process.execPath, ['--import', 'tsx', ...args], { cwd: root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '', err = '';
-    cp.stdout.on('data', (d) => (out += d));
-    cp.stderr.on('data', (d) => (err += d));
-    const timer = setTimeout(() => cp.kill('SIGKILL'), timeoutMs);
-    cp.on('exit', (code) => { clearTimeout(timer); resolve({ code, out, err, ms: Date.now() - t0 }); });
-  });
-}
+const run = (args: string[], env: Record<string, string> = {}, timeoutMs = 60000): Promise<Run> => runTs(args, { env, timeoutMs });
 const launch = (nproc: number, which: string, extra: string[] = [], env: Record<string, string> = {}): Promise<Run> =>
   run([cliEntry, 'launch', '--nproc', String(nproc), ...extra, worker, which, String(testSeed())], env);
 

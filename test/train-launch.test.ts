@@ -3,31 +3,18 @@
 // rank 0 alone logs and writes the model, every rank writes its optimizer shard; a W=2 checkpoint resumes
 // at W=2.
 import t from 'tap';
-import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { trainCli } from '../lib/cli/train';
 import { parseLaunchArgs, MEGABEAM_BIN } from '../lib/cli/launch';
 import { latestCheckpoint } from '../lib/train/checkpoint';
+import { cli, cliEntry } from './helpers/spawn-ts';
 import { TINY, losses, writeTokens } from './helpers/train-run';
 
-const root = path.join(__dirname, '..');
-const cliEntry = path.join(__dirname, 'helpers', 'cli-entry.ts');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-train-launch-'));
 t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-interface Run { code: number | null; out: string; err: string }
-function cli(args: string[], timeoutMs = 120000): Promise<Run> {
-  return new Promise((resolve) => {
-    const cp = spawn(process.execPath, ['--import', 'tsx', cliEntry, ...args], { cwd: root, env: process.env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '', err = '';
-    cp.stdout.on('data', (d) => (out += d));
-    cp.stderr.on('data', (d) => (err += d));
-    const timer = setTimeout(() => cp.kill('SIGKILL'), timeoutMs);
-    cp.on('exit', (code) => { clearTimeout(timer); resolve({ code, out, err }); });
-  });
-}
 const io = () => {
   const out: string[] = [], err: string[] = [];
   return { out, err, io: { out: (s: string) => out.push(s), err: (s: string) => err.push(s) } };
