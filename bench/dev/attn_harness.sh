@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build and run the flash attention dev harness on a CUDA machine (no Node, no PyTorch).
 #   bench/dev/attn_harness.sh [all|check|bench|wgmma] LENS="16384 65536 131072" BIG=524288 to override
+#   BENCH_ARGS="--d64" times head_dim 64 instead of 128 (the product's and the variants' benches alike)
 # The library's backward is the wgmma kernel on sm_90 (MEGABEAM_ATTN_BWD_CONFIG=mma|small selects the mma.sync
 # ones). WGMMA=1 adds direct calls of the wgmma kernel next to the mma.sync one:
 #   all/check: + `selftest` (small cases, one tile first) and `check --wgmma` (the matrix, d=128 cases);
@@ -97,11 +98,11 @@ if [ -n "$WGMMA" ] && { [ "$MODE" = all ] || [ "$MODE" = check ] || [ "$MODE" = 
 fi
 if [ "$MODE" = all ] || [ "$MODE" = bench ] || [ "$MODE" = wgmma ]; then
   t1=$(date +%s)
-  "$H" bench ${LENS:-16384 65536 131072} $WGFLAG 2>&1 | tee "$OUTDIR/bench.log" || rc=1
+  "$H" bench ${LENS:-16384 65536 131072} $WGFLAG ${BENCH_ARGS:-} 2>&1 | tee "$OUTDIR/bench.log" || rc=1
   took=$(( $(date +%s) - t1 ))
   # The 512K point takes ~16x the 128K one; run it only when that fits comfortably.
   if [ -n "${BIG-524288}" ] && [ "$took" -lt "${BIG_IF_UNDER:-25}" ]; then
-    timeout "${BIG_TIMEOUT:-120}" "$H" bench ${BIG-524288} $WGFLAG 2>&1 | tee -a "$OUTDIR/bench.log"
+    timeout "${BIG_TIMEOUT:-120}" "$H" bench ${BIG-524288} $WGFLAG ${BENCH_ARGS:-} 2>&1 | tee -a "$OUTDIR/bench.log"
   else
     echo "skipping 512K (smaller sizes took ${took} s)"
   fi
@@ -114,8 +115,12 @@ for v in $VARIANTS $VARIANT_SCRIPTS; do
   if [ -n "${VARIANT_CHECK:-}" ]; then
     "$BUILD/var$i/attn_harness" check >"$OUTDIR/check_var$i.log" 2>&1 || rc=1
     tail -1 "$OUTDIR/check_var$i.log"
+    if [ -n "$WGMMA" ]; then  # the wgmma kernels' small cases, one tile first (harness built with MB_ATTN_WGMMA)
+      timeout "${WG_TIMEOUT:-300}" "$BUILD/var$i/attn_harness" selftest >"$OUTDIR/selftest_var$i.log" 2>&1 || rc=1
+      tail -1 "$OUTDIR/selftest_var$i.log"
+    fi
   fi
-  "$BUILD/var$i/attn_harness" bench ${VLENS:-16384 65536} 2>&1 | tee -a "$OUTDIR/variants.log"
+  "$BUILD/var$i/attn_harness" bench ${VLENS:-16384 65536} ${BENCH_ARGS:-} 2>&1 | tee -a "$OUTDIR/variants.log"
 done
 # One profiled launch of each kernel at 16K (ncu reads counters on the Firecracker machines).
 if [ -n "${NCU:-}" ] && command -v ncu >/dev/null; then

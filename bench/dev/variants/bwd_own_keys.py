@@ -4,11 +4,12 @@
 else). bench/dev/attn_harness.sh runs it for VARIANT_SCRIPTS=bench/dev/variants/bwd_own_keys.py and builds the
 result in place of the product kernel for the A/B.
 
-One change: at head_dim 128 too, each consumer computes dQ over its own 64 keys only (m64n128, 4 k-steps) into
-its own fp32 tile, as the d = 64 path already does, so the two consumers never wait for each other (a warpgroup
-barrier instead of the consumers' barrier every step; dS^T single-buffered, each consumer reads only its own
-rows). Costs: 64 dQ accumulators instead of 32, so dV and dK must finish before the dQ GEMM is issued (with all
-of them live ptxas serialises the wgmma, C7512), and twice the dq_acc reduction bytes.
+One change: at head_dim 128 too, each consumer computes dQ over its own 64 keys only (m64n128, 4 k-steps) into its
+own fp32 tile, as the d = 64 path already does, so the two consumers never wait for each other (a warpgroup barrier
+instead of the consumers' barrier every step; dS^T single-buffered, each consumer reads only its own rows, after a
+warpgroup barrier that makes sure all of the warpgroup's previous dQ GEMM is done). Costs: 64 dQ accumulators
+instead of 32, so dV and dK must finish before the dQ GEMM is issued (with all of them live ptxas serialises the
+wgmma, C7512), and twice the dq_acc reduction bytes.
 Prediction and outcome: bench/NOTES.md ("Backward step 2").
 
 usage: bwd_own_keys.py OUT_DIR   (writes OUT_DIR/attention_bwd_wgmma.cu)
@@ -24,6 +25,12 @@ EDITS = [
      '''  static constexpr int OFF_S = OFF_O + 2 * Q_TILE;   // dS^T [BC][BR] 16-bit, 128-B rows
   static constexpr int OFF_L = OFF_S + S_TILE;       // lse [2][BR] then Dsum [2][BR]'''),
     ('''  static constexpr int DQ_TILES = D == 128 ? 1 : 2;''', '''  static constexpr int DQ_TILES = 2;'''),
+    ('''columns kq*16 + (i >> 1)*8 + lc. Buffer st was last read by the dQ GEMMs of step t-2, which
+    //         both consumers finished before the barrier of step t-1.
+''', '''columns kq*16 + (i >> 1)*8 + lc. One buffer: every warp of this warpgroup must have finished the
+    //         previous step's dQ GEMM (wgmma.wait_group is per warp; each warp's rows of it read all 64 keys).
+    named_sync(2 + c, 128);
+'''),
     ('''    const uint32_t sQ = sQ0 + st * C::Q_TILE, sO = sO0 + st * C::Q_TILE, sS = sS0 + st * C::S_TILE;
     uint8_t* const sSp = sSp0 + st * C::S_TILE;''',
      '''    const uint32_t sQ = sQ0 + st * C::Q_TILE, sO = sO0 + st * C::Q_TILE, sS = sS0;
