@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device run, from the repo root on a GPU machine (after `source .gpu/env.sh` there, or on any
 # machine with Node, a GPU, and python3 + PyTorch for the yardstick):
-#   bash bench/run-device.sh tests|rope|check|attention|attnrope|torch|gemm|nn|modelcheck|model|modelkeep|capacity|attnd64|torchlayer|demo|ring|ringdist|train|trainfull|passkey ...
+#   bash bench/run-device.sh tests|rope|check|attention|attnrope|torch|gemm|nn|modelcheck|model|modelkeep|capacity|attnd64|torchlayer|demo|ring|ringdist|train|trainfull|passkey|attnvariants ...
 #   (default: tests rope check attention torch gemm demo)
 # Writes logs and JSON under $OUT (default bench/out).
 set -uo pipefail
@@ -40,6 +40,11 @@ for p in "${parts[@]}"; do
                run torchtrainfull python3 bench/torch_train.py --full --json "$OUT/torch_train_full.json" ;;
     passkey) run passkey bash -c "node examples/passkey.js --out '$OUT/passkey' 2>&1 | grep -v '^\[' | tee '$OUT/passkey.log'" ;;
     demo) run demo bash -c "node bin/megabeam.js demo | tee '$OUT/demo.log'" ;;
+    # the attention kernels' prepared variants (bench/dev/variants, bench/NOTES.md) against the product, no Node:
+    # harness checks + d=128 timings, then the d=64 timings from the same build (~6 min)
+    attnvariants) export VARIANT_SCRIPTS="${ATTN_VARIANTS:-$(ls bench/dev/variants/*.py | tr '\n' ' ')}"
+                  run attnvariants bash -c "WGMMA=1 VARIANT_CHECK=1 VLENS='16384 65536 131072' OUT='$OUT/harness' bash bench/dev/attn_harness.sh all"
+                  run attnvariantsd64 bash -c "REUSE_BUILD=1 BENCH_ARGS=--d64 LENS='65536 131072' VLENS='65536 131072' BIG= OUT='$OUT/harness-d64' bash bench/dev/attn_harness.sh bench" ;;
     *) echo "unknown part $p"; status=2 ;;
   esac
 done

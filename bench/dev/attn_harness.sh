@@ -29,45 +29,53 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,
 # it writes edited copies of product kernels into a folder, which replace the kernels of the same name) for A/B
 # timing in the same call. The shipped kernels have no variant macros: a variant is a set of edits of the .cu,
 # kept under bench/dev/variants/.
-t0=$(date +%s)
-pids=()
-VARIANTS=${VARIANTS:-}
-build_kernels() {  # $1 = output dir, $2 = extra flags, $3 = a folder of replacement .cu files (optional)
-  mkdir -p "$1"
-  for f in attention_fwd attention_fwd_wgmma attention_bwd attention_bwd_wgmma; do
-    src=csrc/ops/attention/$f.cu
-    [ -n "${3:-}" ] && [ -f "$3/$f.cu" ] && src="$3/$f.cu"
-    nvcc $FLAGS $2 -c "$src" -o "$1/$f.o" >"$1/$f.log" 2>&1 &
-    pids+=($!)
+# REUSE_BUILD=1: take the binaries a previous call of this script left in $BUILD (same VARIANTS/VARIANT_SCRIPTS),
+# e.g. to time BENCH_ARGS=--d64 after an `all` run without compiling again.
+if [ -n "${REUSE_BUILD:-}" ] && [ -x "$BUILD/main/attn_harness" ]; then
+  echo "reusing the build in $BUILD"
+  VARIANTS=${VARIANTS:-}
+  VARIANT_SCRIPTS=${VARIANT_SCRIPTS:-}
+else
+  t0=$(date +%s)
+  pids=()
+  VARIANTS=${VARIANTS:-}
+  build_kernels() {  # $1 = output dir, $2 = extra flags, $3 = a folder of replacement .cu files (optional)
+    mkdir -p "$1"
+    for f in attention_fwd attention_fwd_wgmma attention_bwd attention_bwd_wgmma; do
+      src=csrc/ops/attention/$f.cu
+      [ -n "${3:-}" ] && [ -f "$3/$f.cu" ] && src="$3/$f.cu"
+      nvcc $FLAGS $2 -c "$src" -o "$1/$f.o" >"$1/$f.log" 2>&1 &
+      pids+=($!)
+    done
+  }
+  build_kernels "$BUILD/main" ""
+  i=0
+  for v in $VARIANTS; do i=$((i + 1)); build_kernels "$BUILD/var$i" "${v//,/ }"; done  # commas join flags of one variant
+  VARIANT_SCRIPTS=${VARIANT_SCRIPTS:-}
+  for v in $VARIANT_SCRIPTS; do
+    i=$((i + 1))
+    python3 "$v" "$BUILD/var$i/src" || { echo "VARIANT $v FAILED"; exit 1; }
+    build_kernels "$BUILD/var$i" "" "$BUILD/var$i/src"
   done
-}
-build_kernels "$BUILD/main" ""
-i=0
-for v in $VARIANTS; do i=$((i + 1)); build_kernels "$BUILD/var$i" "${v//,/ }"; done  # commas join flags of one variant
-VARIANT_SCRIPTS=${VARIANT_SCRIPTS:-}
-for v in $VARIANT_SCRIPTS; do
-  i=$((i + 1))
-  python3 "$v" "$BUILD/var$i/src" || { echo "VARIANT $v FAILED"; exit 1; }
-  build_kernels "$BUILD/var$i" "" "$BUILD/var$i/src"
-done
-nvcc $FLAGS $HFLAGS -c bench/dev/attn_harness.cu -o "$BUILD/harness.o" >"$BUILD/harness.log" 2>&1 &
-pids+=($!)
-fail=0
-for p in "${pids[@]}"; do wait "$p" || fail=1; done
-cat "$BUILD"/main/attention_fwd.log "$BUILD"/main/attention_fwd_wgmma.log "$BUILD"/main/attention_bwd.log "$BUILD"/main/attention_bwd_wgmma.log |
-  grep -E "error|warning|Compiling entry|registers|spill|Potential" >"$OUTDIR/ptxas.txt"
-if [ $fail -ne 0 ]; then
-  cat "$BUILD"/*.log "$BUILD"/*/*.log
-  echo "BUILD FAILED"
-  exit 1
+  nvcc $FLAGS $HFLAGS -c bench/dev/attn_harness.cu -o "$BUILD/harness.o" >"$BUILD/harness.log" 2>&1 &
+  pids+=($!)
+  fail=0
+  for p in "${pids[@]}"; do wait "$p" || fail=1; done
+  cat "$BUILD"/main/attention_fwd.log "$BUILD"/main/attention_fwd_wgmma.log "$BUILD"/main/attention_bwd.log "$BUILD"/main/attention_bwd_wgmma.log |
+    grep -E "error|warning|Compiling entry|registers|spill|Potential" >"$OUTDIR/ptxas.txt"
+  if [ $fail -ne 0 ]; then
+    cat "$BUILD"/*.log "$BUILD"/*/*.log
+    echo "BUILD FAILED"
+    exit 1
+  fi
+  for d in "$BUILD"/main "$BUILD"/var*; do
+    [ -d "$d" ] || continue
+    nvcc $ARCH "$d"/attention_fwd.o "$d"/attention_fwd_wgmma.o "$d"/attention_bwd.o "$d"/attention_bwd_wgmma.o "$BUILD"/harness.o -o "$d/attn_harness" || { echo "LINK FAILED"; exit 1; }
+  done
+  echo "build: $(( $(date +%s) - t0 )) s"
+  grep -E "registers|spill" "$OUTDIR/ptxas.txt" | sort | uniq -c
+  grep -E -A3 "Compiling entry.*wgmma_kernel" "$BUILD/main/attention_bwd_wgmma.log" | grep -E "registers|spill|Potential"
 fi
-for d in "$BUILD"/main "$BUILD"/var*; do
-  [ -d "$d" ] || continue
-  nvcc $ARCH "$d"/attention_fwd.o "$d"/attention_fwd_wgmma.o "$d"/attention_bwd.o "$d"/attention_bwd_wgmma.o "$BUILD"/harness.o -o "$d/attn_harness" || { echo "LINK FAILED"; exit 1; }
-done
-echo "build: $(( $(date +%s) - t0 )) s"
-grep -E "registers|spill" "$OUTDIR/ptxas.txt" | sort | uniq -c
-grep -E -A3 "Compiling entry.*wgmma_kernel" "$BUILD/main/attention_bwd_wgmma.log" | grep -E "registers|spill|Potential"
 H="$BUILD/main/attn_harness"
 WGFLAG=${WGMMA:+--wgmma}
 
@@ -111,7 +119,7 @@ i=0
 for v in $VARIANTS $VARIANT_SCRIPTS; do
   i=$((i + 1))
   echo "== variant $i: $v"
-  grep -E -A3 "Compiling entry.*wgmma_kernel" "$BUILD/var$i/attention_bwd_wgmma.log" | grep -E "spill|C75" | sort | uniq -c
+  cat "$BUILD/var$i"/attention_*wgmma.log | grep -E -A3 "Compiling entry.*wgmma_kernel" | grep -E "spill|C75" | sort | uniq -c
   if [ -n "${VARIANT_CHECK:-}" ]; then
     "$BUILD/var$i/attn_harness" check >"$OUTDIR/check_var$i.log" 2>&1 || rc=1
     tail -1 "$OUTDIR/check_var$i.log"

@@ -7,7 +7,7 @@ result in place of the product kernel for the A/B. The d = 128 kernel is left as
 One change, at head_dim 64 only: 128 q rows per step instead of 64 (BR = 128). The d = 64 step does half the GEMM
 work of the d = 128 one per element of S, so per-step fixed costs (mbarrier waits, wgmma issue and waits, the
 warpgroup barrier, the flush) weigh twice as much; 128 rows halve the number of steps, and S^T/dP^T become
-m64n128 (6 KB of operands per 128 clk of tensor work instead of 4 KB per 64). Registers (consumer, peak at
+m64n128 (6 KB of operands per 64 clk of tensor work instead of 4 KB per 32). Registers (consumer, peak at
 dS = P (dP - Dsum)): dV 32 + dK 32 + P 64 + dP^T 64 = 192, which the d = 128 step (BR = 64) could not afford
 at its dV/dK of 128; dV is issued after dS (with it in flight during dS, 224 registers: ptxas spilled, C7512). dQ = dS K_c is two m64n64 GEMMs (q rows 0-63, 64-127) over the consumer's own 64
 keys into its own fp32 tile [128][D + 8]; dS^T lives in two halves [128 keys][64 q] (128-B swizzled rows, the
