@@ -7,8 +7,9 @@ hardware dispatches x fastest, so each (batch, kv head) unit's key blocks go hea
 sees every query row), but unit after unit, a sawtooth; the last wave holds the last unit's heavy blocks, which
 finish long after the rest. At 16K (8 units x 128 key blocks, 1 CTA per SM on 132 SMs, 2000 q-steps per SM on
 average) the heaviest CTA is 512 q-steps, so the tail can cost up to ~13 %; at 128K it is at most ~3 %.
-The variant flattens the grid to key block x unit with the unit fastest: all units' heaviest blocks first
-(longest processing time first), so the last wave holds only the lightest blocks.
+The variant swaps the grid's axes to (unit, key block), the unit fastest: all units' heaviest blocks first (longest
+processing time first), so the last wave holds only the lightest blocks. (gridDim.y caps key blocks at 65535, 8M
+keys: enough for the harness; a product version would flatten the grid instead.)
 Prediction and outcome: bench/NOTES.md ("Longest-first order across heads and units").
 
 usage: bwd_lpt.py OUT_DIR   (writes OUT_DIR/attention_bwd_wgmma.cu)
@@ -20,20 +21,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from variant_edits import write_variant  # noqa: E402
 
 EDITS = [
-    ('''  int unit0;
-  int delta;''', '''  int unit0;
-  int nu;  // units in this launch: CTA i -> key block i / nu of unit unit0 + i % nu
-  int delta;'''),
     ('''  const int n_block = blockIdx.x;
-  const int unit = a.unit0 + (int)blockIdx.y;''', '''  const int n_block = (int)(blockIdx.x / (unsigned)a.nu);
-  const int unit = a.unit0 + (int)(blockIdx.x % (unsigned)a.nu);'''),
+  const int unit = a.unit0 + (int)blockIdx.y;''', '''  const int n_block = blockIdx.y;  // variant: (unit, key block), the unit fastest
+  const int unit = a.unit0 + (int)blockIdx.x;'''),
     ('''  float* const acc_unit = a.dq_acc + (int64_t)blockIdx.y * group * sq * D;''',
-     '''  float* const acc_unit = a.dq_acc + (int64_t)(unit - a.unit0) * group * sq * D;'''),
-    ('''      a.unit0 = u0;
-      kern<<<dim3(n_kblocks, (unsigned)nu, 1), C::NT, C::SMEM, stream>>>(A);''', '''      a.unit0 = u0;
-      a.nu = nu;
-      kern<<<dim3(n_kblocks * (unsigned)nu, 1, 1), C::NT, C::SMEM, stream>>>(A);'''),
+     '''  float* const acc_unit = a.dq_acc + (int64_t)blockIdx.x * group * sq * D;'''),
+    ('''      kern<<<dim3(n_kblocks, (unsigned)nu, 1), C::NT, C::SMEM, stream>>>(A);''',
+     '''      kern<<<dim3((unsigned)nu, n_kblocks, 1), C::NT, C::SMEM, stream>>>(A);'''),
 ]
+
 
 if __name__ == '__main__':
     write_variant('bwd_lpt', 'csrc/ops/attention/attention_bwd_wgmma.cu', EDITS, __doc__)
