@@ -16,17 +16,23 @@ export async function timed(device: DeviceLike, fn: () => void | Promise<void>):
 }
 
 
+/**
+ * Seconds per call of `fn` over one batch of `inner` calls between device syncs: the host enqueues ahead, as in
+ * a training step, so what a call costs on the host hides behind the device work.
+ */
+export async function batched(device: DeviceLike, inner: number, fn: () => void): Promise<number> {
+  await synchronize(device);
+  const t0 = performance.now();
+  for (let i = 0; i < inner; i++) fn();
+  await synchronize(device);
+  return (performance.now() - t0) / 1e3 / inner;
+}
+
 /** Seconds per call of `fn`: median over rounds of `inner` calls bracketed by device syncs. */
 export async function perCall(device: DeviceLike, reps: number, inner: number, fn: () => void): Promise<number> {
   fn(); fn();
-  await synchronize(device);
   const ts: number[] = [];
-  for (let r = 0; r < reps; r++) {
-    const t0 = performance.now();
-    for (let i = 0; i < inner; i++) fn();
-    await synchronize(device);
-    ts.push((performance.now() - t0) / 1e3 / inner);
-  }
+  for (let r = 0; r < reps; r++) ts.push(await batched(device, inner, fn));
   return median(ts);
 }
 
