@@ -1,5 +1,5 @@
 import t from 'tap';
-import { AdamW, gradNorm, memory, schedules, randn, scale, tensor, zeros } from '../lib/index';
+import { AdamW, gradNorm, memory, schedules, randn, scale, synchronize, tensor, zeros } from '../lib/index';
 import { native } from '../lib/native';
 import { throwsCode } from './helpers/assert';
 import { gpu, testDevices } from './helpers/devices';
@@ -156,6 +156,11 @@ t.test('optimizer state bytes per bf16 parameter: m + v + f32 master = 12, split
   const n = 1 << 16;
   const p = randn([n], { seed: 1, dtype: 'bf16' }), g = randn([n], { seed: 2 });
   for (const [mw, bytes] of [[true, 12], ['split', 10], [undefined, 10], [false, 8]] as const) {
+    // CPU ops free their tensors on the queue thread once their work ran: without this, a release left over
+    // from earlier (the previous round's dispose, the test before) can land between the two readings (seen:
+    // 10.99 instead of 12 bytes per parameter in a full-suite run). The readings themselves are one
+    // synchronous stretch, so no GC finalizer runs between them.
+    await synchronize('cpu');
     const a0 = memory('cpu').allocated;
     const o = new AdamW([{ name: 'w', param: p, grad: g }], { lr: 1, masterWeights: mw });
     t.equal((memory('cpu').allocated - a0) / n, bytes, `masterWeights ${String(mw)}`);
