@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device run, from the repo root on a GPU machine (after `source .gpu/env.sh` there, or on any
 # machine with Node, a GPU, and python3 + PyTorch for the yardstick):
-#   bash bench/run-device.sh tests|rope|check|attention|attnrope|torch|gemm|nn|modelcheck|model|modelkeep|capacity|attnd64|torchlayer|demo|ring|ringdist|train|trainfull|passkey|attnvariants ...
+#   bash bench/run-device.sh tests|rope|check|attention|attnrope|torch|gemm|nn|modelcheck|model|modelkeep|capacity|attnd64|torchlayer|demo|ring|ringdist|train|trainfull|passkey|attnvariants|trainsp ...
 #   (default: tests rope check attention torch gemm demo)
 # Writes logs and JSON under $OUT (default bench/out).
 set -uo pipefail
@@ -22,6 +22,9 @@ for p in "${parts[@]}"; do
     torch) run torch python3 bench/torch_attention.py time --json "$OUT/torch_attention.json" ;;
     ring) run ring bash -c "node bin/megabeam.js bench ring --world 2,4,8 --seq 512k --out '$OUT/ring.json' && node bin/megabeam.js bench ring --model '$OUT/ring.json'" ;;
     # every GPU of the machine, one process each over NCCL (the multi-GPU kinds): 512K tokens, 1-GPU yardstick on rank 0
+    # sequence-parallel training steps of the whole Mistral-7B on every GPU (ZeRO-1 AdamW; an OOM ends the list);
+    # TRAINSP_ARGS="--optimizer none" for forward + backward alone (e.g. TRAINSP_SEQS=512k on 2 GPUs)
+    trainsp) run trainsp bash -c "node bin/megabeam.js launch --nproc \$(nvidia-smi -L | wc -l) megabeam bench train --full --seqs \${TRAINSP_SEQS:-128k,256k,512k,1m} --reps 2 \${TRAINSP_ARGS:-} --out '$OUT/train_sp.json'" ;;
     ringdist) run ringdist bash -c "node bin/megabeam.js launch --nproc \$(nvidia-smi -L | wc -l) megabeam bench ring-dist --seq \${RINGDIST_SEQ:-512k} --baseline --out '$OUT/ring_dist.json'" ;;
     gemm) run gemm node bin/megabeam.js bench gemm --torch --out "$OUT/gemm.json" ;;
     nn) run nn-tests bash -c "node_modules/.bin/tap test/nn.test.ts > '$OUT/nn-tests.log' 2>&1; rc=\$?; grep -E '^\s*not ok|# \\{|# SKIP' '$OUT/nn-tests.log' | tail -20; exit \$rc"

@@ -22,7 +22,7 @@ import type { Command } from '../cli';
 import { CliIO, FlagValues } from '../cli/args';
 import { DEVICE_FLAG, HEADS_FLAG, HEAD_DIM_FLAG, JSON_FLAG, KV_HEADS_FLAG, OUT_FLAG, REPS_FLAG, checkHeads, checkOutputPath, listOf, resolveDevice } from '../cli/common';
 import { attentionFlops } from './attention';
-import { GiB, median, relL2, table } from './util';
+import { GiB, gatherNumbers, median, relL2, table } from './util';
 
 export const command: Command = {
   usage: 'megabeam bench ring-dist [options]   (as: megabeam launch --nproc W megabeam bench ring-dist ...)',
@@ -65,21 +65,6 @@ async function timedPass(dev: DeviceLike, group: Group | undefined, fn: () => Pr
   await synchronize(dev);
   if (group) await group.barrier();  // the slowest rank's time
   return (performance.now() - t0) / 1e3;
-}
-
-/** Every rank's numbers, in rank order, on every rank. */
-async function gatherNumbers(group: Group | undefined, dev: DeviceLike, xs: number[]): Promise<number[][]> {
-  if (!group) return [xs];
-  const mine = tensor(Float32Array.from(xs), { device: dev });
-  const all = empty([group.worldSize * xs.length], { device: dev });
-  try {
-    await group.allGather(all, mine);
-    const a = Array.from(await all.toArray());
-    return Array.from({ length: group.worldSize }, (_, r) => a.slice(r * xs.length, (r + 1) * xs.length));
-  } finally {
-    mine.dispose();
-    all.dispose();
-  }
 }
 
 /** The whole tensor from every rank's shard (ring.unshard of an allGather). */

@@ -1,7 +1,8 @@
 // Shared pieces of the benchmarks and the demo: timing with device sync, tables, a progress bar, args.
 import { performance } from 'perf_hooks';
 import { DeviceLike } from '../device';
-import { synchronize } from '../tensor';
+import type { Group } from '../dist/types';
+import { empty, synchronize, tensor } from '../tensor';
 
 // Flags are parsed by lib/cli/args.ts (one parser for every command).
 export type { CliIO as IO } from '../cli/args';
@@ -90,5 +91,20 @@ export async function withProgress<T>(label: string, expectedS: number, work: ()
     clearInterval(timer);
     draw(true);
     if (tty) process.stderr.write('\n');
+  }
+}
+
+/** Every rank's numbers, in rank order, on every rank. */
+export async function gatherNumbers(group: Group | undefined, dev: DeviceLike, xs: number[]): Promise<number[][]> {
+  if (!group) return [xs];
+  const mine = tensor(Float32Array.from(xs), { device: dev });
+  const all = empty([group.worldSize * xs.length], { device: dev });
+  try {
+    await group.allGather(all, mine);
+    const a = Array.from(await all.toArray());
+    return Array.from({ length: group.worldSize }, (_, r) => a.slice(r * xs.length, (r + 1) * xs.length));
+  } finally {
+    mine.dispose();
+    all.dispose();
   }
 }
