@@ -9,7 +9,6 @@
 // K/V (an independent path: no ring, no merging), so it stays cheap at any length.
 // Without a launcher it runs as one rank (the 1-GPU time).
 import * as fs from 'fs';
-import { performance } from 'perf_hooks';
 import { attention } from '../attention';
 import { DeviceLike } from '../device';
 import { Dtype } from '../dtype';
@@ -22,7 +21,7 @@ import type { Command } from '../cli';
 import { CliIO, FlagValues } from '../cli/args';
 import { DEVICE_FLAG, HEADS_FLAG, HEAD_DIM_FLAG, JSON_FLAG, KV_HEADS_FLAG, OUT_FLAG, REPS_FLAG, checkHeads, checkOutputPath, listOf, resolveDevice } from '../cli/common';
 import { attentionFlops } from './attention';
-import { GiB, gatherNumbers, median, relL2, table } from './util';
+import { GiB, gatherNumbers, median, relL2, table, slowestRank } from './util';
 
 export const command: Command = {
   usage: 'megabeam bench ring-dist [options]   (as: megabeam launch --nproc W megabeam bench ring-dist ...)',
@@ -55,16 +54,6 @@ interface AlgoRow {
   hidden_fwd?: number; hidden_bwd?: number;
   speedup_fwd?: number; speedup_bwd?: number;
   check?: { out: number; lse: number; dq: number; tol: number; pass: boolean };
-}
-
-async function timedPass(dev: DeviceLike, group: Group | undefined, fn: () => Promise<void>): Promise<number> {
-  await synchronize(dev);
-  if (group) await group.barrier();
-  const t0 = performance.now();
-  await fn();
-  await synchronize(dev);
-  if (group) await group.barrier();  // the slowest rank's time
-  return (performance.now() - t0) / 1e3;
 }
 
 /** The whole tensor from every rank's shard (ring.unshard of an allGather). */
@@ -180,9 +169,9 @@ async function run(o: FlagValues, io: CliIO): Promise<number> {
       const ft: number[] = [], bt: number[] = [];
       for (let r = 0; r < reps; r++) {
         let f!: { out: Tensor; lse: Tensor };
-        ft.push(await timedPass(dev, group, async () => { f = await ring.forward(group, q, k, v, ro); }));
+        ft.push(await slowestRank(dev, group, async () => { f = await ring.forward(group, q, k, v, ro); }));
         let g!: { dq: Tensor; dk: Tensor; dv: Tensor };
-        bt.push(await timedPass(dev, group, async () => { g = await ring.backward(group, dout, q, k, v, f.out, f.lse, ro); }));
+        bt.push(await slowestRank(dev, group, async () => { g = await ring.backward(group, dout, q, k, v, f.out, f.lse, ro); }));
         g.dk.dispose();
         g.dv.dispose();
         if (r === reps - 1) kept.push({ algo: algorithm, out: f.out, lse: f.lse, dq: g.dq });  // for the check
@@ -201,14 +190,14 @@ async function run(o: FlagValues, io: CliIO): Promise<number> {
     if (ringRow && group) {
       const ctx = rankContext(rank, W, q, k, v, { causal, layout, algorithm: 'ring' });
       const saved = kept.find((x) => x.algo === 'ring')!;
-      const compF = await timedPass(dev, undefined, async () => {
+      const compF = await slowestRank(dev, undefined, async () => {
         const st = new ForwardBlocks(ctx, q);
         for (let s = 0; s < W; s++) st.step(k, v, (rank - s + W) % W);
         const r = st.finish();
         r.out.dispose();
         r.lse.dispose();
       });
-      const compB = await timedPass(dev, undefined, async () => {
+      const compB = await slowestRank(dev, undefined, async () => {
         const st = new BackwardBlocks(ctx, dout, q, saved.out, saved.lse);
         const acc = kvGradAccumulators(ctx);
         for (let s = 0; s < W; s++) BackwardBlocks.accumulate(acc.acc, st.step(k, v, (rank - s + W) % W));
@@ -220,7 +209,7 @@ async function run(o: FlagValues, io: CliIO): Promise<number> {
       const exchange = async (send: Tensor[]) => {
         const recv = send.map((t) => empty(t.shape, { dtype: t.dtype, device: t.device }));
         try {
-          return await timedPass(dev, group, async () => {
+          return await slowestRank(dev, group, async () => {
             for (let s = 0; s < W - 1; s++)
               await group!.batchSendRecv([...send.map((t) => ({ op: 'send' as const, tensor: t, peer: right })),
                 ...recv.map((t) => ({ op: 'recv' as const, tensor: t, peer: left }))]);
@@ -266,8 +255,8 @@ async function run(o: FlagValues, io: CliIO): Promise<number> {
           await synchronize(dev);
           resetPeakMemory(dev);
           let f!: { out: Tensor; lse: Tensor };
-          const fs1 = await timedPass(dev, undefined, async () => { f = attention.forward(qf, kf2, vf2, oo); });
-          const bs1 = await timedPass(dev, undefined, async () => { const g = attention.backward(df, qf, kf2, vf2, f.out, f.lse, oo); for (const t of [g.dq, g.dk, g.dv]) t.dispose(); });
+          const fs1 = await slowestRank(dev, undefined, async () => { f = attention.forward(qf, kf2, vf2, oo); });
+          const bs1 = await slowestRank(dev, undefined, async () => { const g = attention.backward(df, qf, kf2, vf2, f.out, f.lse, oo); for (const t of [g.dq, g.dk, g.dv]) t.dispose(); });
           f.out.dispose();
           f.lse.dispose();
           single = { fwd_s: fs1, bwd_s: bs1, peak_gib: memory(dev).peak / GiB };

@@ -24,7 +24,7 @@ import { AdamW } from '../optim';
 import { Tensor, emptyCache, memory, resetPeakMemory, synchronize, tensor } from '../tensor';
 import { adamwFor, flopsPerToken } from '../train/train';
 import { MISTRAL_7B, parseKeepPolicies } from './model';
-import { GiB, gatherNumbers, median, table } from './util';
+import { GiB, gatherNumbers, median, slowestRank, table } from './util';
 import { runCommand } from '../cli';
 import type { Command } from '../cli';
 import { CliIO, FlagValues } from '../cli/args';
@@ -72,17 +72,6 @@ function isOom(e: unknown): boolean {
 /** A collective failed because a peer aborted the group, died or timed out. */
 function isGroupFailure(e: unknown): boolean {
   return e instanceof MegabeamError && (e.code === 'ERR_COMM' || e.code === 'ERR_TIMEOUT' || e.code === 'ERR_NCCL');
-}
-
-/** Wall time of `fn` on the slowest rank (device syncs and group barriers around it). */
-async function slowest(dev: DeviceLike, group: Group | undefined, fn: () => Promise<void>): Promise<number> {
-  await synchronize(dev);
-  if (group) await group.barrier();
-  const t0 = performance.now();
-  await fn();
-  await synchronize(dev);
-  if (group) await group.barrier();
-  return (performance.now() - t0) / 1e3;
 }
 
 async function run(o: FlagValues, io: CliIO): Promise<number> {
@@ -156,12 +145,12 @@ async function run(o: FlagValues, io: CliIO): Promise<number> {
           if (opt) await opt.step({ lr: 1e-5 });
         };
         resetPeakMemory(device);
-        await slowest(device, group, step); // warm-up (allocator, cuBLASLt heuristics)
+        await slowestRank(device, group, step); // warm-up (allocator, cuBLASLt heuristics)
         // The warm-up step's loss: the same weights and tokens at every world size (with a group forwardBackward
         // returns the whole sequence's loss on every rank).
         const firstLoss = loss;
         const times: number[] = [];
-        for (let r = 0; r < reps; r++) { times.push(await slowest(device, group, step)); fbTimes.push(fb); }
+        for (let r = 0; r < reps; r++) { times.push(await slowestRank(device, group, step)); fbTimes.push(fb); }
         const t = median(times);
         const fwdBwd = Math.max(...(await gatherNumbers(group, device, [median(fbTimes)])).map((x) => x[0]));
         const tps = S / t;

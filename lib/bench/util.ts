@@ -94,6 +94,17 @@ export async function withProgress<T>(label: string, expectedS: number, work: ()
   }
 }
 
+/** Wall time of `fn` including its device work, on the slowest rank of `group` (syncs and barriers around it). */
+export async function slowestRank(dev: DeviceLike, group: Group | undefined, fn: () => Promise<void>): Promise<number> {
+  await synchronize(dev);
+  if (group) await group.barrier();
+  const t0 = performance.now();
+  await fn();
+  await synchronize(dev);
+  if (group) await group.barrier();  // the slowest rank's time
+  return (performance.now() - t0) / 1e3;
+}
+
 /** Every rank's numbers, in rank order, on every rank. */
 export async function gatherNumbers(group: Group | undefined, dev: DeviceLike, xs: number[]): Promise<number[][]> {
   if (!group) return [xs];
