@@ -10,7 +10,6 @@
 // Without a launcher it runs as one rank (the 1-GPU time).
 import * as fs from 'fs';
 import { attention } from '../attention';
-import { DeviceLike } from '../device';
 import { Dtype } from '../dtype';
 import { distEnv, init as distInit } from '../dist/init';
 import type { Group } from '../dist/types';
