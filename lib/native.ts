@@ -149,6 +149,7 @@ export interface NativeModule {
   debugQueueError?(device: NativeDevice, code: string, message: string, output?: NativeHandle): void;
   debugQueueSleep?(ms: number): void;
   debugExternalMemory?(): number;
+  debugAttentionNoTma?(on: boolean): number;
   // NCCL (csrc/binding/nccl.cpp; lib/dist/nccl.ts)
   ncclInfo(): NativeNcclInfo;
   ncclUniqueId(): Uint8Array;

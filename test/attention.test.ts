@@ -6,8 +6,10 @@ import { attention, AttentionOptions } from '../lib/attention';
 import { fromNative } from '../lib/errors';
 import { AttentionBackwardKernel, AttentionForwardKernel, native } from '../lib/native';
 import { Tensor, full, randn, synchronize, tensor } from '../lib/tensor';
+import { cuda } from '../lib/device';
 import { throwsCode } from './helpers/assert';
 import { gpu } from './helpers/devices';
+import { hooks } from './helpers/hooks';
 import { directionalChecks } from './helpers/fd';
 import { mulberry32, randomNormal, testSeed } from './helpers/rng';
 import { AttnDims, attentionBackwardRef, attentionForwardRef } from './ref/attention';
@@ -574,6 +576,28 @@ t.test('cuda: the forced backward configs agree with the default one on the same
     }
     for (const x of [out, lse]) x.dispose();
     inp.dispose();
+  }
+});
+
+// Without TMA descriptors (a driver without the encoder; forced by a test hook) the Hopper kernels fall back to
+// mma.sync, the backward in the workspace sized for the wgmma kernel: the results still match the float64
+// reference, and on an sm_90 GPU the hook's count shows that the fallback ran.
+t.test('cuda: no TMA descriptors -> the mma.sync fallbacks, against the reference', gpu, async (tt) => {
+  const h = hooks();
+  const sm90 = /H100|H200|H800|H20\b|GH200/.test(cuda.devices()[0]?.name ?? '');
+  try {
+    for (const c of [
+      base({ dtype: 'bf16', headDim: 128, batch: 2, seqQ: 201, seqK: 233, headsQ: 8, headsKv: 2, causal: true, kOffset: 19 }),
+      base({ dtype: 'f16', headDim: 64, seqQ: 130, seqK: 97, headsQ: 4, headsKv: 1 }),
+    ]) {
+      const before = h.debugAttentionNoTma(true);
+      await checkCase(tt, c, 'cuda', CUDA_TOL[c.dtype]);
+      const refused = h.debugAttentionNoTma(true) - before;
+      if (sm90) tt.ok(refused >= 2, `${describe(c)}: forward and backward were refused TMA descriptors (${refused})`);
+      else tt.equal(refused, 0, `${describe(c)}: not an sm_90 GPU, no wgmma kernel asked for descriptors`);
+    }
+  } finally {
+    h.debugAttentionNoTma(false);
   }
 });
 

@@ -6,7 +6,7 @@ import * as path from 'path';
 import { native } from '../lib/native';
 
 const root = path.resolve(__dirname, '..');
-const HOOKS = ['debugQueueError', 'debugQueueSleep', 'debugExternalMemory'];
+const HOOKS = ['debugQueueError', 'debugQueueSleep', 'debugExternalMemory', 'debugAttentionNoTma'];
 
 // The native exports a fresh process sees (main thread and a worker thread), with `env` as its environment.
 function exportsIn(env: NodeJS.ProcessEnv): { main: string[]; worker: string[] } {

@@ -253,5 +253,13 @@ Napi::Value AttentionCudaCheck(const Napi::CallbackInfo& info) {
 }
 MB_EXPORT("attentionCudaCheck", AttentionCudaCheck);
 
+// debugAttentionNoTma(on) -> TMA descriptors refused so far. While on, the Hopper attention kernels get no TMA
+// descriptors (as on a driver without the encoder) and take their mma.sync fallbacks. Test hook.
+Napi::Value DebugAttentionNoTma(const Napi::CallbackInfo& info) {
+  attention_debug_set_no_tma(bool_arg(info[0], "on"));
+  return Napi::Number::New(info.Env(), (double)attention_debug_tma_refusals());
+}
+MB_TEST_HOOK("debugAttentionNoTma", DebugAttentionNoTma);
+
 }  // namespace
 }  // namespace mb

@@ -1,6 +1,7 @@
 // Flash attention: plain parameter structs (pointers + strides in elements) filled by the binding,
 // and the launchers for each device. Layout: q [b, sq, hq, d], k/v [b, sk, hkv, d], lse f32 [b, hq, sq].
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include "../../common/dtype.h"
@@ -54,6 +55,18 @@ void attention_bwd_check(const AttnBwdParams& p, bool cuda, AttnBwdKernel kernel
 // CPU (runs on the calling thread, uses parallel_for inside). Same semantics as CUDA.
 void attention_fwd_cpu(const AttnFwdParams& p);
 void attention_bwd_cpu(const AttnBwdParams& p);
+
+// Test hook (debugAttentionNoTma): while set, the Hopper kernels are refused TMA descriptors, as on a driver
+// without the encoder, so the forward and backward take their mma.sync fallbacks (the backward in the wgmma
+// workspace). The count is of refused descriptors, so a test can tell that the fallback ran.
+// Header-only (inline variables: one instance in the addon), so the dev harness that links only the kernels
+// has it too. Relaxed atomics: a test sets the flag between calls.
+inline std::atomic<bool> g_attention_no_tma{false};
+inline std::atomic<int64_t> g_attention_tma_refusals{0};
+inline void attention_debug_set_no_tma(bool on) { g_attention_no_tma.store(on, std::memory_order_relaxed); }
+inline bool attention_debug_no_tma() { return g_attention_no_tma.load(std::memory_order_relaxed); }
+inline int64_t attention_debug_tma_refusals() { return g_attention_tma_refusals.load(std::memory_order_relaxed); }
+inline void attention_debug_count_tma_refusal() { g_attention_tma_refusals.fetch_add(1, std::memory_order_relaxed); }
 
 #if defined(MEGABEAM_CUDA)
 // The CUDA part of the checks above (attention_fwd_check / attention_bwd_check call them).

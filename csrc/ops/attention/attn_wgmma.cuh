@@ -150,6 +150,10 @@ inline EncodeTiledFn encode_fn() {
 // stride order, as TMA wants), box = 64 columns x box_rows rows, 128-byte swizzle, zero fill outside.
 inline bool make_map(CUtensorMap* m, int (&perm)[3], const void* ptr, bool bf16, int d, int rows, int heads, int batch, int64_t rs,
                      int64_t hs, int64_t bs, int box_rows) {
+  if (attention_debug_no_tma()) {  // test hook: as on a driver without the encoder
+    attention_debug_count_tma_refusal();
+    return false;
+  }
   EncodeTiledFn enc = encode_fn();
   if (!enc || rows <= 0) return false;
   const int64_t size[3] = {rows, heads, batch}, stride[3] = {rs, hs, bs};
