@@ -309,6 +309,23 @@ t.test('nccl: two GPUs in one process', gpu2, async (t) => {
   await Promise.all(gs.map((g) => g.destroy()));
 });
 
+t.test('nccl: every collective across 2 launched processes (f32, bf16) against float64 references', gpu2, async (t) => {
+  const r = await launch(2, 'nccl-collectives', ['--device', 'cuda']);
+  t.equal(r.code, 0, r.err.slice(-2000));
+  for (const k of [0, 1]) t.match(r.out, `[rank ${k}] RESULT nccl-collectives ok`, `rank ${k} checked its results`);
+});
+
+t.test('nccl: one rank killed mid-job: the other stops with a coded error within the timeout and exits', gpu2, async (t) => {
+  const r = await launch(2, 'nccl-killed', ['--device', 'cuda'], { TEST_TIMEOUT_MS: '15000' });
+  t.not(r.code, 0, 'launcher exits non-zero');
+  t.match(r.err, /rank 1 was killed by SIGKILL/, 'launcher names the dead rank and the signal');
+  const line = r.out.split('\n').find((l) => l.startsWith('[rank 0] CAUGHT')) ?? '';
+  t.match(line, /CAUGHT (ERR_COMM|ERR_TIMEOUT|ERR_NCCL) after \d+ ms: /, `rank 0 was told: ${line}`);
+  const ms = Number(/after (\d+) ms/.exec(line)?.[1]);
+  t.ok(ms < 20000, `rank 0 noticed within the timeout (${ms} ms)`);
+  t.ok(r.ms < 45000, `the whole job ended in ${r.ms} ms (no rank left waiting on its GPU)`);
+});
+
 t.test('nccl: two launched processes, one GPU each', gpu2, async (t) => {
   const r = await launch(2, 'nccl', ['--device', 'cuda']);
   t.equal(r.code, 0, r.err.slice(-2000));

@@ -35,15 +35,18 @@ function poison(t: Tensor): Tensor {
   return t.fill_(Number.NaN);
 }
 
-async function collectives(g: Group): Promise<void> {
+async function collectives(g: Group, backend: 'tcp' | 'nccl'): Promise<void> {
   const W = g.worldSize, r = g.rank;
-  if (g.backend !== 'tcp' || g.device !== 'cpu') throw new Error(`backend ${g.backend} on ${g.device}`);
+  const want = backend === 'tcp' ? 'cpu' : `cuda:${process.env.MEGABEAM_LOCAL_RANK}`;
+  if (g.backend !== backend || g.device !== want) throw new Error(`backend ${g.backend} on ${g.device}, want ${backend} on ${want}`);
+  // The group's tensors live on its device (CPU for TCP, this rank's GPU for NCCL); references are float64.
+  const dev = g.device;
   for (const dtype of ['f32', 'bf16'] as Dtype[]) {
     const n = 37 * W + 5;
     const all = await Promise.all([...Array(W).keys()].map((p) => stored(inputs(p, n, 1), dtype)));
     // allReduce: sum, avg, max
     for (const op of ['sum', 'avg', 'max'] as const) {
-      const t = tensor(all[r], { dtype });
+      const t = tensor(all[r], { dtype, device: dev });
       await g.allReduce(t, { op });
       const want = new Float64Array(n);
       for (let i = 0; i < n; i++) {
@@ -57,27 +60,27 @@ async function collectives(g: Group): Promise<void> {
     // reduceScatter: rank r gets the sum of every rank's r-th slice
     const m = 11;
     const rsIn = await Promise.all([...Array(W).keys()].map((p) => stored(inputs(p, m * W, 2), dtype)));
-    const rsOut = poison(tensor(new Float32Array(m), { dtype }));
-    await g.reduceScatter(rsOut, tensor(rsIn[r], { dtype }));
+    const rsOut = poison(tensor(new Float32Array(m), { dtype, device: dev }));
+    await g.reduceScatter(rsOut, tensor(rsIn[r], { dtype, device: dev }));
     const rsWant = new Float64Array(m);
     for (let i = 0; i < m; i++) for (let p = 0; p < W; p++) rsWant[i] += rsIn[p][r * m + i];
     check(`reduceScatter ${dtype}`, await rsOut.toArray(), rsWant, dtype);
     // allGather: exact
-    const agOut = poison(tensor(new Float32Array(n * W), { dtype }));
-    await g.allGather(agOut, tensor(all[r], { dtype }));
+    const agOut = poison(tensor(new Float32Array(n * W), { dtype, device: dev }));
+    await g.allGather(agOut, tensor(all[r], { dtype, device: dev }));
     const agWant = new Float64Array(n * W);
     for (let p = 0; p < W; p++) agWant.set(all[p], p * n);
     check(`allGather ${dtype}`, await agOut.toArray(), agWant, 'f32');
     // broadcast from every root: exact
     for (let root = 0; root < W; root++) {
-      const t = r === root ? tensor(all[root], { dtype }) : poison(tensor(new Float32Array(n), { dtype }));
+      const t = r === root ? tensor(all[root], { dtype, device: dev }) : poison(tensor(new Float32Array(n), { dtype, device: dev }));
       await g.broadcast(t, root);
       check(`broadcast root ${root} ${dtype}`, await t.toArray(), all[root], 'f32');
     }
     // a ring exchange as one batch, two tensors per direction, then plain send/recv (even ranks send first)
     const next = (r + 1) % W, prev = (r + W - 1) % W;
-    const a = tensor(all[r], { dtype }), b = tensor(inputs(r, 3, 5), { dtype });
-    const ra = poison(tensor(new Float32Array(n), { dtype })), rb = poison(tensor(new Float32Array(3), { dtype }));
+    const a = tensor(all[r], { dtype, device: dev }), b = tensor(inputs(r, 3, 5), { dtype, device: dev });
+    const ra = poison(tensor(new Float32Array(n), { dtype, device: dev })), rb = poison(tensor(new Float32Array(3), { dtype, device: dev }));
     await g.batchSendRecv([
       { op: 'send', tensor: a, peer: next }, { op: 'send', tensor: b, peer: next },
       { op: 'recv', tensor: ra, peer: prev }, { op: 'recv', tensor: rb, peer: prev },
@@ -85,19 +88,19 @@ async function collectives(g: Group): Promise<void> {
     check(`ring a ${dtype}`, await ra.toArray(), all[prev], 'f32');
     check(`ring b ${dtype}`, await rb.toArray(), await stored(inputs(prev, 3, 5), dtype), 'f32');
     if (W > 1) {
-      const x = poison(tensor(new Float32Array(n), { dtype }));
+      const x = poison(tensor(new Float32Array(n), { dtype, device: dev }));
       if (r % 2 === 0) { await g.send(a, next); await g.recv(x, prev); } else { await g.recv(x, prev); await g.send(a, next); }
       check(`send/recv ${dtype}`, await x.toArray(), all[prev], 'f32');
     }
   }
   // bf16 values travel as raw bits: a value f32 could not tell apart must come through unchanged
   const bits = new Uint16Array([0x3f81, 0x7f7f, 0x0001, 0x8000, 0xc2f7]);
-  const t = r === 0 ? tensor(bits, { dtype: 'bf16' }) : tensor(new Float32Array(bits.length), { dtype: 'bf16' });
+  const t = r === 0 ? tensor(bits, { dtype: 'bf16', device: dev }) : tensor(new Float32Array(bits.length), { dtype: 'bf16', device: dev });
   await g.broadcast(t, 0);
   const got = (await t.toRaw()) as Uint16Array;
   if (got.join() !== bits.join()) throw new Error(`bf16 bits changed: ${got.join()} vs ${bits.join()}`);
   // several calls in flight at once, awaited together
-  const ts = [1, 2, 3].map((k) => tensor([k * (r + 1)]));
+  const ts = [1, 2, 3].map((k) => tensor([k * (r + 1)], { device: dev }));
   await Promise.all(ts.map((x) => g.allReduce(x)));
   const tri = (W * (W + 1)) / 2;
   for (let k = 0; k < 3; k++) check(`in flight ${k}`, await ts[k].toArray(), [(k + 1) * tri], 'f32');
@@ -126,13 +129,50 @@ async function ncclBasic(): Promise<void> {
   }
 }
 
+// NCCL: one rank dies (SIGKILL) while the others keep calling allReduce; they must stop with a coded error
+// within the timeout and exit (the communicator aborted, no GPU left waiting).
+async function ncclKilled(): Promise<void> {
+  const g = await init({ timeoutMs: Number(process.env.TEST_TIMEOUT_MS ?? 20000) });
+  try {
+    await g.barrier();
+    if (g.rank === g.worldSize - 1) {
+      process.stdout.write('dying\n');
+      process.kill(process.pid, 'SIGKILL');
+      await new Promise((r) => setTimeout(r, 10000));
+    }
+    const t = tensor([1, 2, 3], { device: g.device });
+    const started = Date.now();
+    try {
+      for (;;) await g.allReduce(t);
+    } catch (e) {
+      const me = e as MegabeamError;
+      console.log(`CAUGHT ${me.code} after ${Date.now() - started} ms: ${me.message}`);
+      process.exitCode = 3;
+    }
+  } finally {
+    await g.destroy();
+  }
+}
+
 async function main(): Promise<void> {
   if (which === 'nccl') return ncclBasic();
+  if (which === 'nccl-killed') return ncclKilled();
+  if (which === 'nccl-collectives') {
+    // Defaults: MEGABEAM_DEVICE=cuda:<local rank> from `launch --device cuda`, backend nccl.
+    const g = await init({ timeoutMs: 60000 });
+    try {
+      await collectives(g, 'nccl');
+      console.log('RESULT nccl-collectives ok');
+    } finally {
+      await g.destroy();
+    }
+    return;
+  }
   const g = await init({ backend: 'tcp', device: 'cpu', timeoutMs: Number(process.env.TEST_TIMEOUT_MS ?? 20000) });
   const last = g.worldSize - 1;
   try {
     if (which === 'collectives') {
-      await collectives(g);
+      await collectives(g, 'tcp');
     } else if (which === 'killed') {
       await g.barrier();
       if (g.rank === last) {
