@@ -10,15 +10,11 @@ import { trainCli } from '../lib/cli/train';
 import { parseLaunchArgs, MEGABEAM_BIN } from '../lib/cli/launch';
 import { latestCheckpoint } from '../lib/train/checkpoint';
 import { cli, cliEntry } from './helpers/spawn-ts';
-import { TINY, losses, writeTokens } from './helpers/train-run';
+import { TINY, io, losses, writeTokens } from './helpers/train-run';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-train-launch-'));
 t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-const io = () => {
-  const out: string[] = [], err: string[] = [];
-  return { out, err, io: { out: (s: string) => out.push(s), err: (s: string) => err.push(s) } };
-};
 
 t.test('launch resolves the word megabeam to this package\'s CLI', async (t) => {
   const o = await parseLaunchArgs(['--nproc', '2', 'megabeam', 'train', '--steps', '1']);

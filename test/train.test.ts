@@ -17,14 +17,10 @@ import { main } from '../lib/cli';
 import { rejectsCode } from './helpers/assert';
 import { localGroups } from '../lib/dist/local';
 import { gpu } from './helpers/devices';
-import { TINY, run, losses, passkeyBatch, writeTokens } from './helpers/train-run';
+import { TINY, io, run, losses, passkeyBatch, writeTokens } from './helpers/train-run';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-train-'));
 t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
-const io = () => {
-  const out: string[] = [], err: string[] = [];
-  return { out, err, io: { out: (s: string) => out.push(s), err: (s: string) => err.push(s) } };
-};
 
 t.test('the loss falls on passkey retrieval (tiny model, 32 tokens)', async (t) => {
   const model = fromConfig(TINY, { seed: 1 });

@@ -155,18 +155,21 @@ function eachOwnPiece(who: string, b: readonly ShardedTensor[], W: number, r: nu
   });
 }
 
+/** The buckets of sharded items for a group of W ranks, each with its rank-major layout. */
+function shardedBuckets(items: readonly ShardedTensor[], W: number, opts: BucketOptions): { b: ShardedTensor[]; L: ReturnType<typeof shardLayout> }[] {
+  const sz = (x: ShardedTensor) => Math.ceil(x.full.numel / W) * W * dtypeSize(x.full.dtype);
+  return planBuckets(items, sz, (x) => x.full.dtype, bucketBytesOf(opts)).map((b) => ({ b, L: shardLayout(b, W) }));
+}
+
 /**
  * reduceScatter over many tensors: `piece` of each item receives the reduction of every rank's
  * [r·per, r·per+len) slice of `full`. A bucket is laid out rank-major ([rank][item][per_i], zero padded),
  * so one reduceScatter hands every rank its pieces of every item.
  */
 export async function reduceScatterBucketed(group: Group, items: readonly ShardedTensor[], opts: BucketOptions & { op?: ReduceOp } = {}): Promise<void> {
-  const cap = bucketBytesOf(opts);
   const op = opts.op ?? 'sum';
   const W = group.worldSize, r = group.rank;
-  const sz = (x: ShardedTensor) => Math.ceil(x.full.numel / W) * W * dtypeSize(x.full.dtype);
-  for (const b of planBuckets(items, sz, (x) => x.full.dtype, cap)) {
-    const L = shardLayout(b, W);
+  for (const { b, L } of shardedBuckets(items, W, opts)) {
     const input = L.direct ? b[0].full.reshape([b[0].full.numel]) : zeros([L.row * W], { dtype: L.dtype, device: L.device });
     const out = empty([L.row], { dtype: L.dtype, device: L.device });
     try {
@@ -182,11 +185,8 @@ export async function reduceScatterBucketed(group: Group, items: readonly Sharde
 
 /** allGather over many tensors: every rank's `piece` lands in its place in `full` on every rank (same layout as reduceScatterBucketed). */
 export async function allGatherBucketed(group: Group, items: readonly ShardedTensor[], opts: BucketOptions = {}): Promise<void> {
-  const cap = bucketBytesOf(opts);
   const W = group.worldSize, r = group.rank;
-  const sz = (x: ShardedTensor) => Math.ceil(x.full.numel / W) * W * dtypeSize(x.full.dtype);
-  for (const b of planBuckets(items, sz, (x) => x.full.dtype, cap)) {
-    const L = shardLayout(b, W);
+  for (const { b, L } of shardedBuckets(items, W, opts)) {
     const out = L.direct ? b[0].full.reshape([b[0].full.numel]) : empty([L.row * W], { dtype: L.dtype, device: L.device });
     const mine = zeros([L.row], { dtype: L.dtype, device: L.device });
     try {

@@ -129,34 +129,38 @@ async function ncclBasic(): Promise<void> {
   }
 }
 
-// NCCL: one rank dies (SIGKILL) while the others keep calling allReduce; they must stop with a coded error
-// within the timeout and exit (the communicator aborted, no GPU left waiting).
-async function ncclKilled(): Promise<void> {
-  const g = await init({ timeoutMs: Number(process.env.TEST_TIMEOUT_MS ?? 20000) });
+// The last rank dies (SIGKILL) while the others keep calling allReduce; they must stop with a coded error
+// within the timeout (TCP: the dead link; NCCL: the communicator aborted, no GPU left waiting).
+async function killed(g: Group): Promise<void> {
+  await g.barrier();
+  if (g.rank === g.worldSize - 1) {
+    process.stdout.write('dying\n');
+    process.kill(process.pid, 'SIGKILL');
+    await new Promise((r) => setTimeout(r, 10000));
+  }
+  // The survivors keep working until they notice.
+  const t = tensor([1, 2, 3], { device: g.device });
+  const started = Date.now();
   try {
-    await g.barrier();
-    if (g.rank === g.worldSize - 1) {
-      process.stdout.write('dying\n');
-      process.kill(process.pid, 'SIGKILL');
-      await new Promise((r) => setTimeout(r, 10000));
-    }
-    const t = tensor([1, 2, 3], { device: g.device });
-    const started = Date.now();
-    try {
-      for (;;) await g.allReduce(t);
-    } catch (e) {
-      const me = e as MegabeamError;
-      console.log(`CAUGHT ${me.code} after ${Date.now() - started} ms: ${me.message}`);
-      process.exitCode = 3;
-    }
-  } finally {
-    await g.destroy();
+    for (;;) await g.allReduce(t);
+  } catch (e) {
+    const me = e as MegabeamError;
+    console.log(`CAUGHT ${me.code} after ${Date.now() - started} ms: ${me.message}`);
+    process.exitCode = 3;
   }
 }
 
 async function main(): Promise<void> {
   if (which === 'nccl') return ncclBasic();
-  if (which === 'nccl-killed') return ncclKilled();
+  if (which === 'nccl-killed') {
+    const g = await init({ timeoutMs: Number(process.env.TEST_TIMEOUT_MS ?? 20000) });
+    try {
+      await killed(g);
+    } finally {
+      await g.destroy();
+    }
+    return;
+  }
   if (which === 'nccl-collectives') {
     // Defaults: MEGABEAM_DEVICE=cuda:<local rank> from `launch --device cuda`, backend nccl.
     const g = await init({ timeoutMs: 60000 });
@@ -174,23 +178,8 @@ async function main(): Promise<void> {
     if (which === 'collectives') {
       await collectives(g, 'tcp');
     } else if (which === 'killed') {
-      await g.barrier();
-      if (g.rank === last) {
-        process.stdout.write('dying\n');
-        process.kill(process.pid, 'SIGKILL');
-        await new Promise((r) => setTimeout(r, 10000));
-      }
-      // The survivors keep working until they notice.
-      const t = tensor([1, 2, 3]);
-      const started = Date.now();
-      try {
-        for (;;) await g.allReduce(t);
-      } catch (e) {
-        const me = e as MegabeamError;
-        console.log(`CAUGHT ${me.code} after ${Date.now() - started} ms: ${me.message}`);
-        process.exitCode = 3;
-        return;
-      }
+      await killed(g);
+      return;  // only a failure reaches here: no RESULT line
     } else if (which === 'mismatch') {
       const t = tensor([1, 2, 3]);
       try {

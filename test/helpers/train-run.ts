@@ -52,3 +52,9 @@ export function losses(log: string): { step: number; loss: number; lr: number; g
   return fs.readFileSync(log, 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l))
     .map((r) => ({ step: r.step, loss: r.loss, lr: r.lr, gradNorm: r.gradNorm }));
 }
+
+/** A CLI io that collects what a command prints (out and err lines). */
+export const io = () => {
+  const out: string[] = [], err: string[] = [];
+  return { out, err, io: { out: (s: string) => out.push(s), err: (s: string) => err.push(s) } };
+};
