@@ -25,16 +25,6 @@
 namespace mb {
 namespace attn {
 
-struct BwdArgs {
-  AttnBwdParams p;
-  const float* dsum;  // [b, hq, sq]
-  float* dq_acc;      // [units in chunk][group][sq][d]: one q block of one head is a contiguous tile
-  int unit0;          // first (b * hkv + kvh) unit of this chunk
-  int delta;
-  int group;
-  float scale_log2;
-};
-
 // Two tile configurations of the same kernel. Every warp tile is 32 x 32 in phase 1, 32 keys x D/(BR/32) in
 // phase 2 and 32 q rows x D/(BC/32) in phase 3, so the warp count follows from BC and BR.
 //   big (SMALL = false; the default): BC 128, BR 64, 8 warps, Q/dO/lse/Dsum double-buffered, dQ staged in
@@ -441,49 +431,20 @@ static bool bwd_use_wgmma(const AttnBwdParams& p, AttnBwdKernel kernel) {
 
 template <bool BF16, int D, bool SMALL>
 static void launch_bwd_cfg(const AttnBwdParams& p, cudaStream_t stream, int smem) {
-  const BwdPlan pl = plan_bwd(p);
-  float* dsum = (float*)p.workspace;
-  float* dq_acc = (float*)((char*)p.workspace + pl.dsum_bytes);
-  const int group = p.heads_q / p.heads_kv;
-
   using C = BwdCfg<D, SMALL>;
+  const BwdPlan pl = plan_bwd(p);
   auto kern = attn_bwd_kernel<BF16, D, SMALL>;
   cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   check_cuda("attention_bwd: cudaFuncSetAttribute");
 
+  BwdArgs a = bwd_args(p, pl);
   if (p.seqlen_q > 0) {
     const int64_t rows = (int64_t)p.batch * p.seqlen_q * p.heads_q;
     const int64_t blocks = std::min<int64_t>((rows + 7) / 8, sm_count() * 64);
-    attn_bwd_dot_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dsum);
+    attn_bwd_dot_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, (float*)p.workspace);
     check_cuda("attention_bwd preprocess launch");
   }
-
-  BwdArgs a;
-  a.p = p;
-  a.dsum = dsum;
-  a.dq_acc = dq_acc;
-  a.delta = clamp_delta(p.q_offset, p.k_offset, p.seqlen_q, p.seqlen_k);
-  a.group = group;
-  a.scale_log2 = p.scale * kLog2e;
-  const unsigned n_kblocks = (unsigned)((p.seqlen_k + C::BC - 1) / C::BC);
-  for (int u0 = 0; u0 < pl.units_total; u0 += pl.units_per_chunk) {
-    const int nu = std::min(pl.units_per_chunk, pl.units_total - u0);
-    const size_t acc_bytes = (size_t)nu * pl.unit_bytes;
-    if (acc_bytes) {
-      if (cudaMemsetAsync(dq_acc, 0, acc_bytes, stream) != cudaSuccess) check_cuda("attention_bwd memset");
-    }
-    if (n_kblocks > 0) {
-      a.unit0 = u0;
-      kern<<<dim3(n_kblocks, (unsigned)nu, 1), C::NT, smem, stream>>>(a);
-      check_cuda("attention_bwd kernel launch");
-    }
-    if (acc_bytes) {
-      const int64_t total4 = (int64_t)nu * p.seqlen_q * group * (D / 4);
-      const int64_t blocks = std::min<int64_t>((total4 + 255) / 256, sm_count() * 32);
-      attn_bwd_dq_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dq_acc, u0, nu, group);
-      check_cuda("attention_bwd dq convert launch");
-    }
-  }
+  run_bwd_chunks<BF16, D>(p, pl, a, C::BC, stream, [&](dim3 grid) { kern<<<grid, C::NT, smem, stream>>>(a); });
 }
 
 template <bool BF16, int D>
@@ -515,16 +476,7 @@ void attention_bwd_cuda_check(const AttnBwdParams& p, AttnBwdKernel kernel) {
   const char* who = "attention (CUDA backward)";
   attention_bwd_workspace_bytes(p, kernel);  // the shape/dtype limits and the chosen kernels' configuration
   if (p.batch == 0) return;
-  check_rows(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride, who, "q");
-  check_rows(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, who, "k");
-  check_rows(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, who, "v");
-  check_rows(p.out, p.o_batch_stride, p.o_row_stride, p.o_head_stride, who, "out");
-  check_rows(p.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride, who, "dout");
-  // dq/dk/dv are written with 4- and 8-byte stores.
-  if (((uintptr_t)p.dq & 7) || ((uintptr_t)p.dk & 3) || ((uintptr_t)p.dv & 3) || p.dq_row_stride % 4 ||
-      p.dq_head_stride % 4 || p.dq_batch_stride % 4 || p.dk_row_stride % 2 || p.dk_head_stride % 2 ||
-      p.dk_batch_stride % 2 || p.dv_row_stride % 2 || p.dv_head_stride % 2 || p.dv_batch_stride % 2)
-    throw Error("ERR_UNSUPPORTED", std::string(who) + ": dq/dk/dv strides or pointers misaligned");
+  check_bwd_tensors(p, who);
 }
 
 void attention_bwd_cuda(const AttnBwdParams& p, cudaStream_t stream, AttnBwdKernel kernel) {

@@ -53,21 +53,9 @@ using attn::kLog2e;
 using attn::pack2;
 using attn::smem_u32;
 
-struct Args {
-  AttnBwdParams p;
-  const float* dsum;  // [b, hq, sq_pad]: Dsum, rows sq.. zero
-  const float* lse2;  // [b, hq, sq_pad]: lse * log2(e), +inf where lse = -inf, rows sq.. zero
-  float* dq_acc;      // [units in chunk][group][sq][d]
-  int sq_pad;         // seqlen_q rounded up to BR
-  int unit0;
-  int delta;
-  int group;
-  float scale_log2;
-};
-
 struct BwdTmaArgs {
   CUtensorMap tm_q, tm_do, tm_k, tm_v;  // 64-byte aligned (CUtensorMap is declared so)
-  Args a;
+  attn::BwdArgs a;
   int perm_q[3], perm_do[3], perm_k[3], perm_v[3];  // tensor-map dims 1..3 -> logical (0 row, 1 head, 2 batch)
 };
 
@@ -105,7 +93,7 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
   using C = Cfg<D>;
   constexpr int BC = C::BC, BR = C::BR, QP = C::QP;
   static_assert(D == 128 || D == 64, "wgmma backward: head_dim 64 or 128");
-  const Args& a = A.a;
+  const attn::BwdArgs& a = A.a;
   const AttnBwdParams& p = a.p;
 
   extern __shared__ __align__(1024) uint8_t smem_raw[];
@@ -382,16 +370,7 @@ __global__ void attn_bwd_wgmma_pre_kernel(const AttnBwdParams p, float* dsum, fl
     const int h = (int)(bh % p.heads_q), b = (int)(bh / p.heads_q);
     float acc = 0.f, l2 = 0.f;
     if (i < p.seqlen_q) {
-      const uint16_t* o = (const uint16_t*)p.out + b * p.o_batch_stride + (int64_t)i * p.o_row_stride + h * p.o_head_stride;
-      const uint16_t* d = (const uint16_t*)p.dout + b * p.do_batch_stride + (int64_t)i * p.do_row_stride + h * p.do_head_stride;
-#pragma unroll
-      for (int c = lane * 2; c < D; c += 64) {
-        const float2 x = attn::unpack2<BF16>(*(const uint32_t*)(o + c));
-        const float2 y = attn::unpack2<BF16>(*(const uint32_t*)(d + c));
-        acc += x.x * y.x + x.y * y.y;
-      }
-#pragma unroll
-      for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
+      acc = attn::row_dot<BF16, D>(p, b, h, i, lane);
       const float x = p.lse[bh * p.seqlen_q + i];
       l2 = x == -INFINITY ? INFINITY : x * kLog2e;
     }
@@ -421,19 +400,11 @@ static void check_supported(const AttnBwdParams& p, const char* who) {
 template <bool BF16, int D>
 static bool launch(const AttnBwdParams& p, cudaStream_t stream) {
   using C = Cfg<D>;
-  const attn::BwdPlan pl = wg_plan(p);
-  const int sq_pad = sq_padded<D>(p);
-  float* dsum = (float*)p.workspace;
-  float* lse2 = dsum + (size_t)p.batch * p.heads_q * sq_pad;
-  float* dq_acc = (float*)((char*)p.workspace + pl.dsum_bytes);
-  const int group = p.heads_q / p.heads_kv;
-
   auto kern = attn_bwd_wgmma_kernel<BF16, D>;
   if (!wgmma_runs_here((const void*)kern, C::SMEM))
     throw Error("ERR_UNSUPPORTED", "attention_bwd_cuda_wgmma: needs an sm_90 GPU, sm_90a SASS in the binary and " +
                                        std::to_string(C::SMEM) + " bytes of shared memory per block");
   BwdTmaArgs A;
-  Args& a = A.a;
   if (p.seqlen_q > 0 && p.seqlen_k > 0 &&
       (!make_map(&A.tm_q, A.perm_q, p.q, BF16, D, p.seqlen_q, p.heads_q, p.batch, p.q_row_stride, p.q_head_stride, p.q_batch_stride, C::BR) ||
        !make_map(&A.tm_do, A.perm_do, p.dout, BF16, D, p.seqlen_q, p.heads_q, p.batch, p.do_row_stride, p.do_head_stride, p.do_batch_stride,
@@ -444,38 +415,21 @@ static bool launch(const AttnBwdParams& p, cudaStream_t stream) {
   cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
   attn::check_cuda("attention_bwd_wgmma: cudaFuncSetAttribute");
 
+  const attn::BwdPlan pl = wg_plan(p);
+  attn::BwdArgs& a = A.a;
+  a = attn::bwd_args(p, pl);
+  a.sq_pad = sq_padded<D>(p);
+  float* dsum = (float*)p.workspace;
+  float* lse2 = dsum + (size_t)p.batch * p.heads_q * a.sq_pad;
+  a.lse2 = lse2;
   if (p.seqlen_q > 0) {
-    const int64_t rows = (int64_t)p.batch * p.heads_q * sq_pad;
+    const int64_t rows = (int64_t)p.batch * p.heads_q * a.sq_pad;
     const int64_t blocks = std::min<int64_t>((rows + 7) / 8, attn::sm_count() * 64);
-    attn_bwd_wgmma_pre_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dsum, lse2, sq_pad);
+    attn_bwd_wgmma_pre_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dsum, lse2, a.sq_pad);
     attn::check_cuda("attention_bwd_wgmma preprocess launch");
   }
-  a.p = p;
-  a.dsum = dsum;
-  a.lse2 = lse2;
-  a.sq_pad = sq_pad;
-  a.dq_acc = dq_acc;
-  a.delta = attn::clamp_delta(p.q_offset, p.k_offset, p.seqlen_q, p.seqlen_k);
-  a.group = group;
-  a.scale_log2 = p.scale * kLog2e;
   // No q rows: the kernel still runs (dk = dv = 0) but loads nothing, so the maps are never read.
-  const unsigned n_kblocks = (unsigned)((p.seqlen_k + C::BC - 1) / C::BC);
-  for (int u0 = 0; u0 < pl.units_total; u0 += pl.units_per_chunk) {
-    const int nu = std::min(pl.units_per_chunk, pl.units_total - u0);
-    const size_t acc_bytes = (size_t)nu * pl.unit_bytes;
-    if (acc_bytes && cudaMemsetAsync(dq_acc, 0, acc_bytes, stream) != cudaSuccess) attn::check_cuda("attention_bwd_wgmma memset");
-    if (n_kblocks > 0) {
-      a.unit0 = u0;
-      kern<<<dim3(n_kblocks, (unsigned)nu, 1), C::NT, C::SMEM, stream>>>(A);
-      attn::check_cuda("attention_bwd_wgmma kernel launch");
-    }
-    if (acc_bytes) {
-      const int64_t total4 = (int64_t)nu * p.seqlen_q * group * (D / 4);
-      const int64_t blocks = std::min<int64_t>((total4 + 255) / 256, attn::sm_count() * 32);
-      attn::attn_bwd_dq_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, dq_acc, u0, nu, group);
-      attn::check_cuda("attention_bwd_wgmma dq convert launch");
-    }
-  }
+  attn::run_bwd_chunks<BF16, D>(p, pl, a, C::BC, stream, [&](dim3 grid) { kern<<<grid, C::NT, C::SMEM, stream>>>(A); });
   return true;
 }
 
@@ -499,15 +453,7 @@ bool attention_bwd_cuda_wgmma(const AttnBwdParams& p, cudaStream_t stream) {
   const char* who = "attention_bwd_cuda_wgmma";
   attn_wg::check_supported(p, who);
   if (p.batch == 0) return true;
-  check_rows(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride, who, "q");
-  check_rows(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, who, "k");
-  check_rows(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, who, "v");
-  check_rows(p.out, p.o_batch_stride, p.o_row_stride, p.o_head_stride, who, "out");
-  check_rows(p.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride, who, "dout");
-  if (((uintptr_t)p.dq & 7) || ((uintptr_t)p.dk & 3) || ((uintptr_t)p.dv & 3) || p.dq_row_stride % 4 ||
-      p.dq_head_stride % 4 || p.dq_batch_stride % 4 || p.dk_row_stride % 2 || p.dk_head_stride % 2 ||
-      p.dk_batch_stride % 2 || p.dv_row_stride % 2 || p.dv_head_stride % 2 || p.dv_batch_stride % 2)
-    throw Error("ERR_UNSUPPORTED", std::string(who) + ": dq/dk/dv strides or pointers misaligned");
+  check_bwd_tensors(p, who);
   if (!aligned16(p.workspace)) throw Error("ERR_UNSUPPORTED", std::string(who) + ": workspace must be 16-byte aligned");
   if (p.seqlen_q == 0 && p.seqlen_k == 0) return true;
   const bool bf16 = p.dtype == Dtype::BF16;

@@ -1,7 +1,10 @@
 // Pieces shared by the two CUDA backward implementations (attention_bwd.cu: mma.sync; attention_bwd_wgmma.cu:
-// wgmma): the Dsum preprocess, the fp32 dq accumulator -> output conversion, and the workspace plan.
+// wgmma): the kernel arguments, the Dsum preprocess, the fp32 dq accumulator -> output conversion, the
+// workspace plan, the tensor checks and the per-chunk launch sequence.
 #pragma once
+#include <algorithm>
 #include <atomic>
+#include <string>
 
 #include "attn_common.cuh"
 
@@ -28,6 +31,36 @@ inline int sm_count() {
   return n;
 }
 
+// Kernel arguments of both backwards (the mma.sync kernel reads dsum [b, hq, sq] and ignores lse2/sq_pad).
+struct BwdArgs {
+  AttnBwdParams p;
+  const float* dsum;  // mma.sync: [b, hq, sq]; wgmma: [b, hq, sq_pad], rows sq.. zero
+  const float* lse2;  // wgmma: [b, hq, sq_pad] lse * log2(e), +inf where lse = -inf, rows sq.. zero
+  float* dq_acc;      // [units in chunk][group][sq][d]: one q block of one head is a contiguous tile
+  int unit0;          // first (b * hkv + kvh) unit of this chunk
+  int delta;          // clamped q_offset - k_offset
+  int group;          // heads_q / heads_kv
+  int sq_pad;         // wgmma: seqlen_q rounded up to its q block
+  float scale_log2;   // scale * log2(e)
+};
+
+// sum_d dout[b, i, h, :] * out[b, i, h, :] in fp32 by one warp (every lane gets the sum).
+template <bool BF16, int D>
+__device__ __forceinline__ float row_dot(const AttnBwdParams& p, int b, int h, int i, int lane) {
+  const uint16_t* o = (const uint16_t*)p.out + b * p.o_batch_stride + (int64_t)i * p.o_row_stride + h * p.o_head_stride;
+  const uint16_t* d = (const uint16_t*)p.dout + b * p.do_batch_stride + (int64_t)i * p.do_row_stride + h * p.do_head_stride;
+  float acc = 0.f;
+#pragma unroll
+  for (int c = lane * 2; c < D; c += 64) {
+    const float2 x = unpack2<BF16>(*(const uint32_t*)(o + c));
+    const float2 y = unpack2<BF16>(*(const uint32_t*)(d + c));
+    acc += x.x * y.x + x.y * y.y;
+  }
+#pragma unroll
+  for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
+  return acc;
+}
+
 // Dsum[b, h, i] = sum_d dout * out (fp32), one warp per row.
 template <bool BF16, int D>
 __global__ void attn_bwd_dot_kernel(const AttnBwdParams p, float* dsum) {
@@ -39,17 +72,7 @@ __global__ void attn_bwd_dot_kernel(const AttnBwdParams p, float* dsum) {
     const int64_t bi = w / p.heads_q;
     const int i = (int)(bi % p.seqlen_q);
     const int b = (int)(bi / p.seqlen_q);
-    const uint16_t* o = (const uint16_t*)p.out + b * p.o_batch_stride + (int64_t)i * p.o_row_stride + h * p.o_head_stride;
-    const uint16_t* d = (const uint16_t*)p.dout + b * p.do_batch_stride + (int64_t)i * p.do_row_stride + h * p.do_head_stride;
-    float acc = 0.f;
-#pragma unroll
-    for (int c = lane * 2; c < D; c += 64) {
-      const float2 x = unpack2<BF16>(*(const uint32_t*)(o + c));
-      const float2 y = unpack2<BF16>(*(const uint32_t*)(d + c));
-      acc += x.x * y.x + x.y * y.y;
-    }
-#pragma unroll
-    for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
+    const float acc = row_dot<BF16, D>(p, b, h, i, lane);
     if (lane == 0) dsum[((int64_t)b * p.heads_q + h) * p.seqlen_q + i] = acc;
   }
 }
@@ -100,6 +123,56 @@ inline BwdPlan plan_bwd(const AttnBwdParams& p, size_t pre_bytes) {
   return pl;
 }
 inline BwdPlan plan_bwd(const AttnBwdParams& p) { return plan_bwd(p, (size_t)p.batch * p.heads_q * p.seqlen_q * 4); }
+
+// The tensor checks both backwards make before anything is launched: rows readable with 16-byte loads,
+// dq/dk/dv written with 4- and 8-byte stores.
+inline void check_bwd_tensors(const AttnBwdParams& p, const char* who) {
+  check_rows(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride, who, "q");
+  check_rows(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, who, "k");
+  check_rows(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, who, "v");
+  check_rows(p.out, p.o_batch_stride, p.o_row_stride, p.o_head_stride, who, "out");
+  check_rows(p.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride, who, "dout");
+  if (((uintptr_t)p.dq & 7) || ((uintptr_t)p.dk & 3) || ((uintptr_t)p.dv & 3) || p.dq_row_stride % 4 ||
+      p.dq_head_stride % 4 || p.dq_batch_stride % 4 || p.dk_row_stride % 2 || p.dk_head_stride % 2 ||
+      p.dk_batch_stride % 2 || p.dv_row_stride % 2 || p.dv_head_stride % 2 || p.dv_batch_stride % 2)
+    throw Error("ERR_UNSUPPORTED", std::string(who) + ": dq/dk/dv strides or pointers misaligned");
+}
+
+// What follows the preprocess in both backwards, per chunk of (batch, kv head) units: zero the chunk's
+// dq_acc, the main kernel over (key blocks of bc keys, units) by `launch_main(grid)` (a.unit0 set), then
+// dq = scale * dq_acc. Never synchronises.
+template <bool BF16, int D, class LaunchMain>
+void run_bwd_chunks(const AttnBwdParams& p, const BwdPlan& pl, BwdArgs& a, int bc, cudaStream_t stream, LaunchMain&& launch_main) {
+  const unsigned n_kblocks = (unsigned)((p.seqlen_k + bc - 1) / bc);
+  for (int u0 = 0; u0 < pl.units_total; u0 += pl.units_per_chunk) {
+    const int nu = std::min(pl.units_per_chunk, pl.units_total - u0);
+    const size_t acc_bytes = (size_t)nu * pl.unit_bytes;
+    if (acc_bytes && cudaMemsetAsync(a.dq_acc, 0, acc_bytes, stream) != cudaSuccess) check_cuda("attention backward: memset");
+    if (n_kblocks > 0) {
+      a.unit0 = u0;
+      launch_main(dim3(n_kblocks, (unsigned)nu, 1));
+      check_cuda("attention backward: kernel launch");
+    }
+    if (acc_bytes) {
+      const int64_t total4 = (int64_t)nu * p.seqlen_q * a.group * (D / 4);
+      const int64_t blocks = std::min<int64_t>((total4 + 255) / 256, sm_count() * 32);
+      attn_bwd_dq_kernel<BF16, D><<<(unsigned)blocks, 256, 0, stream>>>(p, a.dq_acc, u0, nu, a.group);
+      check_cuda("attention backward: dq convert launch");
+    }
+  }
+}
+
+// The arguments both main kernels take, but for unit0 (run_bwd_chunks) and the wgmma-only lse2/sq_pad.
+inline BwdArgs bwd_args(const AttnBwdParams& p, const BwdPlan& pl) {
+  BwdArgs a{};
+  a.p = p;
+  a.dsum = (const float*)p.workspace;
+  a.dq_acc = (float*)((char*)p.workspace + pl.dsum_bytes);
+  a.delta = clamp_delta(p.q_offset, p.k_offset, p.seqlen_q, p.seqlen_k);
+  a.group = p.heads_q / p.heads_kv;
+  a.scale_log2 = p.scale * kLog2e;
+  return a;
+}
 
 }  // namespace attn
 }  // namespace mb
