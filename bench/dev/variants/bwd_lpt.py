@@ -26,8 +26,8 @@ EDITS = [
   const int unit = a.unit0 + (int)blockIdx.x;'''),
     ('''  float* const acc_unit = a.dq_acc + (int64_t)blockIdx.y * group * sq * D;''',
      '''  float* const acc_unit = a.dq_acc + (int64_t)blockIdx.x * group * sq * D;'''),
-    ('''      kern<<<dim3(n_kblocks, (unsigned)nu, 1), C::NT, C::SMEM, stream>>>(A);''',
-     '''      kern<<<dim3((unsigned)nu, n_kblocks, 1), C::NT, C::SMEM, stream>>>(A);'''),
+    ('''[&](dim3 grid) { kern<<<grid, C::NT, C::SMEM, stream>>>(A); }''',
+     '''[&](dim3 grid) { kern<<<dim3(grid.y, grid.x, 1), C::NT, C::SMEM, stream>>>(A); }'''),
 ]
 
 
