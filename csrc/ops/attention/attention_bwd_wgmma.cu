@@ -10,13 +10,13 @@
 //
 // Design (FA3's backward, warp-specialised like the forward):
 //   A preprocess kernel writes Dsum = rowsum(dO * O) and lse * log2(e) (+inf for a row that saw no key)
-//   into the workspace, rows padded to a multiple of 64 with zeros, so that a step's rows are one aligned
+//   into the workspace, rows padded to a multiple of BR with zeros, so that a step's rows are one aligned
 //   1-D bulk copy each.
 //   CTA = 3 warpgroups per (kv block of BC=128 keys, (batch, kv head) unit). Warpgroup 0 is the producer
 //   (setmaxnreg 24): one thread issues TMA loads of K and V once, and per step of Q and dO (tiles) and of
 //   the lse and Dsum rows (1-D bulk copies) into two stages guarded by full/empty mbarriers. Warpgroups 1-2
 //   are consumers (setmaxnreg 240); consumer w owns keys 64w..64w+63. The CTA walks the group's q heads x
-//   q blocks of BR=64 rows. Per step, consumer w:
+//   q blocks of BR rows (d=128: 64; d=64: 128, below). Per step, consumer w (d=128):
 //     1. S^T  = K_w Q^T   (wgmma m64n64k16, A = K smem K-major, B = Q smem K-major, D/16 k-steps)
 //        dP^T = V_w dO^T  (same, separate commit group so exp2 of S^T overlaps it)
 //     2. P^T = exp2(S^T*scale*log2e - lse*log2e) (masked where needed), dS^T = P^T (dP^T - Dsum), in registers
@@ -32,8 +32,15 @@
 //     6. the stage is released (empty mbarrier); dQ (fp32) -> padded smem tile. Each warp owns 16 rows x 64
 //        columns of it, so each warp adds its own part into dq_acc (cp.reduce.async.bulk, 16 lanes, 256 B
 //        each) and waits only for its own copies before overwriting it a step later: no CTA-wide sync.
-//   Accumulators per consumer thread: dV D/2 + dK D/2 fp32 (persistent), S^T 32 + dP^T 32, dQ 32.
-//   Shared memory (d=128): K 32K + V 32K + Q 2x16K + dO 2x16K + dS^T 2x16K + lse/Dsum 1K + dQ tile 34K.
+//   d=64 steps are 128 q rows (half the steps, so half the per-step waits, barriers and flushes; S^T and
+//   dP^T become m64n128): dS^T lives in two [128 keys][64 q] halves, one buffer behind a warpgroup barrier;
+//   dV is issued after dS (with it in flight while dS is computed the consumer needed 224 registers and ptxas
+//   serialised the wgmma: C7512); dQ_w is two m64n64 GEMMs (q rows 0-63, 64-127) over the consumer's own keys.
+//   +45 % over 64-row steps on an H200 (245 -> 355 TF/s at 128K, bench/NOTES.md). At d=128 the registers
+//   do not allow 128 rows (dV + dK alone are 128 per thread).
+//   Accumulators per consumer thread (d=128): dV 64 + dK 64 fp32 (persistent), S^T 32 + dP^T 32, dQ 32.
+//   Shared memory (d=128): K 32K + V 32K + Q 2x16K + dO 2x16K + dS^T 2x16K + lse/Dsum 1K + dQ tile 34K;
+//   (d=64): K 16K + V 16K + Q 2x16K + dO 2x16K + dS^T 32K + lse/Dsum 2K + two dQ tiles 2x36K = 203K.
 //   A producer with more than one thread (lse/Dsum by plain loads, a dQ-writer warp) spilled at setmaxnreg 24,
 //   and 40/232 made ptxas serialise the d=128 consumers' wgmma (C7512).
 //   The previous version (2 warpgroups, cp.async issued by all threads, two CTA barriers per step) measured
@@ -63,7 +70,7 @@ template <int D>
 struct Cfg {
   static constexpr int NT = 384;     // producer warpgroup + 2 consumer warpgroups
   static constexpr int BC = 128;     // keys per CTA (64 per consumer)
-  static constexpr int BR = 64;      // q rows per step
+  static constexpr int BR = D == 64 ? 128 : 64;  // q rows per step
   static constexpr int KV_TILE = BC * D * 2;
   static constexpr int Q_TILE = BR * D * 2;
   static constexpr int S_TILE = BC * BR * 2;
@@ -72,7 +79,7 @@ struct Cfg {
   static constexpr int OFF_Q = OFF_V + KV_TILE;      // [2] stages
   static constexpr int OFF_O = OFF_Q + 2 * Q_TILE;   // [2] stages
   static constexpr int OFF_S = OFF_O + 2 * Q_TILE;   // dS^T [2] buffers of [BC][BR] 16-bit, 128-B rows
-  static constexpr int OFF_L = OFF_S + 2 * S_TILE;   // lse [2][BR] then Dsum [2][BR]
+  static constexpr int OFF_L = OFF_S + (D == 64 ? 1 : 2) * S_TILE;  // lse [2][BR] then Dsum [2][BR]
   static constexpr int OFF_DQ = OFF_L + 4 * BR * 4;  // fp32 dQ tile(s) [BR][QP bytes]
   static constexpr int QP = D * 4 + 32;              // padded: fragment stores take 2 wavefronts
   // d=128: one dQ tile, the consumers split its columns (each reads all 128 keys of dS^T);
@@ -179,7 +186,143 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
   float* const acc_unit = a.dq_acc + (int64_t)blockIdx.y * group * sq * D;
   if (total > 0) mbar_wait(barKV, 0);
 
-  for (int t = 0; t < total; ++t) {
+  if constexpr (D == 64) {
+    // ---- d = 64: 128 q rows per step (see the header); the d = 128 loop is the else branch
+    static_assert(BR == 128, "d = 64 steps are 128 q rows");
+    for (int t = 0; t < total; ++t) {
+      const int st = t & 1;
+      const int r0 = (m_begin + t % nm) * BR;
+      mbar_wait(full0 + 8 * st, (t >> 1) & 1);  // Q, dO, lse, Dsum of step t landed
+      const uint32_t sQ = sQ0 + st * C::Q_TILE, sO = sO0 + st * C::Q_TILE;
+
+      // ---- 1. S^T = K_c Q^T, dP^T = V_c dO^T (64 keys x 128 q: m64n128k16, 4 k-steps)
+      float st_[64], dpt[64];
+      fence_regs(st_);
+      fence_regs(dpt);
+      wg_fence();
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        wgmma_ss_n128<BF16, 0, 0>(st_, make_desc(sK + kw + k * 32, 16, 1024), make_desc(sQ + k * 32, 16, 1024), k > 0);
+      wg_commit();
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        wgmma_ss_n128<BF16, 0, 0>(dpt, make_desc(sV + kw + k * 32, 16, 1024), make_desc(sO + k * 32, 16, 1024), k > 0);
+      wg_commit();
+
+      // ---- 2a. P^T (while dP^T is still running)
+      const float* lse_b = sLse + st * BR;
+      const float* ds_b = sDs + st * BR;
+      const bool masked = ragged_k || (p.causal && (int64_t)r0 < mask_before);
+      const int krow = c * 64 + wi * 16 + lr;
+      wg_wait<1>();
+      fence_regs(st_);
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int ql = j * 8 + lc;
+        const float2 L = *(const float2*)(lse_b + ql);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float pv = ex2(st_[j * 4 + e] * a.scale_log2 - ((e & 1) ? L.y : L.x));
+          if (masked) {
+            const int key = n0 + krow + (e >> 1) * 8, q = r0 + ql + (e & 1);
+            if (key >= sk || (p.causal && key - q > a.delta)) pv = 0.f;
+          }
+          st_[j * 4 + e] = pv;
+        }
+      }
+
+      // ---- 2b. dS^T = P^T (dP^T - Dsum), then both as 16-bit A fragments (k-steps over q, 16 each). dV is
+      //          issued after dS, not while it is computed: with P^T, its fragments and dP^T live at once the
+      //          consumer needs 224 registers and ptxas spilled and serialised the wgmma (C7512).
+      wg_wait<0>();
+      fence_regs(dpt);
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const float2 Dd = *(const float2*)(ds_b + j * 8 + lc);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dpt[j * 4 + e] = st_[j * 4 + e] * (dpt[j * 4 + e] - ((e & 1) ? Dd.y : Dd.x));
+      }
+      uint32_t pf[8][4], sf[8][4];
+#pragma unroll
+      for (int kq = 0; kq < 8; ++kq)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          pf[kq][i] = pack2<BF16>(st_[kq * 8 + 2 * i], st_[kq * 8 + 2 * i + 1]);
+          sf[kq][i] = pack2<BF16>(dpt[kq * 8 + 2 * i], dpt[kq * 8 + 2 * i + 1]);
+        }
+
+      // ---- 3. dV += P^T dO, dK += dS^T Q (8 k-steps over the 128 q each)
+      fence_regs(pf);
+      fence_regs(sf);
+      fence_regs(dv);
+      fence_regs(dk);
+      wg_fence();
+#pragma unroll
+      for (int kq = 0; kq < 8; ++kq) wgmma_rs_n64<BF16, 1>(dv, pf[kq], make_desc(sO + kq * 16 * 128, BR * 128, 1024), 1);
+#pragma unroll
+      for (int kq = 0; kq < 8; ++kq) wgmma_rs_n64<BF16, 1>(dk, sf[kq], make_desc(sQ + kq * 16 * 128, BR * 128, 1024), 1);
+      wg_commit();
+
+      // ---- 4. dS^T -> smem, half kq / 4 = q rows 64h..: [128 keys][64 q] 16-bit, 128-B swizzled rows. One
+      //         buffer: every warp of this warpgroup must have finished the previous step's dQ GEMM first.
+      named_sync(2 + c, 128);
+#pragma unroll
+      for (int kq = 0; kq < 8; ++kq)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int r = krow + (i & 1) * 8;
+          const int ch = (kq & 3) * 2 + (i >> 1);
+          *(uint32_t*)(sSp0 + (kq >> 2) * (BC * 128) + r * 128 + ((ch ^ (r & 7)) << 4) + lc * 2) = sf[kq][i];
+        }
+      fence_proxy_async();  // generic stores -> wgmma reads
+      named_sync(2 + c, 128);
+
+      // ---- 5. dQ_c = dS[:, keys of c] K_c: q rows 0-63 and 64-127 (m64n64k16, 4 k-steps each)
+      float dq0[32], dq1[32];
+      fence_regs(dq0);
+      fence_regs(dq1);
+      wg_fence();
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        wgmma_ss_n64<BF16, 1, 1>(dq0, make_desc(sS0 + (c * 64 + k * 16) * 128, BC * 128, 1024),
+                                 make_desc(sK + (c * 64 + k * 16) * 128, BC * 128, 1024), k > 0);
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        wgmma_ss_n64<BF16, 1, 1>(dq1, make_desc(sS0 + BC * 128 + (c * 64 + k * 16) * 128, BC * 128, 1024),
+                                 make_desc(sK + (c * 64 + k * 16) * 128, BC * 128, 1024), k > 0);
+      wg_commit();
+      wg_wait<0>();  // dV, dK and dQ of this step
+      fence_regs(dq0);
+      fence_regs(dq1);
+      fence_regs(dv);
+      fence_regs(dk);
+      fence_regs(pf);
+      fence_regs(sf);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(empty0 + 8 * st);  // Q, dO (wgmma) and lse, Dsum (this warp's loads) done
+
+      // ---- 6. dQ -> this warp's rows 16wi.. and 64 + 16wi.. of its tile, once this warp's copies of the previous
+      //         step have read them; then each lane adds one of those 32 rows into dq_acc.
+      if (t > 0) {
+        bulk_wait_read();
+        __syncwarp();
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = wi * 16 + lr + h * 8;
+          *(float2*)(sDQp + dq_off + row * QP + (j * 8 + lc) * 4) = make_float2(dq0[j * 4 + 2 * h], dq0[j * 4 + 2 * h + 1]);
+          *(float2*)(sDQp + dq_off + (row + 64) * QP + (j * 8 + lc) * 4) = make_float2(dq1[j * 4 + 2 * h], dq1[j * 4 + 2 * h + 1]);
+        }
+      fence_proxy_async();  // generic writes -> the bulk copy reads
+      __syncwarp();
+      const int row = (lane >> 4) * 64 + wi * 16 + (lane & 15);
+      if (r0 + row < sq)
+        bulk_red_add_f32(acc_unit + ((int64_t)(t / nm) * sq + r0 + row) * D, sDQ + dq_off + row * QP, D * 4);
+    }
+  } else
+  for (int t = 0; t < total; ++t) {  // ---- d = 128: 64 q rows per step
     const int st = t & 1;
     const int r0 = (m_begin + t % nm) * BR;
     mbar_wait(full0 + 8 * st, (t >> 1) & 1);  // Q, dO, lse, Dsum of step t landed
@@ -241,8 +384,7 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
     wg_fence();
 #pragma unroll
     for (int kq = 0; kq < 4; ++kq)
-      if constexpr (D == 128) wgmma_rs_n128<BF16, 1>(dv, pf[kq], make_desc(sO + kq * 16 * 128, BR * 128, 1024), 1);
-      else wgmma_rs_n64<BF16, 1>(dv, pf[kq], make_desc(sO + kq * 16 * 128, BR * 128, 1024), 1);
+      wgmma_rs_n128<BF16, 1>(dv, pf[kq], make_desc(sO + kq * 16 * 128, BR * 128, 1024), 1);
     wg_commit();
 
     // ---- 2b. dS^T = P^T (dP^T - Dsum)
@@ -266,8 +408,7 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
     wg_fence();
 #pragma unroll
     for (int kq = 0; kq < 4; ++kq)
-      if constexpr (D == 128) wgmma_rs_n128<BF16, 1>(dk, sf[kq], make_desc(sQ + kq * 16 * 128, BR * 128, 1024), 1);
-      else wgmma_rs_n64<BF16, 1>(dk, sf[kq], make_desc(sQ + kq * 16 * 128, BR * 128, 1024), 1);
+      wgmma_rs_n128<BF16, 1>(dk, sf[kq], make_desc(sQ + kq * 16 * 128, BR * 128, 1024), 1);
     wg_commit();
 
     // ---- 4. dS^T -> smem [key][q]: A fragment reg i of k-step kq holds rows krow (+8 for odd i),
@@ -283,26 +424,14 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
       }
     fence_proxy_async();  // generic stores -> wgmma reads
     float dq[32];
-    if constexpr (D == 128) {
-      named_sync(1, 256);  // dS^T of both consumers complete
-      // ---- 5. dQ[:, 64c..] = dS K: A = dS^T [key][q] read M-major, B = K half c read N-major
-      fence_regs(dq);
-      wg_fence();
+    named_sync(1, 256);  // dS^T of both consumers complete
+    // ---- 5. dQ[:, 64c..] = dS K: A = dS^T [key][q] read M-major, B = K half c read N-major
+    fence_regs(dq);
+    wg_fence();
 #pragma unroll
-      for (int k = 0; k < BC / 16; ++k)
-        wgmma_ss_n64<BF16, 1, 1>(dq, make_desc(sS + k * 16 * 128, BC * BR * 2, 1024),
-                                 make_desc(sK + c * (BC * 128) + k * 16 * 128, BC * 128, 1024), k > 0);
-    } else {
-      // This consumer's dS^T rows and its own dQ tile only: a warpgroup barrier (ids 2, 3; 128 threads).
-      named_sync(2 + c, 128);
-      // ---- 5. dQ_c = dS[:, keys of c] K_c (64 q x 64 d over this consumer's 64 keys)
-      fence_regs(dq);
-      wg_fence();
-#pragma unroll
-      for (int k = 0; k < 4; ++k)
-        wgmma_ss_n64<BF16, 1, 1>(dq, make_desc(sS + (c * 64 + k * 16) * 128, BC * BR * 2, 1024),
-                                 make_desc(sK + (c * 64 + k * 16) * 128, BC * 128, 1024), k > 0);
-    }
+    for (int k = 0; k < BC / 16; ++k)
+      wgmma_ss_n64<BF16, 1, 1>(dq, make_desc(sS + k * 16 * 128, BC * BR * 2, 1024),
+                               make_desc(sK + c * (BC * 128) + k * 16 * 128, BC * 128, 1024), k > 0);
     wg_commit();
     wg_wait<0>();  // dV, dK and dQ of this step
     fence_regs(dq);

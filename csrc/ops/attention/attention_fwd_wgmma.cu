@@ -4,10 +4,11 @@
 // masked rows -> out 0 and lse -inf. bench/NOTES.md has the design notes and numbers.
 //
 // Design (FA3's forward):
-//   CTA = 3 warpgroups per (128 query rows, q head, batch). Warpgroup 0 is the producer: one thread issues
-//   TMA loads of the Q tile once and of K/V per key block into two-stage buffers, synchronised by mbarriers
-//   (full: the bytes landed; empty: both consumers are done reading); its registers go to the consumers
-//   (setmaxnreg 24 / 240). Warpgroups 1-2 are consumers owning 64 query rows each.
+//   CTA = 1 + NC warpgroups per (64 NC query rows, q head, batch); NC = 2 consumers at d=128, 3 at d=64.
+//   Warpgroup 0 is the producer: one thread issues TMA loads of the Q tile once and of K/V per key block into
+//   two-stage buffers, synchronised by mbarriers (full: the bytes landed; empty: every consumer is done
+//   reading); its registers go to the consumers (setmaxnreg 24 / 240, d=64: 24 / 160). The other warpgroups
+//   are consumers owning 64 query rows each.
 //   Key blocks are visited from the last to the first, so the masked (diagonal or ragged) blocks come first
 //   and the rest carry no mask arithmetic; CTAs with the most blocks start first.
 //   Per key block n (128 keys), each consumer:
@@ -16,10 +17,13 @@
 //     3. waits for S_n only; the online softmax of S_n (mask, max, exp2, row sums) runs while the
 //        tensor cores still work on step 2 (intra-warpgroup overlap)
 //     4. waits for step 2, rescales O by exp2(m_old - m_new), packs P_n into 16-bit A fragments.
-//   The two consumers take turns issuing steps 1-2 (named barriers: FA3's ping-pong), so one's softmax
-//   runs under the other's GEMMs. The last block's PV runs after the loop.
+//   The consumers take turns issuing steps 1-2 (named barriers: FA3's ping-pong, round-robin over three at
+//   d=64), so one's softmax runs under the others' GEMMs. At d=64 a consumer's GEMMs per block take about as
+//   long as its softmax's exp2, so two consumers' GEMMs are needed to cover one softmax: three consumers
+//   measured +13 % over two on an H200 (435 -> 492 TF/s at 128K, bench/NOTES.md). The last block's PV runs
+//   after the loop.
 //   Accumulators per consumer thread: S 64, O D/2 fp32; P 32 registers.
-//   Shared memory: Q 128 x D + 2 x K + 2 x V tiles of 128 x D (d=128: 160 KB, d=64: 80 KB) + barriers.
+//   Shared memory: Q 64 NC x D + 2 x K + 2 x V tiles of 128 x D (d=128: 160 KB, d=64: 88 KB) + barriers.
 //   The cp.async variant without a producer (2 warpgroups, CTA barrier per block) measured 475-488 TF/s
 //   at d=128 against this one's 590-650 (bench/NOTES.md) and was removed.
 #if defined(MEGABEAM_CUDA)
@@ -49,8 +53,9 @@ struct FwdArgs {
 
 template <int D>
 struct FwdCfg {
-  static constexpr int NT = 384;  // producer warpgroup + 2 consumer warpgroups
-  static constexpr int BR = 128;  // query rows per CTA (64 per consumer)
+  static constexpr int NC = D == 64 ? 3 : 2;  // consumer warpgroups
+  static constexpr int NT = 128 * (NC + 1);  // producer warpgroup + NC consumer warpgroups
+  static constexpr int BR = 64 * NC;  // query rows per CTA (64 per consumer)
   static constexpr int BC = 128;  // keys per block
   static constexpr int Q_TILE = BR * D * 2;
   static constexpr int KV_TILE = BC * D * 2;
@@ -80,7 +85,7 @@ struct FwdTmaArgs {
 };
 
 template <bool BF16, int D>
-__global__ void __launch_bounds__(384, 1) attn_fwd_wgmma_kernel(const __grid_constant__ FwdTmaArgs A) {
+__global__ void __launch_bounds__(FwdCfg<D>::NT, 1) attn_fwd_wgmma_kernel(const __grid_constant__ FwdTmaArgs A) {
 #if MB_WG_ENABLED
   using C = FwdCfg<D>;
   constexpr int BR = C::BR, BC = C::BC;
@@ -123,8 +128,8 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_wgmma_kernel(const __grid_con
     for (int i = 0; i < 2; ++i) {
       mbar_init(fullK + 8 * i, 1);
       mbar_init(fullV + 8 * i, 1);
-      mbar_init(emptyK + 8 * i, 8);  // lane 0 of each consumer warp
-      mbar_init(emptyV + 8 * i, 8);
+      mbar_init(emptyK + 8 * i, 4 * C::NC);  // lane 0 of each consumer warp
+      mbar_init(emptyV + 8 * i, 4 * C::NC);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -150,7 +155,8 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_wgmma_kernel(const __grid_con
   }
 
   // ---- consumers
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n");
+  if constexpr (C::NC == 3) asm volatile("setmaxnreg.inc.sync.aligned.u32 160;\n");
+  else asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n");
   const int c = wg - 1;  // consumer index: query rows 64*c ..
   const int wi = warp & 3, lr = lane >> 2, lc = (lane & 3) * 2;
   float o[D / 2];
@@ -229,13 +235,15 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_wgmma_kernel(const __grid_con
 #pragma unroll
       for (int i = 0; i < 4; ++i) pf[kk][i] = pack2<BF16>(s[kk * 8 + 2 * i], s[kk * 8 + 2 * i + 1]);
   };
-  // Ping-pong: named barrier 1 + c is "consumer c may issue"; consumer 1 lets consumer 0 go first, and
-  // each arrival is matched by exactly one sync (consumer 1 skips its arrival after its last issue).
-  const int my_turn = 1 + c, other_turn = 2 - c;
+  // Ping-pong (d=128) / round-robin (d=64, three consumers): named barrier 1 + c is "consumer c may issue" and
+  // passes to c + 1 (mod NC); the last consumer lets consumer 0 go first and skips its arrival after its last
+  // issue, so each barrier gets exactly one arrival (128 threads) per sync (128 threads).
+  constexpr int NC = C::NC;
+  const int my_turn = 1 + c, other_turn = 1 + (c + 1) % NC;
   auto pass_turn = [&](int it) {
-    if (!(c == 1 && it == n_blocks - 1)) named_arrive(other_turn, 256);
+    if (!(c == NC - 1 && it == n_blocks - 1)) named_arrive(other_turn, 256);
   };
-  if (c == 1) named_arrive(1, 256);
+  if (c == NC - 1) named_arrive(1, 256);
 
   mbar_wait(barQ, 0);
   mbar_wait(fullK, 0);
