@@ -10,16 +10,18 @@ const workerFile = path.join(__dirname, 'tensor-worker.ts');
 // Workers load TypeScript through tsx's require hook (fast; loader flags do not reach workers).
 const workerCode = `require(${JSON.stringify(require.resolve('tsx/cjs'))}); require(${JSON.stringify(workerFile)});`;
 
-function start(mode: string, extra: Record<string, unknown> = {}): { w: Worker; result: Promise<{ done?: boolean; error?: string; sum?: number }> } {
+function start(mode: string, extra: Record<string, unknown> = {}): { w: Worker; result: Promise<{ done?: boolean; error?: string; sum?: number }>; exit: Promise<number> } {
   const w = new Worker(workerCode, { eval: true, workerData: { mode, device, ...extra }, ...(extra.resourceLimits ? { resourceLimits: extra.resourceLimits as object } : {}) });
   const result = new Promise<{ done?: boolean; error?: string; sum?: number }>((res, rej) => {
     w.on('message', (m) => { if (m.done || m.error) res(m); });
     w.on('error', rej);
     w.on('exit', (c) => res({ error: `exited with ${c}` }));
   });
-  return { w, result };
+  // Listened for from the start: a worker can post its result and exit before the awaiting code runs again,
+  // and a listener added after 'exit' waits forever (the process then ends with nothing printed).
+  const exit = new Promise<number>((res) => w.on('exit', res));
+  return { w, result, exit };
 }
-const exited = (w: Worker): Promise<number> => new Promise((res) => w.on('exit', res));
 
 async function mainLoop(n: number): Promise<number> {
   let s = 0;
@@ -40,10 +42,10 @@ async function main(): Promise<string> {
     // (the main thread loads it first: a worker's load used to overwrite the one global class).
     mb.zeros([1], { device }).dispose();
     for (let k = 0; k < 2; k++) {
-      const { w, result } = start('load');
+      const { result, exit } = start('load');
       const r = await result;
       if (!r.done) throw new Error(`worker: ${r.error}`);
-      await exited(w);
+      await exit;
     }
     const z = mb.zeros([1], { device });
     const v = await z.toArray();
@@ -69,4 +71,10 @@ async function main(): Promise<string> {
   throw new Error(`unknown scenario ${scenario}`);
 }
 
-main().then((s) => { console.log(`OK ${s}`); }, (e) => { console.log(`FAIL ${(e as Error)?.stack ?? e}`); process.exitCode = 1; });
+// A scenario that awaits something nothing will ever settle lets the event loop empty: say so and fail,
+// instead of exiting 0 with nothing printed.
+let settled = false;
+process.on('beforeExit', () => {
+  if (!settled) { settled = true; console.log(`FAIL ${scenario}: the event loop emptied before the scenario finished`); process.exitCode = 1; }
+});
+main().then((s) => { settled = true; console.log(`OK ${s}`); }, (e) => { settled = true; console.log(`FAIL ${(e as Error)?.stack ?? e}`); process.exitCode = 1; });
