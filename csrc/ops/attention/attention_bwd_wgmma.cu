@@ -29,9 +29,11 @@
 //     5. d=128: dQ[:, 64w..64w+63] = dS K (wgmma m64n64k16, A = dS^T smem read M-major (trans-a), B = K half
 //        w read N-major (trans-b), 8 k-steps over the 128 keys). d=64: dQ_w = dS[:, keys of w] K_w into
 //        this warpgroup's own tile (both tiles are added into dq_acc).
-//     6. the stage is released (empty mbarrier); dQ (fp32) -> padded smem tile. Each warp owns 16 rows x 64
-//        columns of it, so each warp adds its own part into dq_acc (cp.reduce.async.bulk, 16 lanes, 256 B
-//        each) and waits only for its own copies before overwriting it a step later: no CTA-wide sync.
+//     6. the stage is released (empty mbarrier); dQ (fp32) -> smem. Each warp owns 16 rows x 64 columns of
+//        it as two 128-byte-swizzled boxes of 16 x 32, which one lane adds into dq_acc with TMA reduce-adds
+//        (a tensor map over dq_acc), and waits only for its own reductions before overwriting them a step
+//        later: no CTA-wide sync. Per-row 1-D bulk reductions (128 of 256 B per step) took a quarter of the
+//        step time (the step ran at 528 TF/s without them on an H200).
 //   d=64 steps are 128 q rows (half the steps, so half the per-step waits, barriers and flushes; S^T and
 //   dP^T become m64n128): dS^T lives in two [128 keys][64 q] halves, one buffer behind a warpgroup barrier;
 //   dV is issued after dS (with it in flight while dS is computed the consumer needed 224 registers and ptxas
@@ -39,8 +41,8 @@
 //   +45 % over 64-row steps on an H200 (245 -> 355 TF/s at 128K, bench/NOTES.md). At d=128 the registers
 //   do not allow 128 rows (dV + dK alone are 128 per thread).
 //   Accumulators per consumer thread (d=128): dV 64 + dK 64 fp32 (persistent), S^T 32 + dP^T 32, dQ 32.
-//   Shared memory (d=128): K 32K + V 32K + Q 2x16K + dO 2x16K + dS^T 2x16K + lse/Dsum 1K + dQ tile 34K;
-//   (d=64): K 16K + V 16K + Q 2x16K + dO 2x16K + dS^T 32K + lse/Dsum 2K + two dQ tiles 2x36K = 203K.
+//   Shared memory (d=128): K 32K + V 32K + Q 2x16K + dO 2x16K + dS^T 2x16K + lse/Dsum 1K + dQ tile 32K;
+//   (d=64): K 16K + V 16K + Q 2x16K + dO 2x16K + dS^T 32K + lse/Dsum 2K + two dQ tiles 2x32K = 194K.
 //   A producer with more than one thread (lse/Dsum by plain loads, a dQ-writer warp) spilled at setmaxnreg 24,
 //   and 40/232 made ptxas serialise the d=128 consumers' wgmma (C7512).
 //   The previous version (2 warpgroups, cp.async issued by all threads, two CTA barriers per step) measured
@@ -62,6 +64,7 @@ using attn::smem_u32;
 
 struct BwdTmaArgs {
   CUtensorMap tm_q, tm_do, tm_k, tm_v;  // 64-byte aligned (CUtensorMap is declared so)
+  CUtensorMap tm_dq;                    // dq_acc as [units x group][sq][D] fp32, boxes of 16 rows x 32 columns
   attn::BwdArgs a;
   int perm_q[3], perm_do[3], perm_k[3], perm_v[3];  // tensor-map dims 1..3 -> logical (0 row, 1 head, 2 batch)
 };
@@ -80,15 +83,19 @@ struct Cfg {
   static constexpr int OFF_O = OFF_Q + 2 * Q_TILE;   // [2] stages
   static constexpr int OFF_S = OFF_O + 2 * Q_TILE;   // dS^T [2] buffers of [BC][BR] 16-bit, 128-B rows
   static constexpr int OFF_L = OFF_S + (D == 64 ? 1 : 2) * S_TILE;  // lse [2][BR] then Dsum [2][BR]
-  static constexpr int OFF_DQ = OFF_L + 4 * BR * 4;  // fp32 dQ tile(s) [BR][QP bytes]
-  static constexpr int QP = D * 4 + 32;              // padded: fragment stores take 2 wavefronts
+  static constexpr int OFF_DQ = OFF_L + 4 * BR * 4;  // fp32 dQ tile(s), as boxes (below)
   // d=128: one dQ tile, the consumers split its columns (each reads all 128 keys of dS^T);
   // d=64: one tile per consumer over its own 64 keys (N=32 column halves would not be whole 128-byte
   // swizzle atoms), both added into dq_acc.
   static constexpr int DQ_TILES = D == 128 ? 1 : 2;
-  static constexpr int OFF_BAR = OFF_DQ + DQ_TILES * BR * QP;  // barKV, full[2], empty[2]
+  // Each consumer warp owns the boxes of its rows: 16 rows x 32 fp32 columns, 128-byte swizzled rows
+  // (2 KB, the TMA reduce's box); d=128: rows 16wi.. x its consumer's 64 columns = 2 boxes; d=64: rows
+  // 16wi.. and 64 + 16wi.. x 64 columns of its consumer's tile = 4 boxes.
+  static constexpr int DQ_WARP = (D == 128 ? 2 : 4) * 2048;
+  static constexpr int OFF_BAR = OFF_DQ + 8 * DQ_WARP;  // barKV, full[2], empty[2]
   static constexpr int SMEM = OFF_BAR + 64 + 1024;             // + slack to align the base to 1024 B
-  static_assert(OFF_Q % 1024 == 0 && OFF_O % 1024 == 0 && OFF_S % 1024 == 0 && S_TILE % 1024 == 0 && Q_TILE % 1024 == 0,
+  static_assert(OFF_Q % 1024 == 0 && OFF_O % 1024 == 0 && OFF_S % 1024 == 0 && S_TILE % 1024 == 0 && Q_TILE % 1024 == 0 &&
+                    OFF_DQ % 1024 == 0,
                 "swizzle atoms need 1024-B alignment");
   static_assert(OFF_BAR % 8 == 0, "mbarriers need 8-byte alignment");
 };
@@ -98,7 +105,7 @@ template <bool BF16, int D>
 __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_constant__ BwdTmaArgs A) {
 #if MB_WG_ENABLED
   using C = Cfg<D>;
-  constexpr int BC = C::BC, BR = C::BR, QP = C::QP;
+  constexpr int BC = C::BC, BR = C::BR;
   static_assert(D == 128 || D == 64, "wgmma backward: head_dim 64 or 128");
   const attn::BwdArgs& a = A.a;
   const AttnBwdParams& p = a.p;
@@ -180,10 +187,17 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
   for (int i = 0; i < D / 2; ++i) dv[i] = dk[i] = 0.f;
 
   const uint32_t kw = (uint32_t)c * 64 * 128;  // byte offset of this consumer's 64 key rows in a K/V half
-  // This consumer's 64 dQ columns: d=128, columns 64c.. of the one tile; d=64, the whole of its own tile.
-  const int dq_col = C::DQ_TILES == 1 ? c * 64 : 0;
-  const uint32_t dq_off = C::DQ_TILES == 1 ? (uint32_t)c * 64 * 4 : (uint32_t)c * BR * QP;
-  float* const acc_unit = a.dq_acc + (int64_t)blockIdx.y * group * sq * D;
+  // This warp's dQ boxes (Cfg::DQ_WARP); a dq fragment pair (row lr + 8h, columns 8j + lc, +1) goes to box
+  // j / 4 (32 columns each), row lr + 8h, 16-byte unit (2 (j % 4) + lc / 4) ^ lr (the 128-byte swizzle; rows
+  // are 128 bytes, so 8 rows x 4 lanes of one store hit every bank twice: 2 wavefronts, the minimum).
+  const uint32_t sDQw = sDQ + (uint32_t)(c * 4 + wi) * C::DQ_WARP;
+  uint8_t* const sDQwp = sDQp + (c * 4 + wi) * C::DQ_WARP;
+  auto dq_store = [&](int box, int j, int h, float x, float y) {
+    const int u = ((j & 3) << 1) | (lc >> 2);
+    *(float2*)(sDQwp + box * 2048 + (lr + 8 * h) * 128 + ((u ^ lr) << 4) + ((lc & 2) << 2)) = make_float2(x, y);
+  };
+  // The dq_acc plane of q head t / nm of this CTA's unit (dq_acc is [units in chunk][group][sq][D]).
+  const int plane0 = (int)blockIdx.y * group;
   if (total > 0) mbar_wait(barKV, 0);
 
   if constexpr (D == 64) {
@@ -301,8 +315,8 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
       __syncwarp();
       if (lane == 0) mbar_arrive(empty0 + 8 * st);  // Q, dO (wgmma) and lse, Dsum (this warp's loads) done
 
-      // ---- 6. dQ -> this warp's rows 16wi.. and 64 + 16wi.. of its tile, once this warp's copies of the previous
-      //         step have read them; then each lane adds one of those 32 rows into dq_acc.
+      // ---- 6. dQ -> this warp's boxes (rows 16wi.. and 64 + 16wi..), once its reductions of the previous step
+      //         have read them; then lane 0 adds the four boxes into dq_acc (TMA reduce; rows past sq dropped).
       if (t > 0) {
         bulk_wait_read();
         __syncwarp();
@@ -311,15 +325,17 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
       for (int j = 0; j < 8; ++j)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const int row = wi * 16 + lr + h * 8;
-          *(float2*)(sDQp + dq_off + row * QP + (j * 8 + lc) * 4) = make_float2(dq0[j * 4 + 2 * h], dq0[j * 4 + 2 * h + 1]);
-          *(float2*)(sDQp + dq_off + (row + 64) * QP + (j * 8 + lc) * 4) = make_float2(dq1[j * 4 + 2 * h], dq1[j * 4 + 2 * h + 1]);
+          dq_store(j >> 2, j, h, dq0[j * 4 + 2 * h], dq0[j * 4 + 2 * h + 1]);
+          dq_store(2 + (j >> 2), j, h, dq1[j * 4 + 2 * h], dq1[j * 4 + 2 * h + 1]);
         }
       fence_proxy_async();  // generic writes -> the bulk copy reads
       __syncwarp();
-      const int row = (lane >> 4) * 64 + wi * 16 + (lane & 15);
-      if (r0 + row < sq)
-        bulk_red_add_f32(acc_unit + ((int64_t)(t / nm) * sq + r0 + row) * D, sDQ + dq_off + row * QP, D * 4);
+      if (lane == 0) {
+#pragma unroll
+        for (int box = 0; box < 4; ++box)
+          tma_red_add_3d(&A.tm_dq, sDQw + box * 2048, (box & 1) * 32, r0 + (box >> 1) * 64 + wi * 16, plane0 + t / nm);
+        bulk_commit();
+      }
     }
   } else
   for (int t = 0; t < total; ++t) {  // ---- d = 128: 64 q rows per step
@@ -442,8 +458,9 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
     __syncwarp();
     if (lane == 0) mbar_arrive(empty0 + 8 * st);  // Q, dO (wgmma) and lse, Dsum (this warp's loads) done
 
-    // ---- 6. dQ -> this warp's 16 rows x 64 columns of the padded fp32 tile, once this warp's copies of the
-    //         previous step have read them; then its lanes 0-15 add one row each into dq_acc.
+    // ---- 6. dQ -> this warp's two boxes (rows 16wi.., its consumer's columns 64c..), once its reductions of
+    //         the previous step have read them; then lane 0 adds them into dq_acc (TMA reduce; rows past sq
+    //         dropped). Per-row 1-D bulk reductions (128 of 256 B per step) cost a quarter of the step time.
     if (t > 0) {
       bulk_wait_read();
       __syncwarp();
@@ -451,15 +468,13 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = wi * 16 + lr + h * 8;
-        *(float2*)(sDQp + dq_off + row * QP + (j * 8 + lc) * 4) = make_float2(dq[j * 4 + 2 * h], dq[j * 4 + 2 * h + 1]);
-      }
+      for (int h = 0; h < 2; ++h) dq_store(j >> 2, j, h, dq[j * 4 + 2 * h], dq[j * 4 + 2 * h + 1]);
     fence_proxy_async();  // generic writes -> the bulk copy reads
     __syncwarp();
-    if (lane < 16 && r0 + wi * 16 + lane < sq) {
-      const int row = wi * 16 + lane;
-      bulk_red_add_f32(acc_unit + ((int64_t)(t / nm) * sq + r0 + row) * D + dq_col, sDQ + dq_off + row * QP, 64 * 4);
+    if (lane == 0) {
+      tma_red_add_3d(&A.tm_dq, sDQw, c * 64, r0 + wi * 16, plane0 + t / nm);
+      tma_red_add_3d(&A.tm_dq, sDQw + 2048, c * 64 + 32, r0 + wi * 16, plane0 + t / nm);
+      bulk_commit();
     }
   }
   bulk_wait_all();
@@ -541,12 +556,14 @@ static bool launch(const AttnBwdParams& p, cudaStream_t stream) {
        !make_map(&A.tm_k, A.perm_k, p.k, BF16, D, p.seqlen_k, p.heads_kv, p.batch, p.k_row_stride, p.k_head_stride, p.k_batch_stride, C::BC) ||
        !make_map(&A.tm_v, A.perm_v, p.v, BF16, D, p.seqlen_k, p.heads_kv, p.batch, p.v_row_stride, p.v_head_stride, p.v_batch_stride, C::BC)))
     return false;
-  cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
-  attn::check_cuda("attention_bwd_wgmma: cudaFuncSetAttribute");
-
   const attn::BwdPlan pl = wg_plan(p);
   attn::BwdArgs& a = A.a;
   a = attn::bwd_args(p, pl);
+  if (p.seqlen_q > 0 && p.seqlen_k > 0 &&
+      !make_acc_map(&A.tm_dq, a.dq_acc, D, p.seqlen_q, (int64_t)pl.units_per_chunk * a.group, 16))
+    return false;
+  cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
+  attn::check_cuda("attention_bwd_wgmma: cudaFuncSetAttribute");
   a.sq_pad = sq_padded<D>(p);
   float* dsum = (float*)p.workspace;
   float* lse2 = dsum + (size_t)p.batch * p.heads_q * a.sq_pad;

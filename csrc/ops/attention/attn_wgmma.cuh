@@ -105,6 +105,14 @@ __device__ __forceinline__ void bulk_red_add_f32(float* g, uint32_t s, uint32_t 
                : "memory");
   asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
 }
+// TMA reduce-add of a box from shared memory into a rank-3 fp32 tensor (the box's layout is the map's:
+// 128-byte swizzled rows); out-of-bounds elements of the box are dropped. Commit groups as bulk_red_add_f32.
+__device__ __forceinline__ void tma_red_add_3d(const CUtensorMap* map, uint32_t src, int c0, int c1, int c2) {
+  asm volatile("cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"((uint64_t)map),
+               "r"(src), "r"(c0), "r"(c1), "r"(c2)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
 __device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 
@@ -170,6 +178,22 @@ inline bool make_map(CUtensorMap* m, int (&perm)[3], const void* ptr, bool bf16,
   return enc(m, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, const_cast<void*>(ptr), gdim, gstride, box,
              estride, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// A fp32 accumulator [planes][rows][d] (contiguous) -> a rank-3 map whose box is 32 columns (128 bytes) x
+// box_rows rows, 128-byte swizzle: what tma_red_add_3d reduces into. Same test hook as make_map.
+inline bool make_acc_map(CUtensorMap* m, float* ptr, int d, int rows, int64_t planes, int box_rows) {
+  if (attention_debug_no_tma()) {
+    attention_debug_count_tma_refusal();
+    return false;
+  }
+  EncodeTiledFn enc = encode_fn();
+  if (!enc || rows <= 0 || planes <= 0) return false;
+  cuuint64_t gdim[3] = {(cuuint64_t)d, (cuuint64_t)rows, (cuuint64_t)planes};
+  cuuint64_t gstride[2] = {(cuuint64_t)d * 4, (cuuint64_t)d * 4 * (cuuint64_t)rows};
+  cuuint32_t box[3] = {32, (cuuint32_t)box_rows, 1}, estride[3] = {1, 1, 1};
+  return enc(m, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, ptr, gdim, gstride, box, estride, CU_TENSOR_MAP_INTERLEAVE_NONE,
+             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 }  // namespace attn_wg
 }  // namespace mb
