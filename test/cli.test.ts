@@ -161,7 +161,9 @@ t.test('--json: stdout is the JSON value alone; tables and progress go to stderr
       (v) => Array.isArray(v.rows) && (v.rows as { seq: number }[]).map((x) => x.seq).join() === '128,256'],
     [['bench', 'attention', '--device', 'cpu', '--seqs', '128', '--heads', '2', '--kv-heads', '1', '--head-dim', '64', '--reps', '1', '--rope', '--json'],
       (v) => Array.isArray(v.rows) && (v.rows as Record<string, unknown>[]).every((r) => typeof r.fwd_rope_s === 'number' &&
-        r.fwd_rope_s > 0 && typeof r.bwd_rope_overhead_pct === 'number' && Number.isFinite(r.bwd_rope_overhead_pct))],
+        r.fwd_rope_s > 0 && typeof r.bwd_rope_overhead_pct === 'number' && Number.isFinite(r.bwd_rope_overhead_pct) &&
+        Number.isFinite(r.fwd_rope_overhead_min_pct) && (r.rope_kernel_s as number) > 0 && (r.rope_rounds as number) >= 9 &&
+        (r.fwd_plain_min_s as number) <= (r.fwd_plain_batched_s as number) && (r.fwd_plain_batched_s as number) <= (r.fwd_plain_max_s as number))],
     [['bench', 'rope', '--device', 'cpu', '--tokens', '256', '--heads', '2', '--kv-heads', '1', '--head-dim', '64', '--reps', '1', '--json'],
       (v) => Array.isArray(v.rows) && (v.rows as unknown[]).length > 0],
     [['theta', '--context', '4k', '--head-dim', '64', '--base', '1e5', '--json'], (v) => v.context === 4096],

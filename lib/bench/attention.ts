@@ -4,6 +4,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { attention } from '../attention';
+import { rope as ropeOps } from '../rope';
 import { DeviceLike, cuda } from '../device';
 import { Dtype } from '../dtype';
 import { Tensor, memory, randn, resetPeakMemory, synchronize } from '../tensor';
@@ -17,10 +18,14 @@ export interface AttentionBenchRow {
   causal: boolean; fwd_s: number; bwd_s: number; fwd_tflops: number; bwd_tflops: number; peak_gib: number; reps: number;
   /**
    * --rope: the passes with attention's rope option (q, k rotated inside the call) and without, per call, timed
-   * alike in batches of rope_calls calls between device syncs (interleaved), and the extra time in %.
+   * alike in batches of rope_calls calls between device syncs (rope_rounds rounds, the order alternating), and the
+   * extra time in % from the medians and from the fastest batches (_min_pct); the plain pass's fastest and
+   * slowest batch; rope_kernel_s: the RoPE of q and k alone (rope.applyQK, what the option adds on the device).
    */
   fwd_rope_s?: number; bwd_rope_s?: number; fwd_plain_batched_s?: number; bwd_plain_batched_s?: number;
   fwd_rope_overhead_pct?: number; bwd_rope_overhead_pct?: number; rope_calls_fwd?: number; rope_calls_bwd?: number;
+  fwd_rope_overhead_min_pct?: number; bwd_rope_overhead_min_pct?: number; fwd_plain_min_s?: number; fwd_plain_max_s?: number;
+  rope_kernel_s?: number; rope_kernel_pct?: number; rope_rounds?: number;
 }
 
 /** The RoPE the --rope timings use (MegaBeam's base; the cost does not depend on it). */
@@ -128,13 +133,17 @@ async function benchAttentionRun(opts: FlagValues, io: CliIO): Promise<number> {
     // calls between device syncs (≥ ~50 ms a batch, so a 16K forward of ~3.6 ms is 14 calls; what the rope option
     // costs the host, option checks and two more launches, hides behind the device work as in a training step),
     // plain and rope batches interleaved so that clock and thermal drift hit both alike.
-    const rope = ro ? await ropeOverhead(device, S, reps, fwd, bwd, () => {
+    // Below 128K a pass is short and its time moves between batches by up to ~15 % on an H200 (two clock or power
+    // states): at least 9 rounds there, the order alternating (plain first, then rope first).
+    const rounds = S < 131072 ? Math.max(reps, 9) : reps;
+    const rope = ro ? await ropeOverhead(device, S, rounds, fwd, bwd, () => {
       const plain = attention.forward(q, k, v, o), rot = attention.forward(q, k, v, ro);
       return {
         fwd: () => { const x = attention.forward(q, k, v, o); x.out.dispose(); x.lse.dispose(); },
         fwdRope: () => { const x = attention.forward(q, k, v, ro); x.out.dispose(); x.lse.dispose(); },
         bwd: () => { const g = attention.backward(dout, q, k, v, plain.out, plain.lse, o); g.dq.dispose(); g.dk.dispose(); g.dv.dispose(); },
         bwdRope: () => { const g = attention.backward(dout, q, k, v, rot.out, rot.lse, ro); g.dq.dispose(); g.dk.dispose(); g.dv.dispose(); },
+        ropeOnly: () => { const x = ropeOps.applyQK(q, k, BENCH_ROPE); x.q.dispose(); x.k.dispose(); },
         dispose: () => { for (const x of [plain.out, plain.lse, rot.out, rot.lse]) x.dispose(); },
       };
     }) : undefined;
@@ -153,12 +162,17 @@ async function benchAttentionRun(opts: FlagValues, io: CliIO): Promise<number> {
   }
   io.out(`\nflash attention, ${dtype}, ${causal ? 'causal' : 'full'}, batch ${b}, ${hq} q heads / ${hkv} kv heads, d=${d}, on ${rows[0]?.device}`);
   if (opts.rope) {
-    io.out(table(['seq', 'fwd s', 'fwd+rope s', 'fwd overhead', 'bwd s', 'bwd+rope s', 'bwd overhead', 'calls/batch', 'peak GiB'],
-      rows.map((r) => [String(r.seq), r.fwd_plain_batched_s!, r.fwd_rope_s!, pct(r.fwd_rope_overhead_pct!), r.bwd_plain_batched_s!,
-        r.bwd_rope_s!, pct(r.bwd_rope_overhead_pct!), `${r.rope_calls_fwd}/${r.rope_calls_bwd}`, r.peak_gib])));
+    io.out(table(['seq', 'fwd s', 'fwd+rope s', 'fwd overhead med / min', 'fwd spread', 'bwd s', 'bwd+rope s', 'bwd overhead med / min',
+      'rope kernel', 'calls/batch', 'rounds', 'peak GiB'],
+      rows.map((r) => [String(r.seq), r.fwd_plain_batched_s!, r.fwd_rope_s!, `${pct(r.fwd_rope_overhead_pct!)} / ${pct(r.fwd_rope_overhead_min_pct!)}`,
+        `${pct(100 * (r.fwd_plain_max_s! / r.fwd_plain_min_s! - 1))}`, r.bwd_plain_batched_s!, r.bwd_rope_s!,
+        `${pct(r.bwd_rope_overhead_pct!)} / ${pct(r.bwd_rope_overhead_min_pct!)}`, `${r.rope_kernel_s!.toExponential(2)} s (${r.rope_kernel_pct!.toFixed(2)} %)`,
+        `${r.rope_calls_fwd}/${r.rope_calls_bwd}`, String(r.rope_rounds), r.peak_gib])));
     io.out(`rope option: ${JSON.stringify(BENCH_ROPE)}, positions 0..seq-1 (a composition today: RoPE kernel into temporaries, ` +
-      'then attention; see README.md). Both columns per call, timed alike in batches between device syncs. ' +
-      'Target: ≤ 3 % over attention alone.');
+      'then attention; see README.md). Both columns per call, timed alike in batches between device syncs, the order ' +
+      'alternating by round; overheads from the medians and from the fastest batches; fwd spread: the plain pass\'s ' +
+      'slowest batch over its fastest (when it is large, trust the rope kernel column: the device time the option adds ' +
+      'to the forward). Target: ≤ 3 % over attention alone.');
   } else {
     io.out(table(['seq', 'fwd s', 'fwd TFLOP/s', 'bwd s', 'bwd TFLOP/s', 'peak GiB'],
       rows.map((r) => [String(r.seq), r.fwd_s, r.fwd_tflops, r.bwd_s, r.bwd_tflops, r.peak_gib])));
@@ -173,28 +187,41 @@ async function benchAttentionRun(opts: FlagValues, io: CliIO): Promise<number> {
   return 0;
 }
 
-interface RopePasses { fwd(): void; fwdRope(): void; bwd(): void; bwdRope(): void; dispose(): void }
+interface RopePasses { fwd(): void; fwdRope(): void; bwd(): void; bwdRope(): void; ropeOnly(): void; dispose(): void }
 
 /** Calls per batch for a pass of `s` seconds: about 50 ms a batch, at most 50 calls. */
 const callsPerBatch = (s: number): number => Math.max(1, Math.min(50, Math.ceil(0.05 / s)));
 
-/** Plain and rope passes timed alike (see the caller), `reps` interleaved batches each; medians per call. */
+/**
+ * Plain and rope passes timed alike (see the caller), `reps` rounds of one batch each, plain first in even rounds
+ * and rope first in odd ones; medians and minima per call. Then the rope kernel alone (rope.applyQK of q and k).
+ */
 async function ropeOverhead(device: DeviceLike, S: number, reps: number, fwdS: number, bwdS: number,
   make: () => RopePasses): Promise<Partial<AttentionBenchRow>> {
   const ps = make();
   try {
     const fi = callsPerBatch(fwdS), bi = callsPerBatch(bwdS);
     const fP: number[] = [], fR: number[] = [], bP: number[] = [], bR: number[] = [];
+    const pair = async (label: string, n: number, s: number, plain: () => void, rot: () => void, into: [number[], number[]], r: number) => {
+      const runs: [string, () => void, number[]][] = [[label, plain, into[0]], [`${label}+rope`, rot, into[1]]];
+      if (r % 2) runs.reverse();
+      for (const [name, fn, out] of runs)
+        out.push(await withProgress(`S=${S} ${name} ×${n} ${r + 1}/${reps}`, n * s, () => batched(device, n, fn)));
+    };
     for (let r = 0; r < reps; r++) {
-      fP.push(await withProgress(`S=${S} fwd ×${fi} ${r + 1}/${reps}`, fi * fwdS, () => batched(device, fi, ps.fwd)));
-      fR.push(await withProgress(`S=${S} fwd+rope ×${fi} ${r + 1}/${reps}`, fi * fwdS, () => batched(device, fi, ps.fwdRope)));
-      bP.push(await withProgress(`S=${S} bwd ×${bi} ${r + 1}/${reps}`, bi * bwdS, () => batched(device, bi, ps.bwd)));
-      bR.push(await withProgress(`S=${S} bwd+rope ×${bi} ${r + 1}/${reps}`, bi * bwdS, () => batched(device, bi, ps.bwdRope)));
+      await pair('fwd', fi, fwdS, ps.fwd, ps.fwdRope, [fP, fR], r);
+      await pair('bwd', bi, bwdS, ps.bwd, ps.bwdRope, [bP, bR], r);
     }
-    const f = median(fP), fr = median(fR), b = median(bP), br = median(bR);
+    // The rope kernel is short: ~50 calls per batch, a few batches.
+    const ri = Math.max(fi, 50), rk: number[] = [];
+    for (let r = 0; r < 3; r++) rk.push(await batched(device, ri, ps.ropeOnly));
+    const f = median(fP), fr = median(fR), b = median(bP), br = median(bR), k = median(rk);
+    const fMin = Math.min(...fP), bMin = Math.min(...bP);
     return {
       fwd_plain_batched_s: f, fwd_rope_s: fr, bwd_plain_batched_s: b, bwd_rope_s: br,
       fwd_rope_overhead_pct: 100 * (fr / f - 1), bwd_rope_overhead_pct: 100 * (br / b - 1), rope_calls_fwd: fi, rope_calls_bwd: bi,
+      fwd_rope_overhead_min_pct: 100 * (Math.min(...fR) / fMin - 1), bwd_rope_overhead_min_pct: 100 * (Math.min(...bR) / bMin - 1),
+      fwd_plain_min_s: fMin, fwd_plain_max_s: Math.max(...fP), rope_kernel_s: k, rope_kernel_pct: 100 * k / f, rope_rounds: reps,
     };
   } finally {
     ps.dispose();
