@@ -48,7 +48,8 @@ export const command: Command = {
   usage: 'megabeam bench attention [options]',
   description: `Flash attention forward and backward: time, TFLOP/s and peak memory per sequence length
 (Mistral-7B attention shapes by default). PyTorch's numbers come from bench/torch_attention.py.
---rope also times each pass with the rope option (RoPE of q and k inside the call) and prints its overhead.`,
+--rope also times each pass with the rope option (RoPE of q and k inside the call) and prints its overhead,
+the plain pass's spread between batches and the rope kernel alone.`,
   flags: {
     seqs: { type: 'sizes', min: 1, max: 2 ** 24, help: 'sequence lengths', default: '16k,64k,128k,512k on a GPU, 4k on the CPU' },
     device: DEVICE_FLAG,
