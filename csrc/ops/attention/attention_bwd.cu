@@ -57,31 +57,6 @@ struct BwdCfg {
   static_assert(!BULK || BR == NW * 8, "flush_dq: 8 rows per warp");
 };
 
-// sm_90+: dQ tiles leave through cp.reduce.async.bulk (the copy engine adds a shared-memory row into
-// global memory) instead of per-thread red instructions, which took ~20% of the kernel on H200.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define MB_BULK_DQ 1
-#else
-#define MB_BULK_DQ 0
-#endif
-
-__device__ __forceinline__ void bulk_red_add_f32(float* g, uint32_t s, uint32_t bytes) {
-#if MB_BULK_DQ
-  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(g), "r"(s), "r"(bytes)
-               : "memory");
-  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void bulk_wait_read() {
-#if MB_BULK_DQ
-  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void bulk_wait_all() {
-#if MB_BULK_DQ
-  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-#endif
-}
 
 // Add a 16 x (8*NJ) fp32 fragment pair-row tile into dq_acc. sm_90: lanes swap halves with their
 // neighbour so each issues one 16-byte vector reduction per n8 tile instead of two 8-byte ones.

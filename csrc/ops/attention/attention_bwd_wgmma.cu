@@ -57,6 +57,8 @@
 namespace mb {
 namespace attn_wg {
 
+using attn::bulk_wait_all;
+using attn::bulk_wait_read;
 using attn::ex2;
 using attn::kLog2e;
 using attn::pack2;

@@ -1,7 +1,7 @@
 // Hopper (sm_90a) plumbing shared by the wgmma attention kernels (attention_fwd_wgmma.cu,
 // attention_bwd_wgmma.cu): wgmma fence/commit/wait, shared-memory matrix descriptors for the 128-byte
 // swizzle, the swizzled tile layout, mbarriers, TMA tile loads and their host-side
-// descriptors, named barriers and bulk reductions. The wgmma wrappers themselves are generated
+// descriptors, named barriers and TMA reductions. The wgmma wrappers themselves are generated
 // (attn_wgmma_ops.cuh, scripts/gen-wgmma.py).
 //
 // Tile layout: a tile of R rows x D 16-bit columns is stored as D/64 blocks [R][64] (128 bytes per row),
@@ -100,21 +100,15 @@ __device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_
                "r"(bytes), "r"(bar)
                : "memory");
 }
-__device__ __forceinline__ void bulk_red_add_f32(float* g, uint32_t s, uint32_t bytes) {
-  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(g), "r"(s), "r"(bytes)
-               : "memory");
-  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-}
 // TMA reduce-add of a box from shared memory into a rank-3 fp32 tensor (the box's layout is the map's:
-// 128-byte swizzled rows); out-of-bounds elements of the box are dropped. Commit groups as bulk_red_add_f32.
+// 128-byte swizzled rows); out-of-bounds elements of the box are dropped. Issued into the thread's bulk group:
+// bulk_commit() closes it; attn::bulk_wait_read / bulk_wait_all (attn_bwd_common.cuh) wait for it.
 __device__ __forceinline__ void tma_red_add_3d(const CUtensorMap* map, uint32_t src, int c0, int c1, int c2) {
   asm volatile("cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"((uint64_t)map),
                "r"(src), "r"(c0), "r"(c1), "r"(c2)
                : "memory");
 }
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
-__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 
 }  // namespace attn_wg
 }  // namespace mb
