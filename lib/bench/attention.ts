@@ -145,6 +145,7 @@ async function benchAttentionRun(opts: FlagValues, io: CliIO): Promise<number> {
         bwd: () => { const g = attention.backward(dout, q, k, v, plain.out, plain.lse, o); g.dq.dispose(); g.dk.dispose(); g.dv.dispose(); },
         bwdRope: () => { const g = attention.backward(dout, q, k, v, rot.out, rot.lse, ro); g.dq.dispose(); g.dk.dispose(); g.dv.dispose(); },
         ropeOnly: () => { const x = ropeOps.applyQK(q, k, BENCH_ROPE); x.q.dispose(); x.k.dispose(); },
+        ropeBytes: q.nbytes + k.nbytes,
         dispose: () => { for (const x of [plain.out, plain.lse, rot.out, rot.lse]) x.dispose(); },
       };
     }) : undefined;
@@ -188,7 +189,7 @@ async function benchAttentionRun(opts: FlagValues, io: CliIO): Promise<number> {
   return 0;
 }
 
-interface RopePasses { fwd(): void; fwdRope(): void; bwd(): void; bwdRope(): void; ropeOnly(): void; dispose(): void }
+interface RopePasses { fwd(): void; fwdRope(): void; bwd(): void; bwdRope(): void; ropeOnly(): void; ropeBytes: number; dispose(): void }
 
 /** Calls per batch for a pass of `s` seconds: about 50 ms a batch, at most 50 calls. */
 const callsPerBatch = (s: number): number => Math.max(1, Math.min(50, Math.ceil(0.05 / s)));
@@ -213,8 +214,9 @@ async function ropeOverhead(device: DeviceLike, S: number, reps: number, fwdS: n
       await pair('fwd', fi, fwdS, ps.fwd, ps.fwdRope, [fP, fR], r);
       await pair('bwd', bi, bwdS, ps.bwd, ps.bwdRope, [bP, bR], r);
     }
-    // The rope kernel is short: ~50 calls per batch, a few batches.
-    const ri = Math.max(fi, 50), rk: number[] = [];
+    // The rope kernel is short: up to 50 calls per batch, a few batches. Each call's rotated copies stay allocated
+    // until its work has run, so a batch holds at most ~2 GiB of them (one call at 512K).
+    const ri = Math.max(1, Math.min(50, Math.floor(2 * GiB / ps.ropeBytes))), rk: number[] = [];
     for (let r = 0; r < 3; r++) rk.push(await batched(device, ri, ps.ropeOnly));
     const f = median(fP), fr = median(fR), b = median(bP), br = median(bR), k = median(rk);
     const fMin = Math.min(...fP), bMin = Math.min(...bP);
