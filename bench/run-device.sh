@@ -46,7 +46,7 @@ for p in "${parts[@]}"; do
     # the attention kernels' prepared variants (bench/dev/variants, bench/NOTES.md) against the product, no Node:
     # harness checks + d=128 timings, then the d=64 timings from the same build (a few minutes of build and checks,
     # then about a minute per variant)
-    # ATTN_VARIANTS="bwd_lpt fwd_lpt" picks some (names under bench/dev/variants); all of them may not fit one 10-min call
+    # ATTN_VARIANTS="bwd_dq_wg bwd_d64_pairsum" picks some (names under bench/dev/variants); all of them may not fit one 10-min call
     attnvariants) if [ -n "${ATTN_VARIANTS:-}" ]; then VARIANT_SCRIPTS=$(for v in $ATTN_VARIANTS; do printf 'bench/dev/variants/%s.py ' "$v"; done)
                   else VARIANT_SCRIPTS=$(ls bench/dev/variants/*.py | tr '\n' ' '); fi
                   export VARIANT_SCRIPTS

@@ -25,7 +25,7 @@ if [ -n "$WGMMA" ]; then HFLAGS="-DMB_ATTN_WGMMA"; fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv 2>&1 | tee "$OUTDIR/gpu.txt"
 
 # Translation units compiled in parallel: the main build, plus one kernel build per flag in VARIANTS
-# (e.g. VARIANTS="-DMY_FLAG") and one per script in VARIANT_SCRIPTS (e.g. bench/dev/variants/bwd_own_keys.py:
+# (e.g. VARIANTS="-DMY_FLAG") and one per script in VARIANT_SCRIPTS (e.g. bench/dev/variants/bwd_dq_wg.py:
 # it writes edited copies of product kernels into a folder, which replace the kernels of the same name) for A/B
 # timing in the same call. The shipped kernels have no variant macros: a variant is a set of edits of the .cu,
 # kept under bench/dev/variants/.

@@ -37,7 +37,8 @@
 //   d=64 steps are 128 q rows (half the steps, so half the per-step waits, barriers and flushes; S^T and
 //   dP^T become m64n128): dS^T lives in two [128 keys][64 q] halves, one buffer behind a warpgroup barrier;
 //   dV is issued after dS (with it in flight while dS is computed the consumer needed 224 registers and ptxas
-//   serialised the wgmma: C7512); dQ_w is two m64n64 GEMMs (q rows 0-63, 64-127) over the consumer's own keys.
+//   serialised the wgmma: C7512); dQ_w is two m64n64 GEMMs (q rows 0-63, 64-127) over the consumer's own keys,
+//   and each warp reduces its four boxes (rows 16wi.. and 64 + 16wi.., 64 columns).
 //   +45 % over 64-row steps on an H200 (245 -> 355 TF/s at 128K, bench/NOTES.md). At d=128 the registers
 //   do not allow 128 rows (dV + dK alone are 128 per thread).
 //   Accumulators per consumer thread (d=128): dV 64 + dK 64 fp32 (persistent), S^T 32 + dP^T 32, dQ 32.
