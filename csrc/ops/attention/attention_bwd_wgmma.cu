@@ -12,37 +12,41 @@
 //   A preprocess kernel writes Dsum = rowsum(dO * O) and lse * log2(e) (+inf for a row that saw no key)
 //   into the workspace, rows padded to a multiple of BR with zeros, so that a step's rows are one aligned
 //   1-D bulk copy each.
-//   CTA = 3 warpgroups per (kv block of BC=128 keys, (batch, kv head) unit). Warpgroup 0 is the producer
-//   (setmaxnreg 24): one thread issues TMA loads of K and V once, and per step of Q and dO (tiles) and of
-//   the lse and Dsum rows (1-D bulk copies) into two stages guarded by full/empty mbarriers. Warpgroups 1-2
-//   are consumers (setmaxnreg 240); consumer w owns keys 64w..64w+63. The CTA walks the group's q heads x
-//   q blocks of BR rows (d=128: 64; d=64: 128, below). Per step, consumer w (d=128):
+//   CTA per (kv block of BC=128 keys, (batch, kv head) unit): d=128 4 warpgroups, d=64 3. Warpgroup 0 is the
+//   producer (setmaxnreg 24): one thread issues TMA loads of K and V once, and per step of Q and dO (tiles) and
+//   of the lse and Dsum rows (1-D bulk copies) into two stages guarded by full/empty mbarriers. Warpgroups 1-2
+//   are consumers (setmaxnreg d=128: 208, d=64: 240); consumer w owns keys 64w..64w+63. At d=128 warpgroup 3
+//   is the dQ warpgroup (setmaxnreg 72). The CTA walks the group's q heads x q blocks of BR rows (d=128: 64;
+//   d=64: 128, below). Per step, consumer w (d=128):
 //     1. S^T  = K_w Q^T   (wgmma m64n64k16, A = K smem K-major, B = Q smem K-major, D/16 k-steps)
-//        dP^T = V_w dO^T  (same, separate commit group so exp2 of S^T overlaps it)
-//     2. P^T = exp2(S^T*scale*log2e - lse*log2e) (masked where needed), dS^T = P^T (dP^T - Dsum), in registers
+//     2. P^T = exp2(S^T*scale*log2e - lse*log2e) (masked where needed), packed to 16-bit A fragments
 //        (fp32 accumulator layout == 16-bit A-fragment layout after packing pairs, as in FA3's P).
-//     3. dV_w += P^T dO   (wgmma m64n{D}k16, A = registers, B = dO smem N-major (trans-b), 4 k-steps)
-//        dK_w += dS^T Q   (same with Q)
-//     4. dS^T -> smem [key][q] (16-bit, swizzled; two buffers, so the next step's stores never wait for
-//        the other consumer's dQ reads of this one), then a consumer barrier (d=128: both warpgroups,
-//        dQ reads all 128 keys; d=64: this warpgroup only).
-//     5. d=128: dQ[:, 64w..64w+63] = dS K (wgmma m64n64k16, A = dS^T smem read M-major (trans-a), B = K half
-//        w read N-major (trans-b), 8 k-steps over the 128 keys). d=64: dQ_w = dS[:, keys of w] K_w into
-//        this warpgroup's own tile (both tiles are added into dq_acc).
-//     6. the stage is released (empty mbarrier); dQ (fp32) -> smem. Each warp owns 16 rows x 64 columns of
-//        it as two 128-byte-swizzled boxes of 16 x 32, which one lane adds into dq_acc with TMA reduce-adds
-//        (a tensor map over dq_acc), and waits only for its own reductions before overwriting them a step
-//        later: no CTA-wide sync. Per-row 1-D bulk reductions (128 of 256 B per step) took a quarter of the
-//        step time (the step ran at 528 TF/s without them on an H200).
+//     3. dV_w += P^T dO   (wgmma m64n{D}k16, A = registers, B = dO smem N-major (trans-b), 4 k-steps);
+//        dP^T = V_w dO^T  (as 1, issued after the pack: with the fp32 P^T and dP^T live together the
+//        consumer does not fit 208 registers); dS^T = P^T (dP^T - Dsum) with the 16-bit P^T;
+//        dK_w += dS^T Q   (as dV, with Q).
+//     4. dS^T -> smem [key][q] (16-bit, swizzled; two buffers, mbarriers dsready (both consumers stored it)
+//        and dsfree (the dQ warpgroup read it)); the stage is released (empty mbarrier). The consumers never
+//        wait for dQ, nor for each other.
+//   The dQ warpgroup (d=128), per step: waits for dsready, dQ = dS K for all 128 columns (two m64n64k16
+//   GEMMs of 8 k-steps over the 128 keys, A = dS^T smem read M-major (trans-a), B = K read N-major
+//   (trans-b)), arrives on dsfree, and writes dQ (fp32) to smem: each warp owns 16 rows x 128 columns as four
+//   128-byte-swizzled boxes of 16 x 32, which one lane adds into dq_acc with TMA reduce-adds (a tensor map
+//   over dq_acc); it waits only for its own reductions before overwriting them a step later. On an H200 this
+//   measured +11-14 % over the consumers doing dQ themselves after a barrier between them (413 -> 469 TF/s at
+//   16K, 434 -> 481 at 128K; bench/NOTES.md). Per-row 1-D bulk reductions (128 of 256 B per step) instead of
+//   the TMA boxes took a quarter of the step time.
 //   d=64 steps are 128 q rows (half the steps, so half the per-step waits, barriers and flushes; S^T and
-//   dP^T become m64n128): dS^T lives in two [128 keys][64 q] halves, one buffer behind a warpgroup barrier;
+//   dP^T become m64n128; no dQ warpgroup: at 208 registers the d=64 consumer spills): dS^T lives in two
+//   [128 keys][64 q] halves, one buffer behind a warpgroup barrier;
 //   dV is issued after dS (with it in flight while dS is computed the consumer needed 224 registers and ptxas
 //   serialised the wgmma: C7512); dQ_w is two m64n64 GEMMs (q rows 0-63, 64-127) over the consumer's own keys,
-//   and each warp reduces its four boxes (rows 16wi.. and 64 + 16wi.., 64 columns).
+//   and each consumer warp reduces its four boxes (rows 16wi.. and 64 + 16wi.., 64 columns).
 //   +45 % over 64-row steps on an H200 (245 -> 355 TF/s at 128K, bench/NOTES.md). At d=128 the registers
 //   do not allow 128 rows (dV + dK alone are 128 per thread).
-//   Accumulators per consumer thread (d=128): dV 64 + dK 64 fp32 (persistent), S^T 32 + dP^T 32, dQ 32.
-//   Shared memory (d=128): K 32K + V 32K + Q 2x16K + dO 2x16K + dS^T 2x16K + lse/Dsum 1K + dQ tile 32K;
+//   Accumulators per consumer thread (d=128): dV 64 + dK 64 fp32 (persistent), S^T 32, dP^T 32; dQ-warpgroup
+//   thread: dQ 32. Shared memory (d=128): K 32K + V 32K + Q 2x16K + dO 2x16K + dS^T 2x16K + lse/Dsum 1K + dQ
+//   tile 32K;
 //   (d=64): K 16K + V 16K + Q 2x16K + dO 2x16K + dS^T 32K + lse/Dsum 2K + two dQ tiles 2x32K = 194K.
 //   A producer with more than one thread (lse/Dsum by plain loads, a dQ-writer warp) spilled at setmaxnreg 24,
 //   and 40/232 made ptxas serialise the d=128 consumers' wgmma (C7512).
@@ -74,7 +78,7 @@ struct BwdTmaArgs {
 
 template <int D>
 struct Cfg {
-  static constexpr int NT = 384;     // producer warpgroup + 2 consumer warpgroups
+  static constexpr int NT = D == 128 ? 512 : 384;  // producer + 2 consumers (+ the dQ warpgroup at d=128)
   static constexpr int BC = 128;     // keys per CTA (64 per consumer)
   static constexpr int BR = D == 64 ? 128 : 64;  // q rows per step
   static constexpr int KV_TILE = BC * D * 2;
@@ -87,16 +91,15 @@ struct Cfg {
   static constexpr int OFF_S = OFF_O + 2 * Q_TILE;   // dS^T [2] buffers of [BC][BR] 16-bit, 128-B rows
   static constexpr int OFF_L = OFF_S + (D == 64 ? 1 : 2) * S_TILE;  // lse [2][BR] then Dsum [2][BR]
   static constexpr int OFF_DQ = OFF_L + 4 * BR * 4;  // fp32 dQ tile(s), as boxes (below)
-  // d=128: one dQ tile, the consumers split its columns (each reads all 128 keys of dS^T);
-  // d=64: one tile per consumer over its own 64 keys (N=32 column halves would not be whole 128-byte
-  // swizzle atoms), both added into dq_acc.
-  static constexpr int DQ_TILES = D == 128 ? 1 : 2;
-  // Each consumer warp owns the boxes of its rows: 16 rows x 32 fp32 columns, 128-byte swizzled rows
-  // (2 KB, the TMA reduce's box); d=128: rows 16wi.. x its consumer's 64 columns = 2 boxes; d=64: rows
-  // 16wi.. and 64 + 16wi.. x 64 columns of its consumer's tile = 4 boxes.
-  static constexpr int DQ_WARP = (D == 128 ? 2 : 4) * 2048;
-  static constexpr int OFF_BAR = OFF_DQ + 8 * DQ_WARP;  // barKV, full[2], empty[2]
-  static constexpr int SMEM = OFF_BAR + 64 + 1024;             // + slack to align the base to 1024 B
+  // d=128: one dQ tile over all 128 keys, computed by the dQ warpgroup; d=64: one tile per consumer over its
+  // own 64 keys (N=32 column halves would not be whole 128-byte swizzle atoms), both added into dq_acc.
+  // A warp that writes dQ owns the boxes of its rows: 16 rows x 32 fp32 columns, 128-byte swizzled rows
+  // (2 KB, the TMA reduce's box), 4 per warp: d=128, dQ-warpgroup warp wi: rows 16wi.. x 128 columns;
+  // d=64, consumer warp wi: rows 16wi.. and 64 + 16wi.. x the 64 columns of its consumer's tile.
+  static constexpr int DQ_WARP = 4 * 2048;
+  static constexpr int DQ_WARPS = D == 128 ? 4 : 8;
+  static constexpr int OFF_BAR = OFF_DQ + DQ_WARPS * DQ_WARP;  // barKV, full[2], empty[2], dsready[2], dsfree[2]
+  static constexpr int SMEM = OFF_BAR + 96 + 1024;             // + slack to align the base to 1024 B
   static_assert(OFF_Q % 1024 == 0 && OFF_O % 1024 == 0 && OFF_S % 1024 == 0 && S_TILE % 1024 == 0 && Q_TILE % 1024 == 0 &&
                     OFF_DQ % 1024 == 0,
                 "swizzle atoms need 1024-B alignment");
@@ -105,7 +108,7 @@ struct Cfg {
 
 // ---------------------------------------------------------------------------------------------
 template <bool BF16, int D>
-__global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_constant__ BwdTmaArgs A) {
+__global__ void __launch_bounds__(Cfg<D>::NT, 1) attn_bwd_wgmma_kernel(const __grid_constant__ BwdTmaArgs A) {
 #if MB_WG_ENABLED
   using C = Cfg<D>;
   constexpr int BC = C::BC, BR = C::BR;
@@ -125,6 +128,7 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
   float* const sLse = (float*)(gbase + C::OFF_L);  // [2][BR]
   float* const sDs = sLse + 2 * BR;                // [2][BR]
   const uint32_t barKV = base + C::OFF_BAR, full0 = barKV + 8, empty0 = barKV + 24;
+  const uint32_t dsready0 = barKV + 40, dsfree0 = barKV + 56;  // d=128: dS^T buffer b written / read by dQ
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int wg = warp >> 2;
@@ -148,6 +152,10 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
     for (int i = 0; i < 2; ++i) {
       mbar_init(full0 + 8 * i, 1);   // the TMA thread's expect_tx arrival
       mbar_init(empty0 + 8 * i, 8);  // lane 0 of each consumer warp
+      if constexpr (D == 128) {
+        mbar_init(dsready0 + 8 * i, 256);  // every consumer thread, after its dS^T stores
+        mbar_init(dsfree0 + 8 * i, 128);   // every dQ-warpgroup thread, after its GEMMs read the buffer
+      }
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -176,12 +184,72 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
     return;
   }
 
-  // ---- consumers
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n");
-  const int c = wg - 1;             // keys 64c ..
   const int wi = warp & 3;          // warp in warpgroup: accumulator rows 16*wi ..
   const int lr = lane >> 2;         // accumulator row within the warp's 16 (and +8)
   const int lc = (lane & 3) * 2;    // accumulator column pair within an n8 block
+  // This warp's dQ boxes (Cfg::DQ_WARP; d=128: the dQ warpgroup's warps, d=64: the consumers'); a dq fragment
+  // pair (row lr + 8h, columns 8j + lc, +1) goes to box `box`, row lr + 8h, 16-byte unit (2 (j % 4) + lc / 4) ^ lr
+  // (the 128-byte swizzle; rows are 128 bytes, so 8 rows x 4 lanes of one store hit every bank twice: 2
+  // wavefronts, the minimum).
+  const int dq_warp = D == 128 ? wi : (wg - 1) * 4 + wi;
+  const uint32_t sDQw = sDQ + (uint32_t)dq_warp * C::DQ_WARP;
+  uint8_t* const sDQwp = sDQp + dq_warp * C::DQ_WARP;
+  auto dq_store = [&](int box, int j, int h, float x, float y) {
+    const int u = ((j & 3) << 1) | (lc >> 2);
+    *(float2*)(sDQwp + box * 2048 + (lr + 8 * h) * 128 + ((u ^ lr) << 4) + ((lc & 2) << 2)) = make_float2(x, y);
+  };
+  // The dq_acc plane of q head t / nm of this CTA's unit (dq_acc is [units in chunk][group][sq][D]).
+  const int plane0 = (int)blockIdx.y * group;
+
+  if constexpr (D == 128) {
+    if (wg == 3) {  // ---- the dQ warpgroup (d=128; see the header)
+      asm volatile("setmaxnreg.dec.sync.aligned.u32 72;\n");
+      if (total > 0) mbar_wait(barKV, 0);  // K landed
+      for (int t = 0; t < total; ++t) {
+        const int st = t & 1;
+        const int r0 = (m_begin + t % nm) * BR;
+        const uint32_t sS = sS0 + st * C::S_TILE;
+        mbar_wait(dsready0 + 8 * st, (t >> 1) & 1);  // both consumers' dS^T of step t
+        if (t > 0) {
+          bulk_wait_read();  // this warp's reductions of step t - 1 have read its boxes
+          __syncwarp();
+        }
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {  // dQ[:, 64hh..] = dS K[:, 64hh..] (8 k-steps over the 128 keys)
+          float dq[32];
+          fence_regs(dq);
+          wg_fence();
+#pragma unroll
+          for (int k = 0; k < BC / 16; ++k)
+            wgmma_ss_n64<BF16, 1, 1>(dq, make_desc(sS + k * 16 * 128, BC * BR * 2, 1024),
+                                     make_desc(sK + hh * (BC * 128) + k * 16 * 128, BC * 128, 1024), k > 0);
+          wg_commit();
+          wg_wait<0>();
+          fence_regs(dq);
+          if (hh == 1) mbar_arrive(dsfree0 + 8 * st);  // dS^T buffer st read
+#pragma unroll
+          for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) dq_store(2 * hh + (j >> 2), j, h, dq[j * 4 + 2 * h], dq[j * 4 + 2 * h + 1]);
+        }
+        fence_proxy_async();  // generic writes -> the bulk copy reads
+        __syncwarp();
+        if (lane == 0) {
+#pragma unroll
+          for (int box = 0; box < 4; ++box)
+            tma_red_add_3d(&A.tm_dq, sDQw + box * 2048, box * 32, r0 + wi * 16, plane0 + t / nm);
+          bulk_commit();
+        }
+      }
+      bulk_wait_all();
+      return;
+    }
+  }
+
+  // ---- consumers
+  if constexpr (D == 128) asm volatile("setmaxnreg.inc.sync.aligned.u32 208;\n");
+  else asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n");
+  const int c = wg - 1;             // keys 64c ..
   const bool ragged_k = n0 + BC > sk;
   const int64_t mask_before = (int64_t)n0 + BC - 1 - a.delta;
 
@@ -190,17 +258,6 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
   for (int i = 0; i < D / 2; ++i) dv[i] = dk[i] = 0.f;
 
   const uint32_t kw = (uint32_t)c * 64 * 128;  // byte offset of this consumer's 64 key rows in a K/V half
-  // This warp's dQ boxes (Cfg::DQ_WARP); a dq fragment pair (row lr + 8h, columns 8j + lc, +1) goes to box
-  // j / 4 (32 columns each), row lr + 8h, 16-byte unit (2 (j % 4) + lc / 4) ^ lr (the 128-byte swizzle; rows
-  // are 128 bytes, so 8 rows x 4 lanes of one store hit every bank twice: 2 wavefronts, the minimum).
-  const uint32_t sDQw = sDQ + (uint32_t)(c * 4 + wi) * C::DQ_WARP;
-  uint8_t* const sDQwp = sDQp + (c * 4 + wi) * C::DQ_WARP;
-  auto dq_store = [&](int box, int j, int h, float x, float y) {
-    const int u = ((j & 3) << 1) | (lc >> 2);
-    *(float2*)(sDQwp + box * 2048 + (lr + 8 * h) * 128 + ((u ^ lr) << 4) + ((lc & 2) << 2)) = make_float2(x, y);
-  };
-  // The dq_acc plane of q head t / nm of this CTA's unit (dq_acc is [units in chunk][group][sq][D]).
-  const int plane0 = (int)blockIdx.y * group;
   if (total > 0) mbar_wait(barKV, 0);
 
   if constexpr (D == 64) {
@@ -345,10 +402,10 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
     const int st = t & 1;
     const int r0 = (m_begin + t % nm) * BR;
     mbar_wait(full0 + 8 * st, (t >> 1) & 1);  // Q, dO, lse, Dsum of step t landed
-    const uint32_t sQ = sQ0 + st * C::Q_TILE, sO = sO0 + st * C::Q_TILE, sS = sS0 + st * C::S_TILE;
+    const uint32_t sQ = sQ0 + st * C::Q_TILE, sO = sO0 + st * C::Q_TILE;
     uint8_t* const sSp = sSp0 + st * C::S_TILE;
 
-    // ---- 1. S^T = K_w Q^T, dP^T = V_w dO^T (64 keys x 64 q per consumer)
+    // ---- 1. S^T = K_w Q^T (64 keys x 64 q per consumer); dP^T = V_w dO^T is issued in 3a
     float st_[32], dpt[32];
     fence_regs(st_);
     fence_regs(dpt);
@@ -360,20 +417,13 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
       wgmma_ss_n64<BF16, 0, 0>(st_, make_desc(sK + ko, 16, 1024), make_desc(sQ + qo, 16, 1024), k > 0);
     }
     wg_commit();
-#pragma unroll
-    for (int k = 0; k < D / 16; ++k) {
-      const uint32_t ko = (uint32_t)(k >> 2) * (BC * 128) + kw + (k & 3) * 32;
-      const uint32_t qo = (uint32_t)(k >> 2) * (BR * 128) + (k & 3) * 32;
-      wgmma_ss_n64<BF16, 0, 0>(dpt, make_desc(sV + ko, 16, 1024), make_desc(sO + qo, 16, 1024), k > 0);
-    }
-    wg_commit();
 
-    // ---- 2a. P^T (while dP^T is still running)
+    // ---- 2a. P^T
     const float* lse_b = sLse + st * BR;
     const float* ds_b = sDs + st * BR;
     const bool masked = ragged_k || (p.causal && (int64_t)r0 < mask_before);
     const int krow = c * 64 + wi * 16 + lr;  // local key of accumulator rows (e >> 1 == 0); +8 for the others
-    wg_wait<1>();
+    wg_wait<0>();
     fence_regs(st_);
     uint32_t pf[4][4];  // A fragments of P^T for k-steps over q (16 each)
 #pragma unroll
@@ -397,7 +447,8 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
 #pragma unroll
       for (int i = 0; i < 4; ++i) pf[kq][i] = pack2<BF16>(st_[kq * 8 + 2 * i], st_[kq * 8 + 2 * i + 1]);
 
-    // ---- 3a. dV += P^T dO (A from registers, B = dO [q][d] read N-major)
+    // ---- 3a. dV += P^T dO (A from registers, B = dO [q][d] read N-major), then dP^T = V_w dO^T: issued only
+    //          now, so the fp32 P^T and dP^T never live together (the consumer has 208 registers)
     fence_regs(pf);
     fence_regs(dv);
     wg_fence();
@@ -405,16 +456,29 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
     for (int kq = 0; kq < 4; ++kq)
       wgmma_rs_n128<BF16, 1>(dv, pf[kq], make_desc(sO + kq * 16 * 128, BR * 128, 1024), 1);
     wg_commit();
+    fence_regs(dpt);
+    wg_fence();
+#pragma unroll
+    for (int k = 0; k < D / 16; ++k) {
+      const uint32_t ko = (uint32_t)(k >> 2) * (BC * 128) + kw + (k & 3) * 32;
+      const uint32_t qo = (uint32_t)(k >> 2) * (BR * 128) + (k & 3) * 32;
+      wgmma_ss_n64<BF16, 0, 0>(dpt, make_desc(sV + ko, 16, 1024), make_desc(sO + qo, 16, 1024), k > 0);
+    }
+    wg_commit();
 
-    // ---- 2b. dS^T = P^T (dP^T - Dsum)
-    wg_wait<1>();  // dP^T done (dV group may still run)
+    // ---- 2b. dS^T = P^T (dP^T - Dsum), P^T taken from its 16-bit fragments (the fp32 P^T died at the pack)
+    wg_wait<0>();  // dP^T (and dV) done
     fence_regs(dpt);
     uint32_t sf[4][4];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const float2 Dd = *(const float2*)(ds_b + j * 8 + lc);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) dpt[j * 4 + e] = st_[j * 4 + e] * (dpt[j * 4 + e] - ((e & 1) ? Dd.y : Dd.x));
+      for (int e = 0; e < 4; e += 2) {
+        const float2 pp = attn::unpack2<BF16>(pf[j >> 1][(j & 1) * 2 + (e >> 1)]);
+        dpt[j * 4 + e] = pp.x * (dpt[j * 4 + e] - Dd.x);
+        dpt[j * 4 + e + 1] = pp.y * (dpt[j * 4 + e + 1] - Dd.y);
+      }
     }
 #pragma unroll
     for (int kq = 0; kq < 4; ++kq)
@@ -431,8 +495,8 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
     wg_commit();
 
     // ---- 4. dS^T -> smem [key][q]: A fragment reg i of k-step kq holds rows krow (+8 for odd i),
-    //         columns kq*16 + (i >> 1)*8 + lc. Buffer st was last read by the dQ GEMMs of step t-2, which
-    //         both consumers finished before the barrier of step t-1.
+    //         columns kq*16 + (i >> 1)*8 + lc. Buffer st was last read by the dQ warpgroup at step t - 2.
+    if (t >= 2) mbar_wait(dsfree0 + 8 * st, ((t >> 1) - 1) & 1);
 #pragma unroll
     for (int kq = 0; kq < 4; ++kq)
 #pragma unroll
@@ -441,44 +505,15 @@ __global__ void __launch_bounds__(384, 1) attn_bwd_wgmma_kernel(const __grid_con
         const int ch = kq * 2 + (i >> 1);
         *(uint32_t*)(sSp + r * 128 + ((ch ^ (r & 7)) << 4) + lc * 2) = sf[kq][i];
       }
-    fence_proxy_async();  // generic stores -> wgmma reads
-    float dq[32];
-    named_sync(1, 256);  // dS^T of both consumers complete
-    // ---- 5. dQ[:, 64c..] = dS K: A = dS^T [key][q] read M-major, B = K half c read N-major
-    fence_regs(dq);
-    wg_fence();
-#pragma unroll
-    for (int k = 0; k < BC / 16; ++k)
-      wgmma_ss_n64<BF16, 1, 1>(dq, make_desc(sS + k * 16 * 128, BC * BR * 2, 1024),
-                               make_desc(sK + c * (BC * 128) + k * 16 * 128, BC * 128, 1024), k > 0);
-    wg_commit();
-    wg_wait<0>();  // dV, dK and dQ of this step
-    fence_regs(dq);
+    fence_proxy_async();  // generic stores -> wgmma reads (the dQ warpgroup's)
+    mbar_arrive(dsready0 + 8 * st);
+    wg_wait<0>();  // dV, dK of this step
     fence_regs(dv);
     fence_regs(dk);
     fence_regs(pf);
     fence_regs(sf);
     __syncwarp();
     if (lane == 0) mbar_arrive(empty0 + 8 * st);  // Q, dO (wgmma) and lse, Dsum (this warp's loads) done
-
-    // ---- 6. dQ -> this warp's two boxes (rows 16wi.., its consumer's columns 64c..), once its reductions of
-    //         the previous step have read them; then lane 0 adds them into dq_acc (TMA reduce; rows past sq
-    //         dropped). Per-row 1-D bulk reductions (128 of 256 B per step) cost a quarter of the step time.
-    if (t > 0) {
-      bulk_wait_read();
-      __syncwarp();
-    }
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) dq_store(j >> 2, j, h, dq[j * 4 + 2 * h], dq[j * 4 + 2 * h + 1]);
-    fence_proxy_async();  // generic writes -> the bulk copy reads
-    __syncwarp();
-    if (lane == 0) {
-      tma_red_add_3d(&A.tm_dq, sDQw, c * 64, r0 + wi * 16, plane0 + t / nm);
-      tma_red_add_3d(&A.tm_dq, sDQw + 2048, c * 64 + 32, r0 + wi * 16, plane0 + t / nm);
-      bulk_commit();
-    }
   }
   bulk_wait_all();
 
