@@ -260,6 +260,46 @@ __global__ void __launch_bounds__(Cfg<D>::NT, 1) attn_bwd_wgmma_kernel(const __g
   const uint32_t kw = (uint32_t)c * 64 * 128;  // byte offset of this consumer's 64 key rows in a K/V half
   if (total > 0) mbar_wait(barKV, 0);
 
+  // The element-wise part of a step, over the consumer's 64 keys x the step's q rows (s: S^T accumulators,
+  // n8 block j of q rows -> regs 4j..4j+3; both head dims). P^T = exp2(S^T scale log2e - lse log2e) in place,
+  // zero where masked; lse * log2(e) is +inf for a row that saw no key, so its P is 0 (never exp2(+inf)).
+  auto p_inplace = [&](auto& s, const float* lse_b, int r0, bool masked, int krow) {
+    constexpr int NJ = sizeof(s) / sizeof(s[0]) / 4;
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+      const int ql = j * 8 + lc;
+      const float2 L = *(const float2*)(lse_b + ql);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float pv = ex2(s[j * 4 + e] * a.scale_log2 - ((e & 1) ? L.y : L.x));
+        if (masked) {
+          const int key = n0 + krow + (e >> 1) * 8, q = r0 + ql + (e & 1);
+          if (key >= sk || (p.causal && key - q > a.delta)) pv = 0.f;
+        }
+        s[j * 4 + e] = pv;
+      }
+    }
+  };
+  // dS^T = P^T (dP^T - Dsum) in place in dp (d=64; d=128 takes P^T from its 16-bit fragments, 2b below).
+  auto ds_inplace = [&](auto& dp, const auto& pt, const float* ds_b) {
+    constexpr int NJ = sizeof(dp) / sizeof(dp[0]) / 4;
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+      const float2 Dd = *(const float2*)(ds_b + j * 8 + lc);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dp[j * 4 + e] = pt[j * 4 + e] * (dp[j * 4 + e] - ((e & 1) ? Dd.y : Dd.x));
+    }
+  };
+  // fp32 accumulators -> 16-bit A fragments, k-step kq over q (16 each): the accumulator layout is the
+  // A-fragment layout once pairs are packed (as in FA3's P).
+  auto pack_frags = [&](auto& f, const auto& x) {
+    constexpr int NK = sizeof(f) / sizeof(f[0]);
+#pragma unroll
+    for (int kq = 0; kq < NK; ++kq)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) f[kq][i] = pack2<BF16>(x[kq * 8 + 2 * i], x[kq * 8 + 2 * i + 1]);
+  };
+
   if constexpr (D == 64) {
     // ---- d = 64: 128 q rows per step (see the header); the d = 128 loop is the else branch
     static_assert(BR == 128, "d = 64 steps are 128 q rows");
@@ -290,40 +330,17 @@ __global__ void __launch_bounds__(Cfg<D>::NT, 1) attn_bwd_wgmma_kernel(const __g
       const int krow = c * 64 + wi * 16 + lr;
       wg_wait<1>();
       fence_regs(st_);
-#pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        const int ql = j * 8 + lc;
-        const float2 L = *(const float2*)(lse_b + ql);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float pv = ex2(st_[j * 4 + e] * a.scale_log2 - ((e & 1) ? L.y : L.x));
-          if (masked) {
-            const int key = n0 + krow + (e >> 1) * 8, q = r0 + ql + (e & 1);
-            if (key >= sk || (p.causal && key - q > a.delta)) pv = 0.f;
-          }
-          st_[j * 4 + e] = pv;
-        }
-      }
+      p_inplace(st_, lse_b, r0, masked, krow);
 
       // ---- 2b. dS^T = P^T (dP^T - Dsum), then both as 16-bit A fragments (k-steps over q, 16 each). dV is
       //          issued after dS, not while it is computed: with P^T, its fragments and dP^T live at once the
       //          consumer needs 224 registers and ptxas spilled and serialised the wgmma (C7512).
       wg_wait<0>();
       fence_regs(dpt);
-#pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        const float2 Dd = *(const float2*)(ds_b + j * 8 + lc);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dpt[j * 4 + e] = st_[j * 4 + e] * (dpt[j * 4 + e] - ((e & 1) ? Dd.y : Dd.x));
-      }
+      ds_inplace(dpt, st_, ds_b);
       uint32_t pf[8][4], sf[8][4];
-#pragma unroll
-      for (int kq = 0; kq < 8; ++kq)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          pf[kq][i] = pack2<BF16>(st_[kq * 8 + 2 * i], st_[kq * 8 + 2 * i + 1]);
-          sf[kq][i] = pack2<BF16>(dpt[kq * 8 + 2 * i], dpt[kq * 8 + 2 * i + 1]);
-        }
+      pack_frags(pf, st_);
+      pack_frags(sf, dpt);
 
       // ---- 3. dV += P^T dO, dK += dS^T Q (8 k-steps over the 128 q each)
       fence_regs(pf);
@@ -425,27 +442,9 @@ __global__ void __launch_bounds__(Cfg<D>::NT, 1) attn_bwd_wgmma_kernel(const __g
     const int krow = c * 64 + wi * 16 + lr;  // local key of accumulator rows (e >> 1 == 0); +8 for the others
     wg_wait<0>();
     fence_regs(st_);
+    p_inplace(st_, lse_b, r0, masked, krow);
     uint32_t pf[4][4];  // A fragments of P^T for k-steps over q (16 each)
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int ql = j * 8 + lc;
-      // lse * log2(e); +inf for a row that saw no key, so its P is 0 (never exp2(+inf)).
-      const float2 L = *(const float2*)(lse_b + ql);
-      const float l0 = L.x, l1 = L.y;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float pv = ex2(st_[j * 4 + e] * a.scale_log2 - ((e & 1) ? l1 : l0));
-        if (masked) {
-          const int key = n0 + krow + (e >> 1) * 8, q = r0 + ql + (e & 1);
-          if (key >= sk || (p.causal && key - q > a.delta)) pv = 0.f;
-        }
-        st_[j * 4 + e] = pv;
-      }
-    }
-#pragma unroll
-    for (int kq = 0; kq < 4; ++kq)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) pf[kq][i] = pack2<BF16>(st_[kq * 8 + 2 * i], st_[kq * 8 + 2 * i + 1]);
+    pack_frags(pf, st_);
 
     // ---- 3a. dV += P^T dO (A from registers, B = dO [q][d] read N-major), then dP^T = V_w dO^T: issued only
     //          now, so the fp32 P^T and dP^T never live together (the consumer has 208 registers)
@@ -480,10 +479,7 @@ __global__ void __launch_bounds__(Cfg<D>::NT, 1) attn_bwd_wgmma_kernel(const __g
         dpt[j * 4 + e + 1] = pp.y * (dpt[j * 4 + e + 1] - Dd.y);
       }
     }
-#pragma unroll
-    for (int kq = 0; kq < 4; ++kq)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) sf[kq][i] = pack2<BF16>(dpt[kq * 8 + 2 * i], dpt[kq * 8 + 2 * i + 1]);
+    pack_frags(sf, dpt);
 
     // ---- 3b. dK += dS^T Q
     fence_regs(sf);
