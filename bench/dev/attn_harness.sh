@@ -14,6 +14,7 @@ OUTDIR=${OUT:-bench/out}
 mkdir -p "$OUTDIR"
 BUILD=${BUILD:-/tmp/attn_build}
 mkdir -p "$BUILD"
+BUILD=$(cd "$BUILD" && pwd)  # absolute: the variants' links to the main build's objects must resolve from their folders
 ARCH=${ARCH:-"-gencode arch=compute_90a,code=sm_90a"}
 FLAGS="-O3 -std=c++17 -DMEGABEAM_CUDA -Icsrc $ARCH -Xptxas -v"
 MODE=${1:-all}

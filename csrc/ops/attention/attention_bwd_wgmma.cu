@@ -18,7 +18,9 @@
 //   are consumers (setmaxnreg d=128: 208, d=64: 240); consumer w owns keys 64w..64w+63. At d=128 warpgroup 3
 //   is the dQ warpgroup (setmaxnreg 72). The CTA walks the group's q heads x q blocks of BR rows (d=128: 64;
 //   d=64: 128, below). Per step, consumer w (d=128):
-//     1. S^T  = K_w Q^T   (wgmma m64n64k16, A = K smem K-major, B = Q smem K-major, D/16 k-steps)
+//     1. S^T  = K_w Q^T   (wgmma m64n64k16, A = K smem K-major, B = Q smem K-major, D/16 k-steps), issued
+//        at the end of the previous step, behind its dK GEMM (+8-11 % over issuing it here: no gap in the
+//        consumer's tensor work between steps)
 //     2. P^T = exp2(S^T*scale*log2e - lse*log2e) (masked where needed), packed to 16-bit A fragments
 //        (fp32 accumulator layout == 16-bit A-fragment layout after packing pairs, as in FA3's P).
 //     3. dV_w += P^T dO   (wgmma m64n{D}k16, A = registers, B = dO smem N-major (trans-b), 4 k-steps);
@@ -26,8 +28,8 @@
 //        consumer does not fit 208 registers); dS^T = P^T (dP^T - Dsum) with the 16-bit P^T;
 //        dK_w += dS^T Q   (as dV, with Q).
 //     4. dS^T -> smem [key][q] (16-bit, swizzled; two buffers, mbarriers dsready (both consumers stored it)
-//        and dsfree (the dQ warpgroup read it)); the stage is released (empty mbarrier). The consumers never
-//        wait for dQ, nor for each other.
+//        and dsfree (the dQ warpgroup read it)); the next step's S^T is issued (1), dK waited for, the stage
+//        released (empty mbarrier). The consumers never wait for dQ, nor for each other.
 //   The dQ warpgroup (d=128), per step: waits for dsready, dQ = dS K for all 128 columns (two m64n64k16
 //   GEMMs of 8 k-steps over the 128 keys, A = dS^T smem read M-major (trans-a), B = K read N-major
 //   (trans-b)), arrives on dsfree, and writes dQ (fp32) to smem: each warp owns 16 rows x 128 columns as four
@@ -414,102 +416,114 @@ __global__ void __launch_bounds__(Cfg<D>::NT, 1) attn_bwd_wgmma_kernel(const __g
         bulk_commit();
       }
     }
-  } else
-  for (int t = 0; t < total; ++t) {  // ---- d = 128: 64 q rows per step
-    const int st = t & 1;
-    const int r0 = (m_begin + t % nm) * BR;
-    mbar_wait(full0 + 8 * st, (t >> 1) & 1);  // Q, dO, lse, Dsum of step t landed
-    const uint32_t sQ = sQ0 + st * C::Q_TILE, sO = sO0 + st * C::Q_TILE;
-    uint8_t* const sSp = sSp0 + st * C::S_TILE;
-
-    // ---- 1. S^T = K_w Q^T (64 keys x 64 q per consumer); dP^T = V_w dO^T is issued in 3a
-    float st_[32], dpt[32];
-    fence_regs(st_);
-    fence_regs(dpt);
-    wg_fence();
+  } else {
+    // ---- 1. S^T = K_w Q^T (64 keys x 64 q per consumer), issued a step ahead (at the end of the previous step,
+    //         behind its dK GEMM); dP^T = V_w dO^T is issued in 3a
+    float st_[32];
+    auto issue_st = [&](uint32_t sQx) {
+      fence_regs(st_);
+      wg_fence();
 #pragma unroll
-    for (int k = 0; k < D / 16; ++k) {
-      const uint32_t ko = (uint32_t)(k >> 2) * (BC * 128) + kw + (k & 3) * 32;
-      const uint32_t qo = (uint32_t)(k >> 2) * (BR * 128) + (k & 3) * 32;
-      wgmma_ss_n64<BF16, 0, 0>(st_, make_desc(sK + ko, 16, 1024), make_desc(sQ + qo, 16, 1024), k > 0);
+      for (int k = 0; k < D / 16; ++k) {
+        const uint32_t ko = (uint32_t)(k >> 2) * (BC * 128) + kw + (k & 3) * 32;
+        const uint32_t qo = (uint32_t)(k >> 2) * (BR * 128) + (k & 3) * 32;
+        wgmma_ss_n64<BF16, 0, 0>(st_, make_desc(sK + ko, 16, 1024), make_desc(sQx + qo, 16, 1024), k > 0);
+      }
+      wg_commit();
+    };
+    if (total > 0) {
+      mbar_wait(full0, 0);  // Q, dO, lse, Dsum of step 0 landed
+      issue_st(sQ0);
     }
-    wg_commit();
+    for (int t = 0; t < total; ++t) {  // ---- d = 128: 64 q rows per step
+      const int st = t & 1;
+      const int r0 = (m_begin + t % nm) * BR;
+      const uint32_t sQ = sQ0 + st * C::Q_TILE, sO = sO0 + st * C::Q_TILE;
+      uint8_t* const sSp = sSp0 + st * C::S_TILE;
+      float dpt[32];
 
-    // ---- 2a. P^T
-    const float* lse_b = sLse + st * BR;
-    const float* ds_b = sDs + st * BR;
-    const bool masked = ragged_k || (p.causal && (int64_t)r0 < mask_before);
-    const int krow = c * 64 + wi * 16 + lr;  // local key of accumulator rows (e >> 1 == 0); +8 for the others
+      // ---- 2a. P^T
+      const float* lse_b = sLse + st * BR;
+      const float* ds_b = sDs + st * BR;
+      const bool masked = ragged_k || (p.causal && (int64_t)r0 < mask_before);
+      const int krow = c * 64 + wi * 16 + lr;  // local key of accumulator rows (e >> 1 == 0); +8 for the others
+      wg_wait<0>();
+      fence_regs(st_);
+      p_inplace(st_, lse_b, r0, masked, krow);
+      uint32_t pf[4][4];  // A fragments of P^T for k-steps over q (16 each)
+      pack_frags(pf, st_);
+
+      // ---- 3a. dV += P^T dO (A from registers, B = dO [q][d] read N-major), then dP^T = V_w dO^T: issued only
+      //          now, so the fp32 P^T and dP^T never live together (the consumer has 208 registers)
+      fence_regs(pf);
+      fence_regs(dv);
+      wg_fence();
+#pragma unroll
+      for (int kq = 0; kq < 4; ++kq)
+        wgmma_rs_n128<BF16, 1>(dv, pf[kq], make_desc(sO + kq * 16 * 128, BR * 128, 1024), 1);
+      wg_commit();
+      fence_regs(dpt);
+      wg_fence();
+#pragma unroll
+      for (int k = 0; k < D / 16; ++k) {
+        const uint32_t ko = (uint32_t)(k >> 2) * (BC * 128) + kw + (k & 3) * 32;
+        const uint32_t qo = (uint32_t)(k >> 2) * (BR * 128) + (k & 3) * 32;
+        wgmma_ss_n64<BF16, 0, 0>(dpt, make_desc(sV + ko, 16, 1024), make_desc(sO + qo, 16, 1024), k > 0);
+      }
+      wg_commit();
+
+      // ---- 2b. dS^T = P^T (dP^T - Dsum), P^T taken from its 16-bit fragments (the fp32 P^T died at the pack)
+      wg_wait<0>();  // dP^T (and dV) done
+      fence_regs(dpt);
+      uint32_t sf[4][4];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float2 Dd = *(const float2*)(ds_b + j * 8 + lc);
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+          const float2 pp = attn::unpack2<BF16>(pf[j >> 1][(j & 1) * 2 + (e >> 1)]);
+          dpt[j * 4 + e] = pp.x * (dpt[j * 4 + e] - Dd.x);
+          dpt[j * 4 + e + 1] = pp.y * (dpt[j * 4 + e + 1] - Dd.y);
+        }
+      }
+      pack_frags(sf, dpt);
+
+      // ---- 3b. dK += dS^T Q
+      fence_regs(sf);
+      fence_regs(dk);
+      wg_fence();
+#pragma unroll
+      for (int kq = 0; kq < 4; ++kq)
+        wgmma_rs_n128<BF16, 1>(dk, sf[kq], make_desc(sQ + kq * 16 * 128, BR * 128, 1024), 1);
+      wg_commit();
+
+      // ---- 4. dS^T -> smem [key][q]: A fragment reg i of k-step kq holds rows krow (+8 for odd i),
+      //         columns kq*16 + (i >> 1)*8 + lc. Buffer st was last read by the dQ warpgroup at step t - 2.
+      if (t >= 2) mbar_wait(dsfree0 + 8 * st, ((t >> 1) - 1) & 1);
+#pragma unroll
+      for (int kq = 0; kq < 4; ++kq)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int r = krow + (i & 1) * 8;
+          const int ch = kq * 2 + (i >> 1);
+          *(uint32_t*)(sSp + r * 128 + ((ch ^ (r & 7)) << 4) + lc * 2) = sf[kq][i];
+        }
+      fence_proxy_async();  // generic stores -> wgmma reads (the dQ warpgroup's)
+      mbar_arrive(dsready0 + 8 * st);
+      // ---- 5. the next step's S^T, then wait for dK only (wgmma groups complete in order); after the last step
+      //         a discarded S^T on this step's Q (a branch around the issue made ptxas serialise the wgmma and spill)
+      const bool more = t + 1 < total;
+      if (more) mbar_wait(full0 + 8 * (st ^ 1), ((t + 1) >> 1) & 1);  // step t + 1 landed
+      issue_st(more ? sQ0 + (st ^ 1) * C::Q_TILE : sQ);
+      wg_wait<1>();  // dK of this step (S^T of the next may run on)
+      fence_regs(dv);
+      fence_regs(dk);
+      fence_regs(sf);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(empty0 + 8 * st);  // Q, dO (wgmma) and lse, Dsum (this warp's loads) done
+    }
     wg_wait<0>();
     fence_regs(st_);
-    p_inplace(st_, lse_b, r0, masked, krow);
-    uint32_t pf[4][4];  // A fragments of P^T for k-steps over q (16 each)
-    pack_frags(pf, st_);
-
-    // ---- 3a. dV += P^T dO (A from registers, B = dO [q][d] read N-major), then dP^T = V_w dO^T: issued only
-    //          now, so the fp32 P^T and dP^T never live together (the consumer has 208 registers)
-    fence_regs(pf);
-    fence_regs(dv);
-    wg_fence();
-#pragma unroll
-    for (int kq = 0; kq < 4; ++kq)
-      wgmma_rs_n128<BF16, 1>(dv, pf[kq], make_desc(sO + kq * 16 * 128, BR * 128, 1024), 1);
-    wg_commit();
-    fence_regs(dpt);
-    wg_fence();
-#pragma unroll
-    for (int k = 0; k < D / 16; ++k) {
-      const uint32_t ko = (uint32_t)(k >> 2) * (BC * 128) + kw + (k & 3) * 32;
-      const uint32_t qo = (uint32_t)(k >> 2) * (BR * 128) + (k & 3) * 32;
-      wgmma_ss_n64<BF16, 0, 0>(dpt, make_desc(sV + ko, 16, 1024), make_desc(sO + qo, 16, 1024), k > 0);
-    }
-    wg_commit();
-
-    // ---- 2b. dS^T = P^T (dP^T - Dsum), P^T taken from its 16-bit fragments (the fp32 P^T died at the pack)
-    wg_wait<0>();  // dP^T (and dV) done
-    fence_regs(dpt);
-    uint32_t sf[4][4];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const float2 Dd = *(const float2*)(ds_b + j * 8 + lc);
-#pragma unroll
-      for (int e = 0; e < 4; e += 2) {
-        const float2 pp = attn::unpack2<BF16>(pf[j >> 1][(j & 1) * 2 + (e >> 1)]);
-        dpt[j * 4 + e] = pp.x * (dpt[j * 4 + e] - Dd.x);
-        dpt[j * 4 + e + 1] = pp.y * (dpt[j * 4 + e + 1] - Dd.y);
-      }
-    }
-    pack_frags(sf, dpt);
-
-    // ---- 3b. dK += dS^T Q
-    fence_regs(sf);
-    fence_regs(dk);
-    wg_fence();
-#pragma unroll
-    for (int kq = 0; kq < 4; ++kq)
-      wgmma_rs_n128<BF16, 1>(dk, sf[kq], make_desc(sQ + kq * 16 * 128, BR * 128, 1024), 1);
-    wg_commit();
-
-    // ---- 4. dS^T -> smem [key][q]: A fragment reg i of k-step kq holds rows krow (+8 for odd i),
-    //         columns kq*16 + (i >> 1)*8 + lc. Buffer st was last read by the dQ warpgroup at step t - 2.
-    if (t >= 2) mbar_wait(dsfree0 + 8 * st, ((t >> 1) - 1) & 1);
-#pragma unroll
-    for (int kq = 0; kq < 4; ++kq)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int r = krow + (i & 1) * 8;
-        const int ch = kq * 2 + (i >> 1);
-        *(uint32_t*)(sSp + r * 128 + ((ch ^ (r & 7)) << 4) + lc * 2) = sf[kq][i];
-      }
-    fence_proxy_async();  // generic stores -> wgmma reads (the dQ warpgroup's)
-    mbar_arrive(dsready0 + 8 * st);
-    wg_wait<0>();  // dV, dK of this step
-    fence_regs(dv);
-    fence_regs(dk);
-    fence_regs(pf);
-    fence_regs(sf);
-    __syncwarp();
-    if (lane == 0) mbar_arrive(empty0 + 8 * st);  // Q, dO (wgmma) and lse, Dsum (this warp's loads) done
   }
   bulk_wait_all();
 
