@@ -26,10 +26,10 @@
 //     3. dV_w += P^T dO   (wgmma m64n{D}k16, A = registers, B = dO smem N-major (trans-b), 4 k-steps);
 //        dP^T = V_w dO^T  (as 1, issued after the pack: with the fp32 P^T and dP^T live together the
 //        consumer does not fit 208 registers); dS^T = P^T (dP^T - Dsum) with the 16-bit P^T;
-//        dK_w += dS^T Q   (as dV, with Q).
+//        dK_w += dS^T Q   (as dV, with Q), and right behind it the next step's S^T (1).
 //     4. dS^T -> smem [key][q] (16-bit, swizzled; two buffers, mbarriers dsready (both consumers stored it)
-//        and dsfree (the dQ warpgroup read it)); the next step's S^T is issued (1), dK waited for, the stage
-//        released (empty mbarrier). The consumers never wait for dQ, nor for each other.
+//        and dsfree (the dQ warpgroup read it)); dK waited for, the stage released (empty mbarrier). The
+//        consumers never wait for dQ, nor for each other.
 //   The dQ warpgroup (d=128), per step: waits for dsready, dQ = dS K for all 128 columns (two m64n64k16
 //   GEMMs of 8 k-steps over the 128 keys, A = dS^T smem read M-major (trans-a), B = K read N-major
 //   (trans-b)), arrives on dsfree, and writes dQ (fp32) to smem: each warp owns 16 rows x 128 columns as four
@@ -43,7 +43,9 @@
 //   [128 keys][64 q] halves, one buffer behind a warpgroup barrier;
 //   dV is issued after dS (with it in flight while dS is computed the consumer needed 224 registers and ptxas
 //   serialised the wgmma: C7512); dQ_w is two m64n64 GEMMs (q rows 0-63, 64-127) over the consumer's own keys,
-//   and each consumer warp reduces its four boxes (rows 16wi.. and 64 + 16wi.., 64 columns).
+//   and each consumer warp reduces its four boxes (rows 16wi.. and 64 + 16wi.., 64 columns). The next step's S^T
+//   and dP^T are issued after the dQ stores (+6-7 %), so the loop top waits for both (exp2 no longer overlaps the
+//   same consumer's dP^T: a wait<1> on groups carried round the loop made ptxas serialise the wgmma, C7514).
 //   +45 % over 64-row steps on an H200 (245 -> 355 TF/s at 128K, bench/NOTES.md). At d=128 the registers
 //   do not allow 128 rows (dV + dK alone are 128 per thread).
 //   Accumulators per consumer thread (d=128): dV 64 + dK 64 fp32 (persistent), S^T 32, dP^T 32; dQ-warpgroup
@@ -305,32 +307,38 @@ __global__ void __launch_bounds__(Cfg<D>::NT, 1) attn_bwd_wgmma_kernel(const __g
   if constexpr (D == 64) {
     // ---- d = 64: 128 q rows per step (see the header); the d = 128 loop is the else branch
     static_assert(BR == 128, "d = 64 steps are 128 q rows");
-    for (int t = 0; t < total; ++t) {
-      const int st = t & 1;
-      const int r0 = (m_begin + t % nm) * BR;
-      mbar_wait(full0 + 8 * st, (t >> 1) & 1);  // Q, dO, lse, Dsum of step t landed
-      const uint32_t sQ = sQ0 + st * C::Q_TILE, sO = sO0 + st * C::Q_TILE;
-
-      // ---- 1. S^T = K_c Q^T, dP^T = V_c dO^T (64 keys x 128 q: m64n128k16, 4 k-steps)
-      float st_[64], dpt[64];
+    // ---- 1. S^T = K_c Q^T and dP^T = V_c dO^T, issued a step ahead (after the previous step's dQ stores, so they
+    //         run under its reductions' issue and the turn-around; +6-7 % on an H200)
+    //         (64 keys x 128 q: m64n128k16, 4 k-steps)
+    float st_[64], dpt[64];
+    auto issue_st = [&](uint32_t sQx, uint32_t sOx) {
       fence_regs(st_);
       fence_regs(dpt);
       wg_fence();
 #pragma unroll
       for (int k = 0; k < 4; ++k)
-        wgmma_ss_n128<BF16, 0, 0>(st_, make_desc(sK + kw + k * 32, 16, 1024), make_desc(sQ + k * 32, 16, 1024), k > 0);
+        wgmma_ss_n128<BF16, 0, 0>(st_, make_desc(sK + kw + k * 32, 16, 1024), make_desc(sQx + k * 32, 16, 1024), k > 0);
       wg_commit();
 #pragma unroll
       for (int k = 0; k < 4; ++k)
-        wgmma_ss_n128<BF16, 0, 0>(dpt, make_desc(sV + kw + k * 32, 16, 1024), make_desc(sO + k * 32, 16, 1024), k > 0);
+        wgmma_ss_n128<BF16, 0, 0>(dpt, make_desc(sV + kw + k * 32, 16, 1024), make_desc(sOx + k * 32, 16, 1024), k > 0);
       wg_commit();
+    };
+    if (total > 0) {
+      mbar_wait(full0, 0);  // Q, dO, lse, Dsum of step 0 landed
+      issue_st(sQ0, sO0);
+    }
+    for (int t = 0; t < total; ++t) {
+      const int st = t & 1;
+      const int r0 = (m_begin + t % nm) * BR;
+      const uint32_t sQ = sQ0 + st * C::Q_TILE, sO = sO0 + st * C::Q_TILE;
 
-      // ---- 2a. P^T (while dP^T is still running)
+      // ---- 2a. P^T
       const float* lse_b = sLse + st * BR;
       const float* ds_b = sDs + st * BR;
       const bool masked = ragged_k || (p.causal && (int64_t)r0 < mask_before);
       const int krow = c * 64 + wi * 16 + lr;
-      wg_wait<1>();
+      wg_wait<0>();  // S^T and dP^T, issued at the previous step (wait<1> here: ptxas serialised the wgmma, C7514)
       fence_regs(st_);
       p_inplace(st_, lse_b, r0, masked, krow);
 
@@ -407,6 +415,11 @@ __global__ void __launch_bounds__(Cfg<D>::NT, 1) attn_bwd_wgmma_kernel(const __g
           dq_store(j >> 2, j, h, dq0[j * 4 + 2 * h], dq0[j * 4 + 2 * h + 1]);
           dq_store(2 + (j >> 2), j, h, dq1[j * 4 + 2 * h], dq1[j * 4 + 2 * h + 1]);
         }
+      // the next step's S^T and dP^T (1; after the last step discarded ones on this step's tiles: no branch
+      // around the issue)
+      const bool more = t + 1 < total;
+      if (more) mbar_wait(full0 + 8 * (st ^ 1), ((t + 1) >> 1) & 1);  // step t + 1 landed
+      issue_st(more ? sQ0 + (st ^ 1) * C::Q_TILE : sQ, more ? sO0 + (st ^ 1) * C::Q_TILE : sO);
       fence_proxy_async();  // generic writes -> the bulk copy reads
       __syncwarp();
       if (lane == 0) {
@@ -416,6 +429,8 @@ __global__ void __launch_bounds__(Cfg<D>::NT, 1) attn_bwd_wgmma_kernel(const __g
         bulk_commit();
       }
     }
+    wg_wait<0>();
+    fence_regs(st_);
   } else {
     // ---- 1. S^T = K_w Q^T (64 keys x 64 q per consumer), issued a step ahead (at the end of the previous step,
     //         behind its dK GEMM); dP^T = V_w dO^T is issued in 3a
@@ -496,6 +511,12 @@ __global__ void __launch_bounds__(Cfg<D>::NT, 1) attn_bwd_wgmma_kernel(const __g
       for (int kq = 0; kq < 4; ++kq)
         wgmma_rs_n128<BF16, 1>(dk, sf[kq], make_desc(sQ + kq * 16 * 128, BR * 128, 1024), 1);
       wg_commit();
+      // ---- the next step's S^T (1), right behind dK and before the dS^T stores (+2 % over after them); after the
+      //      last step a discarded S^T on this step's Q (a branch around the issue made ptxas serialise the wgmma
+      //      and spill). The stores below only read sf, an operand of the dK GEMM in flight, not an accumulator.
+      const bool more = t + 1 < total;
+      if (more) mbar_wait(full0 + 8 * (st ^ 1), ((t + 1) >> 1) & 1);  // step t + 1 landed
+      issue_st(more ? sQ0 + (st ^ 1) * C::Q_TILE : sQ);
 
       // ---- 4. dS^T -> smem [key][q]: A fragment reg i of k-step kq holds rows krow (+8 for odd i),
       //         columns kq*16 + (i >> 1)*8 + lc. Buffer st was last read by the dQ warpgroup at step t - 2.
@@ -510,12 +531,7 @@ __global__ void __launch_bounds__(Cfg<D>::NT, 1) attn_bwd_wgmma_kernel(const __g
         }
       fence_proxy_async();  // generic stores -> wgmma reads (the dQ warpgroup's)
       mbar_arrive(dsready0 + 8 * st);
-      // ---- 5. the next step's S^T, then wait for dK only (wgmma groups complete in order); after the last step
-      //         a discarded S^T on this step's Q (a branch around the issue made ptxas serialise the wgmma and spill)
-      const bool more = t + 1 < total;
-      if (more) mbar_wait(full0 + 8 * (st ^ 1), ((t + 1) >> 1) & 1);  // step t + 1 landed
-      issue_st(more ? sQ0 + (st ^ 1) * C::Q_TILE : sQ);
-      wg_wait<1>();  // dK of this step (S^T of the next may run on)
+      wg_wait<1>();  // dK of this step (wgmma groups complete in order: the next S^T may run on)
       fence_regs(dv);
       fence_regs(dk);
       fence_regs(sf);
