@@ -58,20 +58,23 @@ async function makeInputs(c: Case, device: 'cpu' | 'cuda') {
   return { q, k, v, dout, dispose: () => [q, k, v, dout].forEach((a) => a.x.dispose()) };
 }
 
-/** max |got - want| / max |want|, and whether got has a NaN anywhere. */
-function relErr(got: ArrayLike<number>, want: ArrayLike<number>): { err: number; nan: boolean; scale: number } {
+/**
+ * max |got - want| / max |want|, and whether got has a NaN anywhere. A reference that is exactly zero everywhere
+ * is measured against `zeroScale` (default 1: the absolute error).
+ */
+function relErr(got: ArrayLike<number>, want: ArrayLike<number>, zeroScale = 1): { err: number; nan: boolean; scale: number } {
   let e = 0, m = 0, nan = false;
   for (let i = 0; i < want.length; i++) {
     if (Number.isNaN(got[i])) nan = true;
     e = Math.max(e, Math.abs(got[i] - want[i]));
     m = Math.max(m, Math.abs(want[i]));
   }
-  return { err: m > 0 ? e / m : e, nan, scale: m };
+  return { err: e / (m > 0 ? m : zeroScale), nan, scale: m };
 }
 
-function near(tt: Tap, what: string, got: ArrayLike<number>, want: ArrayLike<number>, tol: number): void {
+function near(tt: Tap, what: string, got: ArrayLike<number>, want: ArrayLike<number>, tol: number, zeroScale?: number): void {
   tt.equal(got.length, want.length, `${what}: length`);
-  const { err, nan } = relErr(got, want);
+  const { err, nan } = relErr(got, want, zeroScale);
   tt.ok(!nan && err <= tol, `${what}: rel err ${err.toExponential(2)} <= ${tol} (nan: ${nan})`);
 }
 
@@ -140,12 +143,17 @@ async function checkCase(tt: Tap, c: Case, device: 'cpu' | 'cuda', tol: number,
   tt.same([g.dq.shape, g.dk.shape, g.dv.shape], [qShape(c), kShape(c), kShape(c)], 'gradient shapes');
   const gref = attentionBackwardRef(inp.dout.v, inp.q.v, inp.k.v, inp.v.v, dims, o);
   const lseTol = c.dtype === 'f32' || device === 'cpu' ? 2e-5 : 2e-3;
+  // dq and dk are scale * dS k / dS^T q with dS = P (dP - D): with one visible key per row dS is exactly 0 (D = dP),
+  // the float64 reference gives exact zeros and a kernel gives the rounding of dP - D. Such an all-zero reference
+  // is measured against the size of the terms that cancelled, scale * max|dv| * max|q, k, v| (dv = P^T dO).
+  const maxAbs = (a: ArrayLike<number>): number => { let m = 0; for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i])); return m; };
+  const cancelled = (c.scale ?? 1 / Math.sqrt(c.headDim)) * maxAbs(gref.dv) * Math.max(maxAbs(inp.q.v), maxAbs(inp.k.v), maxAbs(inp.v.v));
   const checkAll = async (label: string, r: Tensor[]): Promise<void> => {
     const [outV, lseV, dq, dk, dv] = await Promise.all(r.map(values));
     near(tt, `${label} out`, outV, ref.out, tol);
     nearLse(tt, `${label} lse`, lseV, ref.lse, lseTol);
-    near(tt, `${label} dq`, dq, gref.dq, tol);
-    near(tt, `${label} dk`, dk, gref.dk, tol);
+    near(tt, `${label} dq`, dq, gref.dq, tol, cancelled || 1);
+    near(tt, `${label} dk`, dk, gref.dk, tol, cancelled || 1);
     near(tt, `${label} dv`, dv, gref.dv, tol);
     exactZeros(tt, label, c, ref.lse, outV, dq, dk, dv);
   };
@@ -210,6 +218,8 @@ for (let i = 0; i < 6; i++) {
 // Edge sizes: one key, one query, no keys at all, no queries at all, empty batch.
 cpuCases.push(
   base({ seqQ: 1, seqK: 1, headsQ: 1, headsKv: 1, headDim: 1 }),
+  // one key for 129 rows: dq and dk are exactly 0 (dS = dP - D = 0), the kernels' rounding is ~3e-5 absolute
+  base({ dtype: 'f32', batch: 2, seqQ: 129, seqK: 1, headsQ: 8, headsKv: 1, headDim: 128, scale: 0.258 }),
   base({ seqQ: 3, seqK: 0, headsQ: 4, headsKv: 2, headDim: 8 }),
   base({ seqQ: 0, seqK: 5, headsQ: 4, headsKv: 2, headDim: 8, causal: true }),
   base({ batch: 0, seqQ: 4, seqK: 5, headsQ: 2, headsKv: 1, headDim: 8 }),
@@ -566,12 +576,18 @@ t.test('cuda: the forced backward configs agree with the default one on the same
     f2.lse.dispose();
     const dflt = await grads();
     // dq sums partials over different key blocks in fp32 (and arrives through atomics in any order), so the
-    // kernels agree to about one ulp of the stored dtype (2^-8 relative for bf16).
+    // kernels agree to about one ulp of the stored dtype (2^-8 relative for bf16). The Hopper kernel at d=128
+    // also takes dS = P (dP - D) from the 16-bit P (registers: bench/NOTES.md, "The sixth session"), one more
+    // rounding in dq and dk: against float64 (harness matrix, same inputs) their rel-L2 error went 2.4-2.5e-3 ->
+    // 2.9-3.0e-3, and this max-based difference to mma.sync reached 6.8e-3 (bf16). Against the float64
+    // reference every kernel is held to the attention tolerances above.
+    const hopper128 = c.headDim === 128 && /H100|H200|H800|H20\b|GH200/.test(cuda.devices()[0]?.name ?? '');
     for (const config of ['mma-small', 'mma'] as const) {
       const other = await grads(config);
       ['dq', 'dk', 'dv'].forEach((name, i) => {
         const same = dflt[i].every((x, j) => Object.is(x, other[i][j]));
-        near(tt, `${describe(c)} ${name}: ${config} vs default config (bit-identical: ${same})`, other[i], dflt[i], 4e-3);
+        const tol = hopper128 && name !== 'dv' && c.dtype === 'bf16' ? 1.2e-2 : 4e-3;
+        near(tt, `${describe(c)} ${name}: ${config} vs default config (bit-identical: ${same})`, other[i], dflt[i], tol);
       });
     }
     for (const x of [out, lse]) x.dispose();
