@@ -19,8 +19,8 @@
 //   is the dQ warpgroup (setmaxnreg 72). The CTA walks the group's q heads x q blocks of BR rows (d=128: 64;
 //   d=64: 128, below). Per step, consumer w (d=128):
 //     1. S^T  = K_w Q^T   (wgmma m64n64k16, A = K smem K-major, B = Q smem K-major, D/16 k-steps), issued
-//        at the end of the previous step, behind its dK GEMM (+8-11 % over issuing it here: no gap in the
-//        consumer's tensor work between steps)
+//        at the end of the previous step, right behind its dK GEMM and before its dS^T stores (+10-13 % over
+//        issuing it here: no gap in the consumer's tensor work between steps)
 //     2. P^T = exp2(S^T*scale*log2e - lse*log2e) (masked where needed), packed to 16-bit A fragments
 //        (fp32 accumulator layout == 16-bit A-fragment layout after packing pairs, as in FA3's P).
 //     3. dV_w += P^T dO   (wgmma m64n{D}k16, A = registers, B = dO smem N-major (trans-b), 4 k-steps);
@@ -39,15 +39,15 @@
 //   16K, 434 -> 481 at 128K; bench/NOTES.md). Per-row 1-D bulk reductions (128 of 256 B per step) instead of
 //   the TMA boxes took a quarter of the step time.
 //   d=64 steps are 128 q rows (half the steps, so half the per-step waits, barriers and flushes; S^T and
-//   dP^T become m64n128; no dQ warpgroup: at 208 registers the d=64 consumer spills): dS^T lives in two
-//   [128 keys][64 q] halves, one buffer behind a warpgroup barrier;
-//   dV is issued after dS (with it in flight while dS is computed the consumer needed 224 registers and ptxas
-//   serialised the wgmma: C7512); dQ_w is two m64n64 GEMMs (q rows 0-63, 64-127) over the consumer's own keys,
-//   and each consumer warp reduces its four boxes (rows 16wi.. and 64 + 16wi.., 64 columns). The next step's S^T
-//   and dP^T are issued after the dQ stores (+6-7 %), so the loop top waits for both (exp2 no longer overlaps the
-//   same consumer's dP^T: a wait<1> on groups carried round the loop made ptxas serialise the wgmma, C7514).
-//   +45 % over 64-row steps on an H200 (245 -> 355 TF/s at 128K, bench/NOTES.md). At d=128 the registers
-//   do not allow 128 rows (dV + dK alone are 128 per thread).
+//   dP^T become m64n128; no dQ warpgroup: at 208 registers the d=64 consumer spills); +45 % over 64-row steps
+//   on an H200 (245 -> 355 TF/s at 128K, bench/NOTES.md); at d=128 the registers do not allow 128 rows (dV + dK
+//   alone are 128 per thread). dS^T lives in two [128 keys][64 q] halves, one buffer behind a warpgroup
+//   barrier; dV is issued after dS (with it in flight while dS is computed the consumer needed 224 registers and
+//   ptxas serialised the wgmma: C7512); dQ_w is two m64n64 GEMMs (q rows 0-63, 64-127) over the consumer's own
+//   keys, and each consumer warp reduces its four boxes (rows 16wi.. and 64 + 16wi.., 64 columns). The next
+//   step's S^T and dP^T are issued after the dQ stores (+6-7 %), so the loop top waits for both (exp2 no longer
+//   overlaps the same consumer's dP^T: a wait<1> on groups carried round the loop made ptxas serialise the
+//   wgmma, C7514).
 //   Accumulators per consumer thread (d=128): dV 64 + dK 64 fp32 (persistent), S^T 32, dP^T 32; dQ-warpgroup
 //   thread: dQ 32. Shared memory (d=128): K 32K + V 32K + Q 2x16K + dO 2x16K + dS^T 2x16K + lse/Dsum 1K + dQ
 //   tile 32K;
