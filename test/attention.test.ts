@@ -554,6 +554,9 @@ for (const config of ['mma-small', 'mma'] as const) {
   }
 }
 
+/** GPU 0 is an sm_90 part (the Hopper kernels run there). */
+const onHopper = (): boolean => /H100|H200|H800|H20\b|GH200/.test(cuda.devices()[0]?.name ?? '');
+
 t.test('cuda: the forced backward configs agree with the default one on the same inputs', gpu, async (tt) => {
   for (const c of [
     base({ dtype: 'bf16', headDim: 128, seqQ: 203, seqK: 197, headsQ: 8, headsKv: 2, causal: true, qOffset: 5, kOffset: 11 }),
@@ -581,7 +584,7 @@ t.test('cuda: the forced backward configs agree with the default one on the same
     // rounding in dq and dk: against float64 (harness matrix, same inputs) their rel-L2 error went 2.4-2.5e-3 ->
     // 2.9-3.0e-3, and this max-based difference to mma.sync reached 6.8e-3 (bf16). Against the float64
     // reference every kernel is held to the attention tolerances above.
-    const hopper128 = c.headDim === 128 && /H100|H200|H800|H20\b|GH200/.test(cuda.devices()[0]?.name ?? '');
+    const hopper128 = c.headDim === 128 && onHopper();
     for (const config of ['mma-small', 'mma'] as const) {
       const other = await grads(config);
       ['dq', 'dk', 'dv'].forEach((name, i) => {
@@ -600,7 +603,7 @@ t.test('cuda: the forced backward configs agree with the default one on the same
 // reference, and on an sm_90 GPU the hook's count shows that the fallback ran.
 t.test('cuda: no TMA descriptors -> the mma.sync fallbacks, against the reference', gpu, async (tt) => {
   const h = hooks();
-  const sm90 = /H100|H200|H800|H20\b|GH200/.test(cuda.devices()[0]?.name ?? '');
+  const sm90 = onHopper();
   try {
     for (const c of [
       base({ dtype: 'bf16', headDim: 128, batch: 2, seqQ: 201, seqK: 233, headsQ: 8, headsKv: 2, causal: true, kOffset: 19 }),

@@ -434,18 +434,20 @@ __global__ void __launch_bounds__(Cfg<D>::NT, 1) attn_bwd_wgmma_kernel(const __g
   } else {
     // ---- 1. S^T = K_w Q^T (64 keys x 64 q per consumer), issued a step ahead (at the end of the previous step,
     //         behind its dK GEMM); dP^T = V_w dO^T is issued in 3a
-    float st_[32];
-    auto issue_st = [&](uint32_t sQx) {
-      fence_regs(st_);
+    // acc = X_w Y^T for this consumer's 64 key rows of X (K or V) and the step's 64 rows of Y (Q or dO): S^T, dP^T
+    auto issue_t = [&](float (&acc)[32], uint32_t sX, uint32_t sY) {
+      fence_regs(acc);
       wg_fence();
 #pragma unroll
       for (int k = 0; k < D / 16; ++k) {
-        const uint32_t ko = (uint32_t)(k >> 2) * (BC * 128) + kw + (k & 3) * 32;
-        const uint32_t qo = (uint32_t)(k >> 2) * (BR * 128) + (k & 3) * 32;
-        wgmma_ss_n64<BF16, 0, 0>(st_, make_desc(sK + ko, 16, 1024), make_desc(sQx + qo, 16, 1024), k > 0);
+        const uint32_t xo = (uint32_t)(k >> 2) * (BC * 128) + kw + (k & 3) * 32;
+        const uint32_t yo = (uint32_t)(k >> 2) * (BR * 128) + (k & 3) * 32;
+        wgmma_ss_n64<BF16, 0, 0>(acc, make_desc(sX + xo, 16, 1024), make_desc(sY + yo, 16, 1024), k > 0);
       }
       wg_commit();
     };
+    float st_[32];
+    auto issue_st = [&](uint32_t sQx) { issue_t(st_, sK, sQx); };
     if (total > 0) {
       mbar_wait(full0, 0);  // Q, dO, lse, Dsum of step 0 landed
       issue_st(sQ0);
@@ -477,15 +479,7 @@ __global__ void __launch_bounds__(Cfg<D>::NT, 1) attn_bwd_wgmma_kernel(const __g
       for (int kq = 0; kq < 4; ++kq)
         wgmma_rs_n128<BF16, 1>(dv, pf[kq], make_desc(sO + kq * 16 * 128, BR * 128, 1024), 1);
       wg_commit();
-      fence_regs(dpt);
-      wg_fence();
-#pragma unroll
-      for (int k = 0; k < D / 16; ++k) {
-        const uint32_t ko = (uint32_t)(k >> 2) * (BC * 128) + kw + (k & 3) * 32;
-        const uint32_t qo = (uint32_t)(k >> 2) * (BR * 128) + (k & 3) * 32;
-        wgmma_ss_n64<BF16, 0, 0>(dpt, make_desc(sV + ko, 16, 1024), make_desc(sO + qo, 16, 1024), k > 0);
-      }
-      wg_commit();
+      issue_t(dpt, sV, sO);
 
       // ---- 2b. dS^T = P^T (dP^T - Dsum), P^T taken from its 16-bit fragments (the fp32 P^T died at the pack)
       wg_wait<0>();  // dP^T (and dV) done
